@@ -1,0 +1,1 @@
+"""Entry points only: they parse arguments and call into the packages."""

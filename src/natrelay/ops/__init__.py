@@ -1,0 +1,1 @@
+"""Operations: logging set-up, configuration files, service units."""
