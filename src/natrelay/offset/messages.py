@@ -1,0 +1,339 @@
+"""Offset's Cap'n Proto messages: packed encoding with pycapnp, bounded decoding (spec §4).
+
+Every structured payload is one packed Cap'n Proto message. Encoders allocate fields in the
+original's order, so small messages match the Rust encoder's bytes (spec §13.2). Decoders read
+with explicit traversal and nesting limits (the segment table is checked against the traversal
+limit before anything is allocated) and turn every failure, whatever pycapnp raised, into
+ProtocolError: a malformed payload must close the connection, never crash the caller.
+
+Fixed-size byte values travel as big-endian UInt64 limbs (spec §4.3). A null struct pointer reads
+as the all-zero default, as in Rust, so a null PublicKey decodes as 32 zero bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import capnp
+
+from .constants import DEFAULT_MAX_FRAME
+from .errors import ProtocolError
+
+_SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
+_dh: Any = capnp.load(str(_SCHEMA_DIR / "dh.capnp"))
+_keepalive: Any = capnp.load(str(_SCHEMA_DIR / "keepalive.capnp"))
+_relay: Any = capnp.load(str(_SCHEMA_DIR / "relay.capnp"))
+
+PUBLIC_KEY_LEN = 32
+DH_PUBLIC_KEY_LEN = 32
+SALT_LEN = 32
+RAND_NONCE_LEN = 16
+SIGNATURE_LEN = 64
+
+# The handshake and relay messages are a few dozen words; 1024 words leaves room for any sane encoder.
+SMALL_MESSAGE_WORDS = 1024
+# Nesting of our deepest path is 5 (ChannelMessage > ChannelContent > Rekey > DhPublicKey > Buffer256).
+NESTING_LIMIT = 16
+
+
+def message_word_limit(max_frame: int) -> int:
+    """Traversal limit for a message that arrived in a frame of at most ``max_frame`` bytes.
+
+    Packing compresses zero words up to 1000-fold, so the limit, not the frame cap, is what bounds
+    memory. Legitimate payloads (random padding, ciphertext) barely compress; twice the frame cap
+    in words leaves room for some zero runs while keeping expansion bounded.
+    """
+    return max_frame // 4 + SMALL_MESSAGE_WORDS
+
+
+DEFAULT_MESSAGE_WORDS = message_word_limit(DEFAULT_MAX_FRAME)
+
+_T = TypeVar("_T")
+
+
+def _decode(schema: Any, data: bytes, max_words: int, read: Callable[[Any], _T]) -> _T:
+    """Parses ``data`` as ``schema`` and applies ``read``; any failure becomes ProtocolError."""
+    if not data:
+        raise ProtocolError(f"empty {_name(schema)}")
+    try:
+        reader = schema.from_bytes_packed(
+            data, traversal_limit_in_words=max_words, nesting_limit=NESTING_LIMIT
+        )
+        return read(reader)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # pycapnp raises KjException, but the boundary must admit nothing else
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ProtocolError(f"malformed {_name(schema)}: {reason}") from None
+
+
+def _name(schema: Any) -> str:
+    name: str = schema.schema.node.displayName
+    return name.rsplit(":", 1)[-1]
+
+
+def _limbs_to_bytes(buffer: Any, count: int) -> bytes:
+    if count == 2:
+        return struct.pack(">2Q", buffer.x0, buffer.x1)
+    if count == 4:
+        return struct.pack(">4Q", buffer.x0, buffer.x1, buffer.x2, buffer.x3)
+    return struct.pack(
+        ">8Q", buffer.x0, buffer.x1, buffer.x2, buffer.x3, buffer.x4, buffer.x5, buffer.x6, buffer.x7
+    )
+
+
+def _set_limbs(wrapper: Any, value: bytes, length: int, what: str) -> None:
+    """Writes ``value`` into ``wrapper.inner`` (a BufferNNN) as big-endian limbs."""
+    if len(value) != length:
+        raise ValueError(f"{what} must be {length} bytes, got {len(value)}")
+    inner = wrapper.init("inner")
+    for i, limb in enumerate(struct.unpack(f">{length // 8}Q", value)):
+        setattr(inner, f"x{i}", limb)
+
+
+def _read_bytes(wrapper: Any, length: int) -> bytes:
+    return _limbs_to_bytes(wrapper.inner, length // 8)
+
+
+# ---------------------------------------------------------------- relay messages (relay.capnp)
+
+
+@dataclass(frozen=True)
+class Listen:
+    pass
+
+
+@dataclass(frozen=True)
+class Accept:
+    public_key: bytes  # 32 bytes: the connector whose half tunnel we accept
+
+
+@dataclass(frozen=True)
+class Connect:
+    public_key: bytes  # 32 bytes: the listener we want to reach
+
+
+InitConnection = Listen | Accept | Connect
+
+
+def encode_init_connection(msg: InitConnection) -> bytes:
+    builder = _relay.InitConnection.new_message()
+    if isinstance(msg, Listen):
+        builder.listen = None
+    elif isinstance(msg, Accept):
+        _set_limbs(builder.init("accept"), msg.public_key, PUBLIC_KEY_LEN, "public key")
+    else:
+        _set_limbs(builder.init("connect"), msg.public_key, PUBLIC_KEY_LEN, "public key")
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_init_connection(reader: Any) -> InitConnection:
+    which = reader.which()
+    if which == "listen":
+        return Listen()
+    if which == "accept":
+        return Accept(_read_bytes(reader.accept, PUBLIC_KEY_LEN))
+    if which == "connect":
+        return Connect(_read_bytes(reader.connect, PUBLIC_KEY_LEN))
+    raise ProtocolError(f"unknown InitConnection variant {which!r}")
+
+
+def decode_init_connection(data: bytes) -> InitConnection:
+    return _decode(_relay.InitConnection, data, SMALL_MESSAGE_WORDS, _read_init_connection)
+
+
+def _encode_public_key_message(schema: Any, public_key: bytes) -> bytes:
+    builder = schema.new_message()
+    _set_limbs(builder.init("publicKey"), public_key, PUBLIC_KEY_LEN, "public key")
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_public_key_field(reader: Any) -> bytes:
+    return _read_bytes(reader.publicKey, PUBLIC_KEY_LEN)
+
+
+def encode_incoming_connection(public_key: bytes) -> bytes:
+    return _encode_public_key_message(_relay.IncomingConnection, public_key)
+
+
+def decode_incoming_connection(data: bytes) -> bytes:
+    return _decode(_relay.IncomingConnection, data, SMALL_MESSAGE_WORDS, _read_public_key_field)
+
+
+def encode_reject_connection(public_key: bytes) -> bytes:
+    return _encode_public_key_message(_relay.RejectConnection, public_key)
+
+
+def decode_reject_connection(data: bytes) -> bytes:
+    return _decode(_relay.RejectConnection, data, SMALL_MESSAGE_WORDS, _read_public_key_field)
+
+
+# ---------------------------------------------------------------- keepalive (keepalive.capnp)
+
+
+def encode_ka_message(message: bytes | None) -> bytes:
+    """``None`` is a heartbeat (``keepAlive``); bytes are one upper-layer payload."""
+    builder = _keepalive.KaMessage.new_message()
+    if message is None:
+        builder.keepAlive = None
+    else:
+        builder.message = message
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_ka_message(reader: Any) -> bytes | None:
+    which = reader.which()
+    if which == "keepAlive":
+        return None
+    if which == "message":
+        message: bytes = reader.message
+        return message
+    raise ProtocolError(f"unknown KaMessage variant {which!r}")
+
+
+def decode_ka_message(data: bytes, *, max_words: int = DEFAULT_MESSAGE_WORDS) -> bytes | None:
+    return _decode(_keepalive.KaMessage, data, max_words, _read_ka_message)
+
+
+# ---------------------------------------------------------------- secure channel (dh.capnp)
+
+
+@dataclass(frozen=True)
+class ExchangeRandNonce:
+    rand_nonce: bytes  # 16 bytes
+    src_public_key: bytes  # 32 bytes
+    opt_dest_public_key: bytes | None  # the key the sender expects us to have; receivers ignore it
+
+
+@dataclass(frozen=True)
+class ExchangeDh:
+    dh_public_key: bytes  # 32 bytes, X25519
+    rand_nonce: bytes  # 16 bytes, echo of the receiver's nonce
+    key_salt: bytes  # 32 bytes
+    signature: bytes  # 64 bytes, Ed25519 over dh_public_key || rand_nonce || key_salt
+
+    def signed_bytes(self) -> bytes:
+        """The 80 bytes the signature covers (spec §5.2 step 3)."""
+        return self.dh_public_key + self.rand_nonce + self.key_salt
+
+
+@dataclass(frozen=True)
+class Rekey:
+    dh_public_key: bytes  # 32 bytes
+    key_salt: bytes  # 32 bytes
+
+
+def encode_exchange_rand_nonce(msg: ExchangeRandNonce) -> bytes:
+    builder = _dh.ExchangeRandNonce.new_message()
+    _set_limbs(builder.init("randNonce"), msg.rand_nonce, RAND_NONCE_LEN, "rand nonce")
+    _set_limbs(builder.init("srcPublicKey"), msg.src_public_key, PUBLIC_KEY_LEN, "public key")
+    dest = builder.optDestPublicKey
+    if msg.opt_dest_public_key is None:
+        dest.empty = None
+    else:
+        _set_limbs(dest.init("publicKey"), msg.opt_dest_public_key, PUBLIC_KEY_LEN, "public key")
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_exchange_rand_nonce(reader: Any) -> ExchangeRandNonce:
+    dest = reader.optDestPublicKey
+    which = dest.which()
+    if which == "empty":
+        opt_dest = None
+    elif which == "publicKey":
+        opt_dest = _read_bytes(dest.publicKey, PUBLIC_KEY_LEN)
+    else:
+        raise ProtocolError(f"unknown optDestPublicKey variant {which!r}")
+    return ExchangeRandNonce(
+        rand_nonce=_read_bytes(reader.randNonce, RAND_NONCE_LEN),
+        src_public_key=_read_bytes(reader.srcPublicKey, PUBLIC_KEY_LEN),
+        opt_dest_public_key=opt_dest,
+    )
+
+
+def decode_exchange_rand_nonce(data: bytes) -> ExchangeRandNonce:
+    return _decode(_dh.ExchangeRandNonce, data, SMALL_MESSAGE_WORDS, _read_exchange_rand_nonce)
+
+
+def encode_exchange_dh(msg: ExchangeDh) -> bytes:
+    builder = _dh.ExchangeDh.new_message()
+    _set_limbs(builder.init("dhPublicKey"), msg.dh_public_key, DH_PUBLIC_KEY_LEN, "DH public key")
+    _set_limbs(builder.init("randNonce"), msg.rand_nonce, RAND_NONCE_LEN, "rand nonce")
+    _set_limbs(builder.init("keySalt"), msg.key_salt, SALT_LEN, "salt")
+    _set_limbs(builder.init("signature"), msg.signature, SIGNATURE_LEN, "signature")
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_exchange_dh(reader: Any) -> ExchangeDh:
+    return ExchangeDh(
+        dh_public_key=_read_bytes(reader.dhPublicKey, DH_PUBLIC_KEY_LEN),
+        rand_nonce=_read_bytes(reader.randNonce, RAND_NONCE_LEN),
+        key_salt=_read_bytes(reader.keySalt, SALT_LEN),
+        signature=_read_bytes(reader.signature, SIGNATURE_LEN),
+    )
+
+
+def decode_exchange_dh(data: bytes) -> ExchangeDh:
+    return _decode(_dh.ExchangeDh, data, SMALL_MESSAGE_WORDS, _read_exchange_dh)
+
+
+def _fill_rekey(builder: Any, msg: Rekey) -> None:
+    _set_limbs(builder.init("dhPublicKey"), msg.dh_public_key, DH_PUBLIC_KEY_LEN, "DH public key")
+    _set_limbs(builder.init("keySalt"), msg.key_salt, SALT_LEN, "salt")
+
+
+def _read_rekey(reader: Any) -> Rekey:
+    return Rekey(
+        dh_public_key=_read_bytes(reader.dhPublicKey, DH_PUBLIC_KEY_LEN),
+        key_salt=_read_bytes(reader.keySalt, SALT_LEN),
+    )
+
+
+def encode_rekey(msg: Rekey) -> bytes:
+    """A standalone Rekey message; on the wire it only ever travels inside a ChannelMessage."""
+    builder = _dh.Rekey.new_message()
+    _fill_rekey(builder, msg)
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def decode_rekey(data: bytes) -> Rekey:
+    return _decode(_dh.Rekey, data, SMALL_MESSAGE_WORDS, _read_rekey)
+
+
+def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
+    """The plaintext of one encrypted frame: ``content`` is a packed KaMessage or a Rekey."""
+    builder = _dh.ChannelMessage.new_message()
+    builder.randPadding = padding
+    body = builder.init("content")
+    if isinstance(content, Rekey):
+        _fill_rekey(body.init("rekey"), content)
+    else:
+        body.user = content
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
+def _read_channel_message(reader: Any) -> bytes | Rekey:
+    content = reader.content
+    which = content.which()
+    if which == "user":
+        user: bytes = content.user
+        return user
+    if which == "rekey":
+        return _read_rekey(content.rekey)
+    raise ProtocolError(f"unknown ChannelContent variant {which!r}")
+
+
+def decode_channel_message(data: bytes, *, max_words: int = DEFAULT_MESSAGE_WORDS) -> bytes | Rekey:
+    """Returns the user payload (a packed KaMessage) or a Rekey; the padding is never read."""
+    return _decode(_dh.ChannelMessage, data, max_words, _read_channel_message)
