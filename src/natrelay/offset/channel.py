@@ -1,0 +1,235 @@
+"""The Offset secure channel as a sans-IO state machine (spec §5).
+
+It works on whole frames: it is fed one received frame at a time and queues the frames to send,
+each as a tuple of byte chunks whose concatenation is the frame (an encrypted frame is
+``(nonce, ciphertext)``, so a writer can send it without joining 64 KiB buffers). The layers
+around it (version prefix, length framing, keepalive) live in ``link.py`` and ``keepalive.py``.
+
+The handshake is symmetric: both ends send ExchangeRandNonce at once, answer the peer's with a
+signed ExchangeDh that echoes the peer's nonce, and derive one key per direction, salted by the
+sender's salt. Rekeying follows the original exactly, including the "old receiver" that still
+accepts frames the peer sent under the previous key (spec §5.6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum, auto
+
+from .crypto import Decryptor, DhKeyPair, Encryptor, Identity, verify_signature
+from .errors import ProtocolError
+from .messages import (
+    DEFAULT_MESSAGE_WORDS,
+    RAND_NONCE_LEN,
+    SALT_LEN,
+    ExchangeDh,
+    ExchangeRandNonce,
+    Rekey,
+    decode_channel_message,
+    decode_exchange_dh,
+    decode_exchange_rand_nonce,
+    encode_channel_message,
+    encode_exchange_dh,
+    encode_exchange_rand_nonce,
+)
+
+Frame = tuple[bytes, ...]  # the chunks of one outgoing frame, in order
+Rng = Callable[[int], bytes]
+
+DH_PRIVATE_LEN = 32
+
+
+class _State(Enum):
+    AWAIT_RAND_NONCE = auto()
+    AWAIT_DH = auto()
+    ESTABLISHED = auto()
+
+
+def uniform_below(rng: Rng, bound: int) -> int:
+    """A uniform integer in [0, bound), by rejection sampling so no length is favoured."""
+    if bound <= 1:
+        return 0
+    nbytes = ((bound - 1).bit_length() + 7) // 8
+    span = 1 << (8 * nbytes)
+    limit = span - span % bound
+    while True:
+        value = int.from_bytes(rng(nbytes), "big")
+        if value < limit:
+            return value % bound
+
+
+class _PendingRekey:
+    """Our half of a rekey we started, waiting for the peer's Rekey."""
+
+    def __init__(self, dh: DhKeyPair, salt: bytes) -> None:
+        self.dh = dh
+        self.salt = salt
+
+
+class SecureChannel:
+    """One end of a secure channel. Construction queues our ExchangeRandNonce."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        expected_remote: bytes | None,
+        rng: Rng,
+        max_padding: int,
+        rekey_interval: float | None,
+        max_message_words: int = DEFAULT_MESSAGE_WORDS,
+    ) -> None:
+        self._identity = identity
+        self._expected_remote = expected_remote
+        self._rng = rng
+        self._max_padding = max_padding
+        self._rekey_interval = rekey_interval
+        self._max_message_words = max_message_words
+        self._state = _State.AWAIT_RAND_NONCE
+        self._outbox: list[Frame] = []
+        self.remote_public_key: bytes | None = None
+
+        self._local_nonce = rng(RAND_NONCE_LEN)
+        self._remote_nonce = b""
+        self._handshake_dh: DhKeyPair | None = None
+        self._handshake_salt = b""
+
+        self._encryptor: Encryptor | None = None
+        self._decryptor: Decryptor | None = None
+        self._old_decryptor: Decryptor | None = None
+        self._pending_rekey: _PendingRekey | None = None
+        self._rekey_at: float | None = None
+
+        hello = ExchangeRandNonce(self._local_nonce, identity.public_key, expected_remote)
+        self._outbox.append((encode_exchange_rand_nonce(hello),))
+
+    @property
+    def established(self) -> bool:
+        return self._state is _State.ESTABLISHED
+
+    @property
+    def rekey_pending(self) -> bool:
+        """True between sending our Rekey and receiving the peer's."""
+        return self._pending_rekey is not None
+
+    def take_frames(self) -> list[Frame]:
+        frames, self._outbox = self._outbox, []
+        return frames
+
+    # ------------------------------------------------------------ receiving
+
+    def receive_frame(self, frame: bytes, now: float) -> bytes | None:
+        """Consumes one frame; returns a user payload (a packed KaMessage) or None."""
+        if self._state is _State.ESTABLISHED:
+            content = decode_channel_message(self._decrypt(frame), max_words=self._max_message_words)
+            if isinstance(content, Rekey):
+                self._on_rekey(content, now)
+                return None
+            return content
+        if self._state is _State.AWAIT_RAND_NONCE:
+            self._on_rand_nonce(decode_exchange_rand_nonce(frame))
+        else:
+            self._on_exchange_dh(decode_exchange_dh(frame), now)
+        return None
+
+    def _on_rand_nonce(self, msg: ExchangeRandNonce) -> None:
+        if self._expected_remote is not None and msg.src_public_key != self._expected_remote:
+            raise ProtocolError("remote public key is not the expected one")
+        # The peer's optDestPublicKey is ignored, as by the original (spec §12.2 item 15).
+        self.remote_public_key = msg.src_public_key
+        self._remote_nonce = msg.rand_nonce
+        dh = DhKeyPair(self._rng(DH_PRIVATE_LEN))
+        salt = self._rng(SALT_LEN)
+        signature = self._identity.sign(dh.public_key + msg.rand_nonce + salt)
+        self._outbox.append((encode_exchange_dh(ExchangeDh(dh.public_key, msg.rand_nonce, salt, signature)),))
+        self._handshake_dh, self._handshake_salt = dh, salt
+        self._state = _State.AWAIT_DH
+
+    def _on_exchange_dh(self, msg: ExchangeDh, now: float) -> None:
+        if msg.rand_nonce != self._local_nonce:
+            raise ProtocolError("ExchangeDh does not echo our nonce")
+        assert self.remote_public_key is not None and self._handshake_dh is not None
+        if not verify_signature(self.remote_public_key, msg.signed_bytes(), msg.signature):
+            raise ProtocolError("ExchangeDh signature is invalid")
+        send_key, recv_key = self._handshake_dh.derive_keys(
+            self._handshake_salt, msg.dh_public_key, msg.key_salt
+        )
+        self._encryptor, self._decryptor = Encryptor(send_key), Decryptor(recv_key)
+        self._handshake_dh, self._handshake_salt = None, b""
+        self._state = _State.ESTABLISHED
+        self._restart_rekey_clock(now)
+
+    def _decrypt(self, frame: bytes) -> bytes:
+        """Tries the old receiver first, so frames sent before the peer switched keys still pass."""
+        if self._old_decryptor is not None:
+            plaintext = self._old_decryptor.try_decrypt(frame)
+            if plaintext is not None:
+                return plaintext
+        assert self._decryptor is not None
+        plaintext = self._decryptor.try_decrypt(frame)
+        if plaintext is None:
+            raise ProtocolError("encrypted frame with unexpected nonce or bad tag")
+        self._old_decryptor = None  # the peer has switched: nothing more can come under the old key
+        return plaintext
+
+    def _on_rekey(self, rekey: Rekey, now: float) -> None:
+        pending = self._pending_rekey
+        if pending is not None:
+            # We started (or both started at once): install both directions, send nothing.
+            send_key, recv_key = pending.dh.derive_keys(pending.salt, rekey.dh_public_key, rekey.key_salt)
+            self._pending_rekey = None
+            self._switch_receiver(recv_key)
+            self._encryptor = Encryptor(send_key)
+        else:
+            # The peer started: answer under the old send key, then switch sending.
+            dh = DhKeyPair(self._rng(DH_PRIVATE_LEN))
+            salt = self._rng(SALT_LEN)
+            send_key, recv_key = dh.derive_keys(salt, rekey.dh_public_key, rekey.key_salt)
+            self._switch_receiver(recv_key)
+            self._send_content(Rekey(dh.public_key, salt))
+            self._encryptor = Encryptor(send_key)
+        self._restart_rekey_clock(now)
+
+    def _switch_receiver(self, recv_key: bytes) -> None:
+        self._old_decryptor = self._decryptor
+        self._decryptor = Decryptor(recv_key)
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, user: bytes) -> None:
+        """Queues one encrypted frame carrying ``user`` (a packed KaMessage)."""
+        if self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        self._send_content(user)
+
+    def _send_content(self, content: bytes | Rekey) -> None:
+        assert self._encryptor is not None
+        plaintext = encode_channel_message(self._padding(), content)
+        self._outbox.append(self._encryptor.encrypt_parts(plaintext))
+
+    def _padding(self) -> bytes:
+        length = uniform_below(self._rng, self._max_padding + 1)
+        return self._rng(length) if length else b""
+
+    # ------------------------------------------------------------ rekeying
+
+    def start_rekey(self) -> None:
+        """Sends our Rekey under the current key (initiator path of spec §5.6); no-op if one is pending."""
+        if self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        if self._pending_rekey is not None:
+            return
+        pending = _PendingRekey(DhKeyPair(self._rng(DH_PRIVATE_LEN)), self._rng(SALT_LEN))
+        self._send_content(Rekey(pending.dh.public_key, pending.salt))
+        self._pending_rekey = pending
+        self._rekey_at = None  # completing the rekey restarts the clock
+
+    def _restart_rekey_clock(self, now: float) -> None:
+        self._rekey_at = None if self._rekey_interval is None else now + self._rekey_interval
+
+    def handle_timer(self, now: float) -> None:
+        if self._rekey_at is not None and now >= self._rekey_at:
+            self.start_rekey()
+
+    def next_deadline(self) -> float:
+        return float("inf") if self._rekey_at is None else self._rekey_at
