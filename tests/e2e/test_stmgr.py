@@ -223,3 +223,9 @@ def test_verbose_says_what_was_written(run: Runner, tmp_path: Path) -> None:
     result = run("gen-ident", "-o", "v.ident", "--verbose")
     assert result.status == 0 and result.stdout == ""
     assert "v.ident" in result.stderr and "INFO" in result.stderr
+
+
+def test_show_key_only_prints_the_bare_key(run: Runner, tmp_path: Path) -> None:
+    (tmp_path / "spec.ident").write_bytes(SPEC_IDENT)
+    shown = run("show", "--key", "spec.ident")
+    assert (shown.status, shown.stdout) == (0, "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\n")

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print 'publicKey: ...' for an identity or ticket file, and 'address: ...' for a ticket.",
     )
     show.add_argument("path", metavar="PATH", help="identity or ticket file")
+    show.add_argument("-k", "--key", action="store_true",
+                      help="print only the public key, for scripts: --to \"$(stmgr show --key b.ident)\"")
     return parser
 
 
@@ -161,12 +163,15 @@ def _relay_ticket(idfile: str, address: str, output: str) -> None:
     _log.info("wrote relay ticket %s (public key %s, address %s)", output, key, address)
 
 
-def _show(path: str) -> None:
+def _show(path: str, *, key_only: bool = False) -> None:
     try:
         content = read_identity_or_ticket(path)
     except OSError as exc:
         raise _os_error(path, "read", exc) from None
-    if isinstance(content, RelayTicket):
+    if key_only:
+        public_key = content.public_key if isinstance(content, RelayTicket) else public_key_from_seed(content)
+        print(b64url_encode(public_key))
+    elif isinstance(content, RelayTicket):
         print(f"publicKey: {b64url_encode(content.public_key)}")
         print(f"address: {content.address}")
     else:
@@ -179,7 +184,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "relay-ticket":
         _relay_ticket(args.idfile, args.address, args.output)
     else:
-        _show(args.path)
+        _show(args.path, key_only=args.key)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

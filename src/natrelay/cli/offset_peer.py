@@ -1,0 +1,214 @@
+"""``natrelay offset listen|connect``: Offset peers as netcat or as TCP port forwarders."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from typing import Any
+
+from natrelay.engine.stdio import open_stdin, open_stdout
+from natrelay.engine.streams import bridge
+from natrelay.offset.client import OffsetClient, TunnelError
+from natrelay.offset.crypto import Identity
+from natrelay.offset.files import b64url_decode, b64url_encode, read_identity_seed, read_ticket
+from natrelay.ops.addresses import AddressError, parse_host_port
+from natrelay.ops.runtime import run
+
+log = logging.getLogger("natrelay.offset.peer")
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def add_parser(sub: Any) -> None:
+    off = sub.add_parser("offset", help="Offset relay peers (listen / connect)",
+                         description="Offset relay peers. Keys are URL-safe base64 as `stmgr show` prints.")
+    osub = off.add_subparsers(dest="offset_command", required=True, metavar="COMMAND")
+
+    li = osub.add_parser(
+        "listen", help="listen on the relay under this identity",
+        description="Listen on the relay under this identity. Without --expose, serve one connection on "
+                    "stdin/stdout (like `nc -l`) and exit when it closes; with --expose, forward every "
+                    "accepted connection to a local TCP service, reconnecting to the relay when it is "
+                    "lost.")
+    _common(li)
+    li.add_argument("--allow", action="append", default=[], metavar="PUBKEY",
+                    help="accept connections from this key (repeatable)")
+    li.add_argument("--allow-any", action="store_true", help="accept connections from any key")
+    li.add_argument("--expose", metavar="HOST:PORT", help="forward accepted connections to this TCP service")
+    li.set_defaults(handler=listen_command)
+
+    co = osub.add_parser(
+        "connect", help="connect to a listening key through the relay",
+        description="Connect to the node listening as --to. Without --listen, join stdin/stdout to it "
+                    "(stdin's end is passed on as end of input); with --listen, open one relayed "
+                    "connection per local TCP connection.")
+    _common(co)
+    co.add_argument("--to", required=True, metavar="PUBKEY", help="the listening node's public key")
+    co.add_argument("--listen", metavar="HOST:PORT", help="accept local TCP connections here and forward them")
+    co.set_defaults(handler=connect_command)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--idfile", required=True, help="this node's identity file (stmgr gen-ident)")
+    p.add_argument("-r", "--relay", required=True, metavar="TICKET", help="the relay's ticket file")
+    p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+
+
+def _client(args: argparse.Namespace) -> OffsetClient:
+    return OffsetClient(Identity(read_identity_seed(args.idfile)), read_ticket(args.relay))
+
+
+def _key(text: str, what: str) -> bytes:
+    return b64url_decode(text.strip(), length=32, what=what)
+
+
+def _fail(message: str) -> int:
+    print(f"natrelay: error: {message}", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------- listen
+def listen_command(args: argparse.Namespace) -> int:
+    try:
+        client = _client(args)
+        allowed = {_key(k, "--allow key") for k in args.allow}
+        expose = parse_host_port(args.expose, what="--expose") if args.expose else None
+    except (OSError, ValueError, AddressError) as exc:
+        return _fail(str(exc))
+    if expose is not None and not allowed and not args.allow_any:
+        return _fail("--expose needs --allow PUBKEY (or --allow-any) to say who may reach the service")
+    allow = None if args.allow_any or not allowed else allowed.__contains__
+    print(f"listening as {b64url_encode(client.identity.public_key)}", file=sys.stderr)
+    if expose is not None:
+        return run(lambda stop: _listen_expose(client, allow, expose, stop), use_uvloop=not args.no_uvloop)
+    return run(lambda stop: _listen_stdio(client, allow, stop), use_uvloop=not args.no_uvloop)
+
+
+async def _listen_expose(client: OffsetClient, allow: Any, target: tuple[str, int],
+                         stop: asyncio.Event) -> int:
+    host, port = target
+
+    async def on_tunnel(key: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            local = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            log.warning("cannot reach %s:%d for %s: %s", host, port, b64url_encode(key), exc)
+            return
+        try:
+            await bridge((reader, writer), local)
+        except (OSError, ConnectionError) as exc:
+            log.info("connection from %s ended: %s", b64url_encode(key), exc)
+
+    listener = client.listener(on_tunnel, allow=allow)
+    task = asyncio.create_task(listener.run())
+    await stop.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await listener.aclose()
+    client.close()
+    return 0
+
+
+async def _listen_stdio(client: OffsetClient, allow: Any, stop: asyncio.Event) -> int:
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    served = False
+
+    def allow_one(key: bytes) -> bool:
+        return not served and (allow is None or allow(key))
+
+    async def on_tunnel(key: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        if served:
+            return
+        served = True
+        print(f"connection from {b64url_encode(key)}", file=sys.stderr)
+        code = await _join_stdio(reader, writer)
+        if not done.done():
+            done.set_result(code)
+
+    listener = client.listener(on_tunnel, allow=allow_one)
+    try:
+        first = await listener.listen_once()
+    except TunnelError as exc:
+        return _fail(f"cannot listen on the relay: {exc}")
+    task = asyncio.create_task(listener.run(first=first))  # reconnects if needed, until one connection
+    stopper = asyncio.create_task(stop.wait())
+    waiters: set[asyncio.Future[Any]] = {done, stopper}
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for t in (task, stopper):
+        t.cancel()
+    await listener.aclose()
+    client.close()
+    return done.result() if done.done() else 130
+
+
+async def _join_stdio(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    stdin, stdout = await open_stdin(), await open_stdout()
+    try:
+        await bridge((stdin, stdout), (reader, writer))
+    except (OSError, ConnectionError) as exc:
+        print(f"natrelay: connection ended: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -------------------------------------------------------------------- connect
+def connect_command(args: argparse.Namespace) -> int:
+    try:
+        client = _client(args)
+        remote = _key(args.to, "--to key")
+        local = parse_host_port(args.listen, what="--listen") if args.listen else None
+    except (OSError, ValueError, AddressError) as exc:
+        return _fail(str(exc))
+    if local is not None:
+        return run(lambda stop: _connect_forward(client, remote, local, stop), use_uvloop=not args.no_uvloop)
+    return run(lambda stop: _connect_stdio(client, remote, stop), use_uvloop=not args.no_uvloop)
+
+
+async def _connect_stdio(client: OffsetClient, remote: bytes, stop: asyncio.Event) -> int:
+    try:
+        streams = await client.connect(remote)
+    except TunnelError as exc:
+        return _fail(str(exc))
+    job = asyncio.create_task(_join_stdio(*streams))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    client.close()
+    if job.done():
+        return job.result()
+    job.cancel()
+    return 130
+
+
+async def _connect_forward(client: OffsetClient, remote: bytes, local: tuple[str, int],
+                           stop: asyncio.Event) -> int:
+    who = b64url_encode(remote)
+
+    async def on_local(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            tunnel = await client.connect(remote)
+        except TunnelError as exc:
+            log.warning("%s", exc)
+            writer.close()
+            return
+        try:
+            await bridge((reader, writer), tunnel)
+        except (OSError, ConnectionError) as exc:
+            log.info("connection to %s ended: %s", who, exc)
+
+    host, port = local
+    try:
+        server = await asyncio.start_server(on_local, host, port)
+    except OSError as exc:
+        return _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    log.info("forwarding %s:%d to %s", host, port, who)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    client.close()
+    return 0

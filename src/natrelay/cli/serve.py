@@ -1,0 +1,99 @@
+"""``natrelay serve``: the main job on an embedded default, with no configuration to write.
+
+First run: creates an identity and a ticket in the data folder. Every run: starts the Offset
+relay on 127.0.0.1 and prints the ticket path and the relay's public key, so that
+``natrelay offset listen/connect --relay <ticket>`` can be used straight away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from natrelay.engine.resources import raise_nofile_limit
+from natrelay.offset.crypto import Identity
+from natrelay.offset.files import (
+    RelayTicket,
+    b64url_encode,
+    read_identity_seed,
+    read_ticket,
+    write_identity,
+    write_ticket,
+)
+from natrelay.offset.server import OffsetRelayServer
+from natrelay.ops.runtime import run
+
+log = logging.getLogger("natrelay.serve")
+
+DEFAULT_DATA_DIR = "natrelay-data"
+DEFAULT_OFFSET_PORT = 4180
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the relay on an embedded default (no configuration needed)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help="where identities and tickets live (default: ./%(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--offset-port", type=int, default=DEFAULT_OFFSET_PORT,
+                   help="the Offset relay's port (default %(default)s)")
+    p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    p.set_defaults(handler=serve_command)
+
+
+def ensure_offset_files(data: Path, host: str, port: int) -> tuple[Identity, Path]:
+    """The relay's identity and ticket in ``data``, created on first use."""
+    ident_path = data / "offset" / "relay.ident"
+    ticket_path = data / "offset" / "relay.ticket"
+    if not ident_path.exists():
+        write_identity(ident_path, Identity.generate().seed)
+        log.info("created identity %s", ident_path)
+    identity = Identity(read_identity_seed(ident_path))
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if ticket_path.exists():
+        ticket = read_ticket(ticket_path)
+        if ticket.public_key != identity.public_key or ticket.address != shown:
+            raise ValueError(f"{ticket_path} does not match {ident_path} and {shown}; "
+                             "remove it to have it written again")
+    else:
+        write_ticket(ticket_path, RelayTicket(public_key=identity.public_key, address=shown))
+        log.info("created ticket %s", ticket_path)
+    return identity, ticket_path
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir)
+    try:
+        identity, ticket_path = ensure_offset_files(data, args.host, args.offset_port)
+    except (OSError, ValueError) as exc:
+        print(f"natrelay: error: {exc}", file=sys.stderr)
+        return 1
+
+    async def main(stop: asyncio.Event) -> int:
+        raise_nofile_limit()
+        server = OffsetRelayServer(identity)
+        try:
+            await server.start(args.host, args.offset_port)
+        except OSError as exc:
+            print(f"natrelay: error: cannot listen on {args.host}:{args.offset_port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        key = b64url_encode(identity.public_key)
+        print(f"Offset relay listening on {args.host}:{args.offset_port}\n"
+              f"  public key: {key}\n"
+              f"  ticket:     {ticket_path}\n"
+              f"Try it (two other terminals):\n"
+              f"  stmgr gen-ident --output a.ident && stmgr gen-ident --output b.ident\n"
+              f"  natrelay offset listen --idfile b.ident --relay {ticket_path}\n"
+              f"  natrelay offset connect --idfile a.ident --relay {ticket_path} "
+              f"--to \"$(stmgr show --key b.ident)\"\n"
+              f"Stop with Ctrl-C.", flush=True)
+        await stop.wait()
+        await server.close()
+        return 0
+
+    return run(main, use_uvloop=not args.no_uvloop)

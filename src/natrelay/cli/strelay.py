@@ -1,0 +1,102 @@
+"""``strelay``: the Offset relay server (``strelay --idfile relay.ident --laddr 127.0.0.1:1337``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from natrelay import __version__
+from natrelay.engine.limits import Limits
+from natrelay.engine.resources import raise_nofile_limit
+from natrelay.offset import constants as C
+from natrelay.offset.crypto import Identity
+from natrelay.offset.files import b64url_encode, read_identity_seed
+from natrelay.offset.server import OffsetRelayServer, RelayConfig
+from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.logging import LoggingConfigError, setup_logging
+from natrelay.ops.runtime import extract_attached, run
+
+log = logging.getLogger("natrelay.strelay")
+
+EPILOG = """\
+--laddr takes HOST:PORT, [IPv6]:PORT, or a bare PORT (every interface). A value glued to the
+option, as in `--laddr1337`, is accepted too. Limits of 0 mean "no limit".
+Logging: --log-level or $NATRELAY_LOG, e.g. `debug` or `info,natrelay.offset.server=debug`
+(debug shows why each connection was closed). Exit status: 0 after SIGINT/SIGTERM, 1 on a start-up
+error (bad identity file, address in use), 2 on a usage error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="strelay",
+        description="Offset relay server: pairs nodes that listen and connect by public key.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-i", "--idfile", required=True, help="the relay's identity file (stmgr gen-ident)")
+    p.add_argument("-l", "--laddr", required=True, help="address to listen on: HOST:PORT, [IPv6]:PORT or PORT")
+    p.add_argument("--log-level", help="log level spec (default: info; env NATRELAY_LOG)")
+    p.add_argument("-V", "--version", action="version", version=f"strelay {__version__}")
+    lim = Limits()
+    g = p.add_argument_group("limits")
+    g.add_argument("--max-frame", type=int, default=C.DEFAULT_MAX_FRAME,
+                   help="largest frame accepted, in bytes (default %(default)s)")
+    g.add_argument("--max-connections", type=int, default=lim.max_connections,
+                   help="open connections in total (default %(default)s)")
+    g.add_argument("--max-per-ip", type=int, default=lim.max_per_ip,
+                   help="open connections per source IP (default %(default)s)")
+    g.add_argument("--max-handshakes", type=int, default=lim.max_handshakes,
+                   help="handshakes in progress (default %(default)s)")
+    g.add_argument("--max-listeners", type=int, default=lim.max_listeners,
+                   help="listening nodes (default %(default)s)")
+    g.add_argument("--max-pending", type=int, default=lim.max_pending_per_listener,
+                   help="connections waiting for one listener to accept (default %(default)s)")
+    p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(extract_attached(sys.argv[1:] if argv is None else argv,
+                                                      ("--laddr", "--idfile")))
+    try:
+        setup_logging(args.log_level, program="strelay", default_level="info")
+    except LoggingConfigError as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        host, port = parse_listen_address(args.laddr)
+        identity = Identity(read_identity_seed(args.idfile))
+        limits = Limits(max_connections=args.max_connections, max_per_ip=args.max_per_ip,
+                        max_handshakes=args.max_handshakes, max_listeners=args.max_listeners,
+                        max_pending_per_listener=args.max_pending)
+        if args.max_frame < 64 * 1024:
+            raise ValueError(f"--max-frame must be at least 65536 bytes, got {args.max_frame}")
+    except (OSError, ValueError, AddressError) as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 1
+    config = RelayConfig(limits=limits, max_frame=args.max_frame)
+
+    async def serve(stop: asyncio.Event) -> int:
+        old, new = raise_nofile_limit()
+        log.debug("open file limit raised from %d to %d", old, new)
+        server = OffsetRelayServer(identity, config)
+        try:
+            addrs = await server.start(host, port)
+        except OSError as exc:
+            print(f"strelay: error: cannot listen on {args.laddr}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        for h, p in addrs:
+            shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+            log.info("listening on %s", shown)
+        log.info("public key %s", b64url_encode(identity.public_key))
+        await stop.wait()
+        log.info("stopping; %s", server.stats.snapshot())
+        await server.close()
+        return 0
+
+    return run(serve, use_uvloop=not args.no_uvloop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

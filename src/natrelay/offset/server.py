@@ -1,0 +1,313 @@
+"""``strelay``'s asyncio shell: accept connections, run their links, carry out pairing actions.
+
+The rules live in ``RelayPairing`` (who pairs with whom) and ``Link`` (the wire protocol);
+this module only moves bytes and time between them and the sockets. Every connection is
+classified on its own clock (spec §12.2 item 2: the original handled first messages one at a
+time, so one silent client stalled everyone), and every close is logged at debug level and
+counted by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import enum
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.stats import RelayStats
+from natrelay.offset import constants as C
+from natrelay.offset.crypto import Identity
+from natrelay.offset.errors import ProtocolError
+from natrelay.offset.link import Link
+from natrelay.offset.messages import (
+    Accept,
+    Connect,
+    Listen,
+    decode_init_connection,
+    decode_reject_connection,
+    encode_incoming_connection,
+)
+from natrelay.offset.protocol import LinkProtocol, make_wheel
+from natrelay.offset.relay import Action, CloseConnection, NotifyListener, RelayPairing, SpliceTunnel
+
+log = logging.getLogger(__name__)
+
+#: What a connector may send before its tunnel is accepted (its end-to-end handshake start,
+#: normally well under 1 KiB). Past this the connection is closed rather than buffered.
+MAX_PENDING_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything that tunes one relay process."""
+
+    limits: Limits = field(default_factory=Limits)
+    max_frame: int = C.DEFAULT_MAX_FRAME
+    handshake_timeout: float = C.HANDSHAKE_TIMEOUT
+    init_timeout: float = C.INIT_CONNECTION_TIMEOUT
+    keepalive_timeout: float = C.KEEPALIVE_TIMEOUT
+    heartbeat_interval: float = C.HEARTBEAT_INTERVAL
+    half_tunnel_timeout: float = C.HALF_TUNNEL_TIMEOUT
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    AWAIT_INIT = "await-init"
+    LISTENING = "listening"
+    PENDING = "pending"
+    TUNNEL = "tunnel"
+
+
+def short_key(key: bytes | None) -> str:
+    """A key as logs show it: the first characters of its URL-safe base64."""
+    if key is None:
+        return "?"
+    return base64.urlsafe_b64encode(key).decode()[:10]
+
+
+class RelayConnection(LinkProtocol):
+    """One accepted connection, from handshake to close."""
+
+    def __init__(self, server: OffsetRelayServer) -> None:
+        super().__init__(server.make_link, server.timers)
+        self.server = server
+        self.conn_id = next(server.ids)
+        self.state = State.HANDSHAKE
+        self.peer: RelayConnection | None = None
+        self.ip = "?"
+        self._admitted = False
+        self._in_handshake = False
+        self._init_deadline: float | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+
+    # ----------------------------------------------------------- admission
+    def on_connected(self) -> bool:
+        server = self.server
+        assert self.transport is not None
+        peername = self.transport.get_extra_info("peername")
+        self.ip = str(peername[0]) if peername else "?"
+        server.stats.accepted += 1
+        reason = server.admission.admit(self.ip)
+        if reason is None:
+            self._admitted = True
+            reason = server.admission.begin_handshake()
+            self._in_handshake = reason is None
+        if reason is not None:
+            server.stats.refused += 1
+            log.info("refused connection from %s: %s", self.ip, reason)
+            self.abort(f"refused: {reason}")
+            return False
+        server.stats.active += 1
+        server.connections[self.conn_id] = self
+        return True
+
+    def on_established(self) -> None:
+        self._end_handshake()
+        self.server.stats.handshakes_done += 1
+        self.state = State.AWAIT_INIT
+        self._init_deadline = self.loop.time() + self.server.config.init_timeout
+
+    def _end_handshake(self) -> None:
+        if self._in_handshake:
+            self._in_handshake = False
+            self.server.admission.end_handshake()
+
+    # ----------------------------------------------------------- messages
+    def on_messages(self, messages: list[bytes]) -> None:
+        for index, payload in enumerate(messages):
+            if self.closing:
+                return
+            state = self.state
+            if state is State.TUNNEL:
+                self._forward(messages[index:])
+                return
+            if state is State.PENDING:
+                self._buffer(payload)
+            elif state is State.AWAIT_INIT:
+                self._init(payload)
+            elif state is State.LISTENING:
+                try:
+                    key = decode_reject_connection(payload)
+                except ProtocolError as exc:
+                    # spec §7.2: an unparsable payload ends the listener, as if it had closed.
+                    self.close(f"unparsable payload on a listen connection: {exc}")
+                    return
+                self.server.apply(self.server.pairing.reject(self.conn_id, key))
+
+    def _init(self, payload: bytes) -> None:
+        self._init_deadline = None
+        key = self.link.remote_public_key if self.link else None
+        assert key is not None
+        try:
+            init = decode_init_connection(payload)
+        except ProtocolError as exc:
+            self.close(f"first payload is not an InitConnection: {exc}")
+            return
+        pairing = self.server.pairing
+        if isinstance(init, Listen):
+            self.state = State.LISTENING
+            log.debug("conn %d: %s listens", self.conn_id, short_key(key))
+            self.server.apply(pairing.listen(self.conn_id, key))
+        elif isinstance(init, Connect):
+            self.state = State.PENDING
+            log.debug("conn %d: %s connects to %s", self.conn_id, short_key(key),
+                      short_key(init.public_key))
+            self.server.apply(pairing.connect(self.conn_id, key, init.public_key, self.loop.time()))
+        elif isinstance(init, Accept):
+            log.debug("conn %d: %s accepts %s", self.conn_id, short_key(key), short_key(init.public_key))
+            self.server.apply(pairing.accept(self.conn_id, key, init.public_key))
+
+    def _buffer(self, payload: bytes) -> None:
+        self._pending_bytes += len(payload)
+        if self._pending_bytes > MAX_PENDING_BYTES:
+            self.close("too much data before the tunnel was accepted")
+            return
+        self._pending.append(payload)
+
+    def _forward(self, payloads: list[bytes]) -> None:
+        peer = self.peer
+        if peer is None or peer.closing:
+            return
+        self.server.stats.bytes_forwarded += sum(map(len, payloads))
+        peer.send_many(payloads)
+
+    def splice(self, peer: RelayConnection) -> None:
+        """Become one end of a tunnel; hand over anything buffered while pending."""
+        self.peer = peer
+        self.state = State.TUNNEL
+        if self._pending:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._forward(pending)
+
+    # -------------------------------------------------------- backpressure
+    def on_pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
+            self.peer.transport.pause_reading()
+
+    def on_resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
+            self.peer.transport.resume_reading()
+
+    # -------------------------------------------------------------- timers
+    def extra_deadline(self) -> float | None:
+        return self._init_deadline
+
+    def on_extra_timer(self, now: float) -> None:
+        if self._init_deadline is not None and now >= self._init_deadline:
+            self.close("no InitConnection in time")
+
+    # --------------------------------------------------------------- close
+    def on_closed(self, reason: str) -> None:
+        server = self.server
+        self._end_handshake()
+        if self._admitted:
+            self._admitted = False
+            server.admission.release(self.ip)
+            server.stats.active -= 1
+        server.connections.pop(self.conn_id, None)
+        server.stats.closed(_reason_class(reason))
+        log.debug("conn %d from %s closed (%s): %s", self.conn_id, self.ip, self.state.value, reason)
+        if self.state is State.TUNNEL:
+            server.stats.tunnels_active -= 1
+            peer, self.peer = self.peer, None
+            if peer is not None:
+                peer.peer = None
+                peer.close("the other end of the tunnel closed")
+        self._pending.clear()
+        server.apply(server.pairing.connection_closed(self.conn_id))
+
+
+def _reason_class(reason: str) -> str:
+    """The counter a close reason is filed under: its text up to the first colon."""
+    return reason.split(":", 1)[0]
+
+
+class OffsetRelayServer:
+    """An Offset relay: listeners, connectors and acceptors paired by public key."""
+
+    def __init__(self, identity: Identity, config: RelayConfig | None = None) -> None:
+        self.identity = identity
+        self.config = config or RelayConfig()
+        self.loop = asyncio.get_running_loop()
+        self.timers = make_wheel(self.loop)
+        self.admission = Admission(self.config.limits)
+        self.stats = RelayStats()
+        self.pairing = RelayPairing(
+            half_tunnel_timeout=self.config.half_tunnel_timeout,
+            max_listeners=self.config.limits.max_listeners,
+            max_pending_per_listener=self.config.limits.max_pending_per_listener,
+        )
+        self.connections: dict[int, RelayConnection] = {}
+        self.ids = itertools.count(1)
+        self._servers: list[asyncio.Server] = []
+        self._half_timer: asyncio.TimerHandle | None = None
+
+    def make_link(self, now: float) -> Link:
+        cfg = self.config
+        return Link(self.identity, now=now, expected_remote=None, framed=True, version_prefix=True,
+                    max_frame=cfg.max_frame, handshake_timeout=cfg.handshake_timeout,
+                    keepalive_timeout=cfg.keepalive_timeout, heartbeat_interval=cfg.heartbeat_interval)
+
+    async def start(self, host: str | None, port: int) -> list[tuple[str, int]]:
+        """Listen on ``host:port`` (``None``/"" = every interface); return the bound addresses."""
+        server = await self.loop.create_server(
+            lambda: RelayConnection(self), host or None, port, reuse_address=True, backlog=1024)
+        self._servers.append(server)
+        addrs: list[tuple[str, int]] = []
+        for sock in server.sockets:
+            name = sock.getsockname()
+            addrs.append((str(name[0]), int(name[1])))
+        return addrs
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out what the pairing machine decided."""
+        for action in actions:
+            if isinstance(action, NotifyListener):
+                listener = self.connections.get(action.listener)
+                if listener is not None:
+                    listener.send(encode_incoming_connection(action.connector_key))
+            elif isinstance(action, CloseConnection):
+                conn = self.connections.get(action.conn)
+                if conn is not None:
+                    conn.close(action.reason)
+            elif isinstance(action, SpliceTunnel):
+                connector = self.connections.get(action.connector)
+                acceptor = self.connections.get(action.acceptor)
+                if connector is None or acceptor is None:
+                    continue
+                self.stats.tunnels_opened += 1
+                self.stats.tunnels_active += 1
+                acceptor.splice(connector)
+                connector.splice(acceptor)
+        self._arm_half_tunnels()
+
+    def _arm_half_tunnels(self) -> None:
+        """One loop timer for the earliest half-tunnel expiry."""
+        when = self.pairing.next_deadline()
+        if self._half_timer is not None:
+            if when is not None and self._half_timer.when() <= when:
+                return
+            self._half_timer.cancel()
+            self._half_timer = None
+        if when is not None:
+            self._half_timer = self.loop.call_at(when, self._expire_half_tunnels)
+
+    def _expire_half_tunnels(self) -> None:
+        self._half_timer = None
+        self.apply(self.pairing.expire(self.loop.time()))
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, release the timers."""
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections.values()):
+            conn.abort("relay shutting down")
+        for server in self._servers:
+            await server.wait_closed()
+        if self._half_timer is not None:
+            self._half_timer.cancel()
+        self.timers.close()

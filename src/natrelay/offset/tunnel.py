@@ -1,0 +1,141 @@
+"""What flows inside an end-to-end tunnel: our stream layer with half-close, and its transport.
+
+Offset's own application messages (funder, channeler) are out of scope (spec §2.2, layer E3).
+natrelay carries byte streams there instead, in a layer of its own, so that a tunnel behaves
+like a TCP connection to the program using it, half-close included:
+
+* ``00 ‖ bytes`` — stream data (at most ``MAX_CHUNK`` bytes per message);
+* ``01``        — end of stream: the sender will send no more data (like TCP's FIN).
+
+A tunnel ends when both sides have sent their end of stream; since every message is ordered
+after the data before it, nothing in flight is lost on either side's close.
+
+``TunnelTransport`` exposes a tunnel as an ``asyncio.Transport``, so callers use the ordinary
+``StreamReader``/``StreamWriter`` (or any asyncio protocol) on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from natrelay.offset.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from natrelay.offset.client import TunnelConnection
+
+DATA = 0x00
+END = 0x01
+#: Payload bytes per data message: large enough to amortise per-message work, small enough
+#: that a message with both layers' overhead stays far below the relay's frame limit.
+MAX_CHUNK = 256 * 1024
+
+END_MESSAGE = bytes([END])
+
+
+def encode_data(chunk: bytes | memoryview) -> bytes:
+    """One data message (``chunk`` must be at most ``MAX_CHUNK`` bytes)."""
+    return b"\x00" + chunk
+
+
+def decode_message(message: bytes) -> bytes | None:
+    """A data message's bytes, or ``None`` for end of stream; ``ProtocolError`` otherwise."""
+    if not message:
+        raise ProtocolError("empty tunnel message")
+    kind = message[0]
+    if kind == DATA:
+        if len(message) == 1:
+            raise ProtocolError("tunnel data message without data")
+        return message[1:]
+    if kind == END:
+        if len(message) != 1:
+            raise ProtocolError("tunnel end-of-stream message with trailing bytes")
+        return None
+    raise ProtocolError(f"unknown tunnel message type {kind}")
+
+
+def split_data(data: bytes | bytearray | memoryview) -> list[bytes]:
+    """Data messages for ``data``, in order."""
+    view = memoryview(data)
+    return [encode_data(view[i:i + MAX_CHUNK]) for i in range(0, len(view), MAX_CHUNK)]
+
+
+class TunnelTransport(asyncio.Transport):
+    """An end-to-end tunnel as an asyncio transport (stream semantics, half-close)."""
+
+    def __init__(self, conn: TunnelConnection, extra: dict[str, Any]) -> None:
+        super().__init__(extra)
+        self._conn = conn
+        self._protocol: asyncio.BaseProtocol | None = None
+        self.eof_sent = False
+        self._closing = False
+
+    # ---- BaseTransport
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def is_closing(self) -> bool:
+        return self._closing or self._conn.closing
+
+    def close(self) -> None:
+        """End our side (sending end of stream if not yet sent) and close the tunnel."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self.eof_sent:
+            self.eof_sent = True
+            self._conn.send_app([END_MESSAGE])
+        self._conn.close("closed by the local side")
+
+    # ---- ReadTransport
+    def is_reading(self) -> bool:
+        transport = self._conn.transport
+        return transport is not None and transport.is_reading()
+
+    def pause_reading(self) -> None:
+        if self._conn.transport is not None and not self._conn.closing:
+            self._conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._conn.transport is not None and not self._conn.closing:
+            self._conn.transport.resume_reading()
+
+    # ---- WriteTransport
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof_sent:
+            raise RuntimeError("cannot write to a tunnel after write_eof() or close()")
+        if data:
+            self._conn.send_app(split_data(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self.eof_sent:
+            return
+        self.eof_sent = True
+        self._conn.send_app([END_MESSAGE])
+        self._conn.maybe_finish()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        self._closing = True
+        self._conn.abort("aborted by the local side")
+
+    def get_write_buffer_size(self) -> int:
+        transport = self._conn.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        transport = self._conn.transport
+        return transport.get_write_buffer_limits() if transport is not None else (0, 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.set_write_buffer_limits(high, low)
