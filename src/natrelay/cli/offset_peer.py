@@ -47,7 +47,7 @@ def add_parser(sub: Any) -> None:
                     "connection per local TCP connection.")
     _common(co)
     co.add_argument("--to", required=True, metavar="PUBKEY", help="the listening node's public key")
-    co.add_argument("--listen", metavar="HOST:PORT", help="accept local TCP connections here and forward them")
+    co.add_argument("--listen", metavar="HOST:PORT", help="accept local TCP connections here, forward each")
     co.set_defaults(handler=connect_command)
 
 

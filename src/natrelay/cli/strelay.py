@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Offset relay server: pairs nodes that listen and connect by public key.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--idfile", required=True, help="the relay's identity file (stmgr gen-ident)")
-    p.add_argument("-l", "--laddr", required=True, help="address to listen on: HOST:PORT, [IPv6]:PORT or PORT")
+    p.add_argument("-l", "--laddr", required=True, help="listen address: HOST:PORT, [IPv6]:PORT or PORT")
     p.add_argument("--log-level", help="log level spec (default: info; env NATRELAY_LOG)")
     p.add_argument("-V", "--version", action="version", version=f"strelay {__version__}")
     lim = Limits()
