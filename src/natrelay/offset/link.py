@@ -80,6 +80,11 @@ class Link:
     # ------------------------------------------------------------ state
 
     @property
+    def framed(self) -> bool:
+        """True for a byte-stream link (``receive_data``), False for message mode (``receive_frame``)."""
+        return self._framed
+
+    @property
     def established(self) -> bool:
         """True once the handshake is done."""
         return self._keepalive is not None
