@@ -228,9 +228,7 @@ def test_update_keeps_keys_it_does_not_change(tmp_path: Path) -> None:
 
 
 _KEY = st.text(st.characters(exclude_characters="/", exclude_categories=["Cs"]), min_size=1, max_size=12)
-_VALUE = st.text(st.characters(exclude_categories=["Cs"]), max_size=20).map(
-    lambda s: s.strip(" \t\n\r\f\v")
-)
+_VALUE = st.text(st.characters(exclude_categories=["Cs"]), max_size=20).map(lambda s: s.strip(" \t\n\r\f\v"))
 
 
 @given(st.dictionaries(_KEY, _VALUE, max_size=8))
