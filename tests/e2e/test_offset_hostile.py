@@ -77,8 +77,9 @@ async def attack_wrong_version(port: int) -> bool:
 async def attack_bad_signature(port: int) -> bool:
     r, w = await open_from(ATTACKER_IP, port)
     me = Identity.generate()
-    w.write(VERSION_FRAME + encode_frame(encode_exchange_rand_nonce(
-        ExchangeRandNonce(rand_nonce=os.urandom(16), src_public_key=me.public_key, opt_dest_public_key=None))))
+    hello = ExchangeRandNonce(rand_nonce=os.urandom(16), src_public_key=me.public_key,
+                              opt_dest_public_key=None)
+    w.write(VERSION_FRAME + encode_frame(encode_exchange_rand_nonce(hello)))
     decoder = FrameDecoder()
     frames: list[bytes] = []
     while len(frames) < 2:
