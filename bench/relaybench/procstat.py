@@ -1,0 +1,102 @@
+"""Resident memory and CPU time of a relay, read from /proc.
+
+A relay may run helper processes (worker loops per core, a twistd child), so figures are summed over the
+process tree rooted at the pid the benchmark started. RSS summed over processes counts shared pages more
+than once; that over-states multi-process relays slightly and is noted in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class StatLine:
+    pid: int
+    ppid: int
+    cpu_ticks: int  # utime + stime
+
+
+def parse_stat(text: str) -> StatLine:
+    """Parse /proc/PID/stat; the command name may hold spaces and parentheses: split after the last ')'."""
+    close = text.rfind(")")
+    if close < 0:
+        raise ValueError("no command field in stat line")
+    pid = int(text[: text.index("(")].strip())
+    fields = text[close + 2 :].split()
+    # fields[0] is field 3 (state); ppid is field 4, utime 14, stime 15 (1-based, per proc(5)).
+    return StatLine(pid=pid, ppid=int(fields[1]), cpu_ticks=int(fields[11]) + int(fields[12]))
+
+
+def parse_vmrss_kib(status_text: str) -> int:
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            return int(parts[1])  # always reported in kB
+    return 0  # a zombie or kernel thread has no VmRSS line
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _all_stats() -> list[StatLine]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            text = _read(f"/proc/{name}/stat")
+            if text:
+                try:
+                    out.append(parse_stat(text))
+                except (ValueError, IndexError):
+                    continue
+    return out
+
+
+def descendants(stats: Iterable[StatLine], roots: Iterable[int]) -> set[int]:
+    """Roots plus every process whose parent chain reaches one of them."""
+    children: dict[int, list[int]] = {}
+    for s in stats:
+        children.setdefault(s.ppid, []).append(s.pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def tree(roots: Iterable[int]) -> set[int]:
+    return descendants(_all_stats(), roots)
+
+
+def rss_kib(roots: Iterable[int]) -> int:
+    total = 0
+    for pid in tree(roots):
+        text = _read(f"/proc/{pid}/status")
+        if text:
+            total += parse_vmrss_kib(text)
+    return total
+
+
+def cpu_seconds(roots: Iterable[int]) -> float:
+    ticks = 0
+    for pid in tree(roots):
+        text = _read(f"/proc/{pid}/stat")
+        if text:
+            try:
+                ticks += parse_stat(text).cpu_ticks
+            except (ValueError, IndexError):
+                continue
+    return ticks / CLOCK_TICKS
