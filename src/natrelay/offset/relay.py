@@ -1,6 +1,6 @@
 """Who pairs with whom on an Offset relay: listeners, half tunnels, accept and reject (sans-IO).
 
-This is the relay's bookkeeping of spec §7.2–7.7 kept apart from any transport, in the way
+This is the relay's bookkeeping of spec §7.2-7.7 kept apart from any transport, in the way
 magic-wormhole's transit relay keeps pending and active connections apart from its sockets:
 the asyncio shell reports what a connection asked for (its authenticated key and its
 ``InitConnection``), and gets back *actions* to carry out. Time only comes in as ``now``.

@@ -1,4 +1,4 @@
-"""The Offset relay's pairing rules (spec §7.2–7.7), with fake time and no sockets."""
+"""The Offset relay's pairing rules (spec §7.2-7.7), with fake time and no sockets."""
 
 from __future__ import annotations
 
