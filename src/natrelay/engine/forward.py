@@ -85,6 +85,7 @@ class PortablePump(Pump):
         recv_into = self.src.recv_into
         send = self.dst.send
         budget = self.budget
+        short_is_again = self.session.engine.short_read_is_again
         moved = 0
         outcome = AGAIN
         while True:
@@ -115,6 +116,8 @@ class PortablePump(Pump):
                 # Only now does this session need memory of its own.
                 self.backlog = bytearray(chunk[m:])
                 outcome = BLOCKED
+                break
+            if short_is_again and n < len(buf):
                 break
             budget -= 1
             if not budget:
@@ -161,6 +164,11 @@ class ForwardEngine:
         self.time = self.timers.time
         self.totals = Totals()
         self.nodelay = nodelay
+        # A short read almost always means the socket is drained.  asyncio's own
+        # selector loops re-report a still-readable descriptor, so the read that
+        # would only confirm EAGAIN can be skipped there.  uvloop must see EAGAIN
+        # (see Pump), so elsewhere we pay the extra read.
+        self.short_read_is_again = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
         self._budget = max_chunks_per_wakeup
         self._buffer_size = buffer_size
         self._buf: memoryview | None = None

@@ -165,6 +165,7 @@ class SplicePump(Pump):
         src = self.src_fd
         dst = self.dst_fd
         budget = self.budget
+        short_is_again = self.session.engine.short_read_is_again
         moved = 0
         outcome = AGAIN
         while True:
@@ -197,6 +198,8 @@ class SplicePump(Pump):
             if left:
                 self.in_pipe = left
                 outcome = BLOCKED
+                break
+            if short_is_again and n < cap:
                 break
             budget -= 1
             if not budget:
