@@ -77,6 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="generator I/O for bulk transfers (splice: no user-space copies)")
     p.add_argument("--bulk-bytes", type=parse_size, default=None, help="single-session transfer size")
     p.add_argument("--chunk", type=parse_size, default=None, help="write size for bulk transfers")
+    p.add_argument("--idle", default=None, help="idle-session counts, e.g. 2000,10000 (capped by fd limit)")
     p.add_argument("--no-generator-check", action="store_true", help="skip the generator self-check")
     p.add_argument("--keep-workdir", action="store_true", help="keep relay logs and identities")
     args = p.parse_args(argv)
@@ -86,6 +87,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in args.measures.split(","):
         if name not in MEASURES:
             p.error(f"unknown measure {name!r}")
+    if args.idle is not None:
+        try:
+            args.idle = tuple(sorted({int(x) for x in args.idle.split(",")}))
+        except ValueError:
+            p.error("--idle takes comma-separated integers")
+        if not all(0 < n <= 100_000 for n in args.idle):
+            p.error("--idle counts must be within 1..100000")
     if args.rounds is not None and not 1 <= args.rounds <= 50:
         p.error("--rounds must be within 1..50")
     return args
@@ -152,6 +160,8 @@ def main(argv: list[str]) -> int:
         sizes = dataclasses.replace(
             sizes, bulk_bytes=args.bulk_bytes or sizes.bulk_bytes, bulk_chunk=args.chunk or sizes.bulk_chunk
         )
+    if args.idle:
+        sizes = dataclasses.replace(sizes, idle_counts=args.idle)
     rounds = args.rounds or (1 if args.quick else 3)
     measures = tuple(args.measures.split(","))
     raise_fd_limit()

@@ -64,10 +64,10 @@ FULL = Sizes(
 )
 
 QUICK = Sizes(
-    bulk_bytes=64 * MIB,
+    bulk_bytes=256 * MIB,  # smaller and direct TCP's transfer is over before the scheduler notices
     bulk_chunk=64 * 1024,
     bulk16_sessions=16,
-    bulk16_bytes_each=4 * MIB,
+    bulk16_bytes_each=16 * MIB,
     bulk_seconds=20.0,
     ping_size=64,
     ping_count=2_000,

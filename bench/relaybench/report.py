@@ -72,6 +72,9 @@ def build(
             fig["values"] = [r.values.get(m.key) for r in rounds.get(name, [])]
             figures[m.key] = fig
         entry["figures"] = figures
+        share = summarize([r.extra.get("generator_cpu_share_bulk1") for r in rounds.get(name, [])])
+        if share is not None:
+            entry["generator_cpu_share_bulk1"] = share.median
         entry["notes"] = sorted({n for r in rounds.get(name, []) for n in r.notes})
         entry["rounds"] = [r.extra for r in rounds.get(name, [])]
         doc_subjects[name] = entry
@@ -119,6 +122,12 @@ def format_table(doc: dict[str, Any], metrics: list[Metric]) -> str:
     if gen:
         lines.append("generator self-check (direct TCP, one session, MiB/s, median):")
         lines.append("  " + ", ".join(f"{k} {_num(v)}" for k, v in gen.items()))
+        lines.append("")
+    key = "generator_cpu_share_bulk1"
+    shares = {n: s[key] for n, s in subjects.items() if key in s}
+    if shares:
+        lines.append("generator CPU during the single-session transfer (1.00 = one core busy), median:")
+        lines.append("  " + ", ".join(f"{n} {v:.2f}" for n, v in shares.items()))
         lines.append("")
     for name, s in subjects.items():
         if "skipped" in s:
