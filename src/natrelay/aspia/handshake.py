@@ -188,6 +188,11 @@ class _Machine:
     def done(self) -> bool:
         return self._step is _Step.DONE
 
+    @property
+    def cipher(self) -> ChannelCipher | None:
+        """The cipher protecting the next handshake message, if one is installed yet."""
+        return self._cipher
+
     def check_timeout(self, now: float) -> None:
         """Raise once the whole-handshake timer (60 s by default, §4.9) has run out."""
         if self._step not in (_Step.DONE, _Step.FAILED) and now >= self.deadline:
