@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.tunnel import StreamLayerError, TunnelTransport, decode_message
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.errors import ProtocolError
@@ -28,7 +29,6 @@ from natrelay.offset.messages import (
     encode_reject_connection,
 )
 from natrelay.offset.protocol import LinkProtocol, make_wheel
-from natrelay.offset.tunnel import TunnelTransport, decode_message
 from natrelay.ops.addresses import parse_host_port
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class TunnelConnection(RelayLinkClient):
     def _deliver(self, message: bytes) -> bool:
         try:
             data = decode_message(message)
-        except ProtocolError as exc:
+        except StreamLayerError as exc:
             self.abort(f"tunnel protocol error: {exc}")
             return False
         if self.remote_ended:

@@ -1,8 +1,9 @@
-"""What flows inside an end-to-end tunnel: our stream layer with half-close, and its transport.
+"""A byte stream with half-close over any ordered, encrypted message channel, as an asyncio transport.
 
-Offset's own application messages (funder, channeler) are out of scope (spec §2.2, layer E3).
-natrelay carries byte streams there instead, in a layer of its own, so that a tunnel behaves
-like a TCP connection to the program using it, half-close included:
+Both families end in a message channel between the two peers (Offset: the end-to-end channel
+inside a tunnel; Aspia: the host-client channel after SRP). natrelay carries byte streams there
+in a layer of its own, so that a relayed connection behaves like a TCP connection to the
+program using it, half-close included:
 
 * ``00 ‖ bytes`` — stream data (at most ``MAX_CHUNK`` bytes per message);
 * ``01``        — end of stream: the sender will send no more data (like TCP's FIN).
@@ -17,12 +18,35 @@ after the data before it, nothing in flight is lost on either side's close.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from natrelay.offset.errors import ProtocolError
 
-if TYPE_CHECKING:
-    from natrelay.offset.client import TunnelConnection
+class StreamLayerError(Exception):
+    """A message that is not valid in the stream layer: the channel must be closed."""
+
+
+class MessageCarrier(Protocol):
+    """What a ``TunnelTransport`` needs from the connection that carries its messages."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The socket transport under the channel (for flow control and addresses)."""
+
+    @property
+    def closing(self) -> bool:
+        """Whether the carrying connection is closing or closed."""
+
+    def send_app(self, messages: list[bytes]) -> None:
+        """Send stream-layer messages, in order, through the encrypted channel."""
+
+    def maybe_finish(self) -> None:
+        """Close the channel if both sides have ended their streams."""
+
+    def close(self, reason: str) -> None:
+        """Close after queued output is written."""
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now."""
 
 DATA = 0x00
 END = 0x01
@@ -39,19 +63,19 @@ def encode_data(chunk: bytes | memoryview) -> bytes:
 
 
 def decode_message(message: bytes) -> bytes | None:
-    """A data message's bytes, or ``None`` for end of stream; ``ProtocolError`` otherwise."""
+    """A data message's bytes, or ``None`` for end of stream; ``StreamLayerError`` otherwise."""
     if not message:
-        raise ProtocolError("empty tunnel message")
+        raise StreamLayerError("empty tunnel message")
     kind = message[0]
     if kind == DATA:
         if len(message) == 1:
-            raise ProtocolError("tunnel data message without data")
+            raise StreamLayerError("tunnel data message without data")
         return message[1:]
     if kind == END:
         if len(message) != 1:
-            raise ProtocolError("tunnel end-of-stream message with trailing bytes")
+            raise StreamLayerError("tunnel end-of-stream message with trailing bytes")
         return None
-    raise ProtocolError(f"unknown tunnel message type {kind}")
+    raise StreamLayerError(f"unknown tunnel message type {kind}")
 
 
 def split_data(data: bytes | bytearray | memoryview) -> list[bytes]:
@@ -63,7 +87,7 @@ def split_data(data: bytes | bytearray | memoryview) -> list[bytes]:
 class TunnelTransport(asyncio.Transport):
     """An end-to-end tunnel as an asyncio transport (stream semantics, half-close)."""
 
-    def __init__(self, conn: TunnelConnection, extra: dict[str, Any]) -> None:
+    def __init__(self, conn: MessageCarrier, extra: dict[str, Any]) -> None:
         super().__init__(extra)
         self._conn = conn
         self._protocol: asyncio.BaseProtocol | None = None
