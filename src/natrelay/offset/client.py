@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.tunnel import StreamLayerError, TunnelTransport, decode_message
@@ -215,10 +216,10 @@ class OffsetClient:
         self.handshake_timeout = handshake_timeout
         self.keepalive_timeout = keepalive_timeout
         self.heartbeat_interval = heartbeat_interval
-        self._timers: WheelDriver[LinkProtocol] | None = None
+        self._timers: WheelDriver[Any] | None = None
 
     @property
-    def timers(self) -> WheelDriver[LinkProtocol]:
+    def timers(self) -> WheelDriver[Any]:
         if self._timers is None:
             self._timers = make_wheel(asyncio.get_running_loop())
         return self._timers
