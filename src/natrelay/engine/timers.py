@@ -102,12 +102,14 @@ class TimerWheel(Generic[K]):
         out: list[K] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, seq, key = heap[0]
+            when, seq, key = heap[0]
             if self._entry.get(key) != seq:
                 heapq.heappop(heap)
                 continue
             real = self._deadline[key]
-            if real > now:
+            if real != when:
+                # Moved later since this entry was pushed: re-queue at the real
+                # deadline, even if that too has passed, so keys leave in order.
                 self._seq += 1
                 self._entry[key] = self._seq
                 heapq.heapreplace(heap, (real, self._seq, key))

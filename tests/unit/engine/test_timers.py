@@ -36,6 +36,14 @@ def test_rearm_later_does_not_push_and_still_fires_at_new_time() -> None:
     assert w.expired(999.0) == [1]
 
 
+def test_lazily_moved_key_still_leaves_in_deadline_order() -> None:
+    w: TimerWheel[int] = TimerWheel()
+    w.schedule(0, 0.0)
+    w.schedule(0, 1.0)  # lazy: its heap entry still says 0.0
+    w.schedule(1, 0.5)
+    assert w.expired(1.0) == [1, 0]
+
+
 def test_rearm_earlier_fires_early_once() -> None:
     w: TimerWheel[str] = TimerWheel()
     w.schedule("k", 10.0)
