@@ -9,6 +9,9 @@ behind its line are kept and delivered first.
 
     python3 bench/engine_pair_relay.py --port 40000 [--method auto|splice|portable]
                                        [--loop uvloop|asyncio] [--workers N]
+
+With several workers (default: one per core) each accepts on its own SO_REUSEPORT
+listener and a token is paired by the worker that owns it (natrelay.engine.workers).
 """
 
 from __future__ import annotations
@@ -18,17 +21,18 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.forward import ForwardEngine, Method
+from natrelay.engine.forward import Method
 from natrelay.engine.resources import raise_nofile_limit
+from natrelay.engine.workers import WorkerContext, default_worker_count, run_workers
 
 _log = logging.getLogger("engine_pair_relay")
 
@@ -47,21 +51,23 @@ class Pending:
 
 
 class PairRelay:
-    """Accept, read one line, pair by token, hand the pair to the engine."""
+    """Accept, read one line, pair by token, hand the pair to the engine.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, listener: socket.socket, engine: ForwardEngine,
-                 idle_timeout: float | None) -> None:
-        self.loop = loop
-        self.listener = listener
-        self.engine = engine
+    With several workers a token belongs to one of them (``ctx.owner_of``); a
+    worker that reads a token it does not own passes the connection on.
+    """
+
+    def __init__(self, ctx: WorkerContext, host: str, port: int, idle_timeout: float | None) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.engine = ctx.engine
+        self.listener = ctx.listen(host, port)
         self.idle_timeout = idle_timeout
         self.waiting: dict[bytes, Pending] = {}
         self.reading: set[Pending] = set()
-        self.handshakes: WheelDriver[Pending] = WheelDriver(loop, self._handshake_expired, slack=0.5)
+        self.handshakes: WheelDriver[Pending] = WheelDriver(self.loop, self._handshake_expired, slack=0.5)
         self.paired = 0
-
-    def start(self) -> None:
-        self.listener.setblocking(False)
+        ctx.on_handoff = self._on_handoff
         self.loop.add_reader(self.listener.fileno(), self._on_accept)
 
     def close(self) -> None:
@@ -71,7 +77,6 @@ class PairRelay:
         for p in [*self.reading, *self.waiting.values()]:
             self._drop(p)
         self.handshakes.close()
-        self.engine.close()
 
     def _on_accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
@@ -105,16 +110,29 @@ class PairRelay:
             if len(p.buf) >= LINE_LIMIT:
                 self._drop(p)
             return
-        line = bytes(p.buf[:nl]).rstrip(b"\r")
-        rest = bytes(p.buf[nl + 1 :])
-        parts = line.split()
+        parts = bytes(p.buf[:nl]).rstrip(b"\r").split()
         if len(parts) != 2 or parts[0] != b"pair":
             self._drop(p)
             return
         self.loop.remove_reader(p.sock.fileno())
         self.reading.discard(p)
         p.token = parts[1]
-        p.buf = bytearray(rest)
+        p.buf = p.buf[nl + 1 :]
+        owner = self.ctx.owner_of(p.token)
+        if owner != self.ctx.index:
+            self.handshakes.cancel(p)
+            self.ctx.handoff(owner, p.sock, p.token + b"\n" + bytes(p.buf))
+            return
+        self._pair(p)
+
+    def _on_handoff(self, sock: socket.socket, payload: bytes) -> None:
+        token, _, rest = payload.partition(b"\n")
+        p = Pending(sock, bytearray(rest), token)
+        self.handshakes.schedule(p, self.handshakes.time() + HANDSHAKE_TIMEOUT)
+        self._pair(p)
+
+    def _pair(self, p: Pending) -> None:
+        assert p.token is not None
         other = self.waiting.pop(p.token, None)
         if other is None:
             self.waiting[p.token] = p
@@ -139,40 +157,33 @@ class PairRelay:
             self._drop(p)
 
 
-def make_loop(kind: str) -> asyncio.AbstractEventLoop:
+def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if kind == "uvloop":
         import uvloop
 
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
-def serve(args: argparse.Namespace) -> None:
-    loop = make_loop(args.loop)
-    asyncio.set_event_loop(loop)
-    listener = socket.create_server((args.host, args.port), backlog=4096, reuse_port=False)
+def serve(args: argparse.Namespace) -> int:
     method: Method = args.method
-    engine = ForwardEngine(loop, method=method)
-    relay = PairRelay(loop, listener, engine, args.idle_timeout)
-    relay.start()
-    stop: asyncio.Future[None] = loop.create_future()
 
-    def on_signal() -> None:
-        if not stop.done():
-            stop.set_result(None)
+    def setup(ctx: WorkerContext) -> None:
+        relay = PairRelay(ctx, args.host, args.port, args.idle_timeout)
+        _log.info("worker %d/%d listening on %s:%d, method=%s, loop=%s, pid=%d", ctx.index, ctx.count,
+                  args.host, args.port, ctx.engine.method, args.loop, os.getpid())
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    _log.info("listening on %s:%d, method=%s, loop=%s, pid=%d", args.host, args.port, engine.method,
-              args.loop, os.getpid())
-    try:
-        loop.run_until_complete(stop)
-    finally:
-        t = engine.totals
-        _log.info("stopping: paired=%d active=%d bytes a->b=%d b->a=%d closes=%s", relay.paired, len(engine),
-                  t.a_to_b, t.b_to_a, t.reasons)
-        relay.close()
-        loop.close()
+        def report() -> None:
+            t = ctx.engine.totals
+            _log.info("worker %d stopping: paired=%d active=%d bytes a->b=%d b->a=%d closes=%s "
+                      "handoffs out=%d in=%d", ctx.index, relay.paired, len(ctx.engine), t.a_to_b, t.b_to_a,
+                      t.reasons, ctx.handoffs_sent, ctx.handoffs_received)
+            relay.close()
+
+        ctx.add_stop_callback(report)
+
+    return run_workers(args.workers, setup, loop_factory=loop_factory(args.loop),
+                       engine_options={"method": method})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="auto", choices=["auto", "splice", "portable"])
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("--idle-timeout", type=float, default=None)
+    ap.add_argument("--workers", type=int, default=default_worker_count(),
+                    help="worker processes sharing the port (default: one per core)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     raise_nofile_limit()
-    serve(args)
-    return 0
+    return serve(args)
 
 
 if __name__ == "__main__":
