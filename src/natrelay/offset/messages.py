@@ -8,6 +8,9 @@ ProtocolError: a malformed payload must close the connection, never crash the ca
 
 Fixed-size byte values travel as big-endian UInt64 limbs (spec §4.3). A null struct pointer reads
 as the all-zero default, as in Rust, so a null PublicKey decodes as 32 zero bytes.
+
+Encoders size the first segment to fit, so every message we write is single-segment (always
+acceptable, spec §4.1): no far pointers, and our peers' readers need no lazy segment reads.
 """
 
 from __future__ import annotations
@@ -60,15 +63,86 @@ def _decode(schema: Any, data: bytes, max_words: int, read: Callable[[Any], _T])
     if not data:
         raise ProtocolError(f"empty {_name(schema)}")
     try:
+        _check_later_segments(data, max_words)
         reader = schema.from_bytes_packed(
             data, traversal_limit_in_words=max_words, nesting_limit=NESTING_LIMIT
         )
         return read(reader)
-    except ProtocolError:
-        raise
+    except ProtocolError as exc:
+        raise ProtocolError(f"malformed {_name(schema)}: {exc}") from None
     except Exception as exc:  # pycapnp raises KjException, but the boundary must admit nothing else
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ProtocolError(f"malformed {_name(schema)}: {reason}") from None
+
+
+# ---------------------------------------------------------------- packed input that cannot abort us
+#
+# pycapnp's packed reader reads segment 0 when it is built and the later segments of a multi-segment
+# message lazily; whatever is left unread is skipped in the C++ destructor. When that skip fails
+# (input cut short, or a run that overruns the message), the exception leaves a destructor that
+# Cython calls from __dealloc__, and the process aborts: one malformed frame would kill a relay.
+# So a multi-segment message is first proved complete by reading it eagerly as a single segment,
+# where every failure is an ordinary, catchable exception. Single-segment messages are read
+# eagerly by pycapnp itself.
+
+_MAX_SEGMENTS = 512  # the C++ and Rust readers refuse this many
+
+
+def _unpack_prefix(data: bytes, words: int) -> tuple[bytes, int]:
+    """The first ``words`` unpacked words and the packed bytes they took; runs must end there."""
+    out = bytearray()
+    i, end, need = 0, len(data), 8 * words
+    while len(out) < need:
+        if i >= end:
+            raise ProtocolError("segment table cut short")
+        tag = data[i]
+        i += 1
+        count = tag.bit_count()
+        if i + count > end:
+            raise ProtocolError("segment table cut short")
+        nonzero = iter(data[i : i + count])
+        out += bytes(next(nonzero) if tag >> bit & 1 else 0 for bit in range(8))
+        i += count
+        if tag in (0x00, 0xFF):
+            if i >= end:
+                raise ProtocolError("segment table cut short")
+            run = data[i]
+            i += 1
+            if tag == 0x00:
+                out += bytes(8 * run)
+            else:
+                out += data[i : i + 8 * run]
+                i += 8 * run
+    if len(out) != need:
+        raise ProtocolError("packed run crosses the end of the segment table")
+    return bytes(out), i
+
+
+def _check_later_segments(data: bytes, max_words: int) -> None:
+    """Raises ProtocolError unless every segment of ``data`` is present and ends cleanly."""
+    first, _ = _unpack_prefix(data, 1)
+    segments = int.from_bytes(first[:4], "little") + 1
+    if segments == 1:
+        return
+    if segments >= _MAX_SEGMENTS:
+        raise ProtocolError(f"{segments} segments")
+    table, consumed = _unpack_prefix(data, segments // 2 + 1)
+    total = sum(struct.unpack_from(f"<{segments}I", table, 4))
+    if total > max_words:
+        raise ProtocolError(f"message of {total} words is too large")
+    # One segment of total + 1 words: a null root pointer, then all the original segments' words.
+    probe = _pack_table_word(total + 1) + b"\x00\x00" + data[consumed:]
+    try:
+        _keepalive.KaMessage.from_bytes_packed(probe, traversal_limit_in_words=total + 1)
+    except Exception as exc:
+        raise ProtocolError(f"incomplete segments: {str(exc).splitlines()[0][:120]}") from None
+
+
+def _pack_table_word(words: int) -> bytes:
+    """The packed segment table of a one-segment message of ``words`` words."""
+    size = words.to_bytes(4, "little")
+    tag = sum(1 << (4 + k) for k in range(4) if size[k])
+    return bytes([tag]) + bytes(b for b in size if b)
 
 
 def _name(schema: Any) -> str:
@@ -177,9 +251,15 @@ def decode_reject_connection(data: bytes) -> bytes:
 # ---------------------------------------------------------------- keepalive (keepalive.capnp)
 
 
+def _one_segment(*data_lengths: int) -> int:
+    """First-segment words that hold the message whole: its Data fields plus room for the structs."""
+    return 32 + sum((n + 7) // 8 for n in data_lengths)
+
+
 def encode_ka_message(message: bytes | None) -> bytes:
     """``None`` is a heartbeat (``keepAlive``); bytes are one upper-layer payload."""
-    builder = _keepalive.KaMessage.new_message()
+    size = _one_segment(0 if message is None else len(message))
+    builder = _keepalive.KaMessage.new_message(num_first_segment_words=size)
     if message is None:
         builder.keepAlive = None
     else:
@@ -312,7 +392,8 @@ def decode_rekey(data: bytes) -> Rekey:
 
 def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
     """The plaintext of one encrypted frame: ``content`` is a packed KaMessage or a Rekey."""
-    builder = _dh.ChannelMessage.new_message()
+    size = _one_segment(len(padding), 0 if isinstance(content, Rekey) else len(content))
+    builder = _dh.ChannelMessage.new_message(num_first_segment_words=size)
     builder.randPadding = padding
     body = builder.init("content")
     if isinstance(content, Rekey):

@@ -10,6 +10,8 @@ import pytest
 from natrelay.offset import messages as m
 from natrelay.offset.errors import ProtocolError
 
+from .packing_helpers import pack_simple, unpack
+
 PK = bytes(range(32))
 PK_WORDS = "07 06 05 04 03 02 01 00 0f 0e 0d 0c 0b 0a 09 08 17 16 15 14 13 12 11 10 1f 1e 1d 1c 1b 1a 19 18"
 PACKED_PK_TAIL = (
@@ -32,30 +34,6 @@ CM_FIRST_CLIENT = (
 
 def h(text: str) -> bytes:
     return bytes.fromhex(text)
-
-
-def unpack(packed: bytes) -> bytes:
-    """An independent reference unpacker for Cap'n Proto packing, written from spec §4.1."""
-    out = bytearray()
-    i = 0
-    while i < len(packed):
-        tag = packed[i]
-        i += 1
-        word = bytearray(8)
-        for bit in range(8):
-            if tag & (1 << bit):
-                word[bit] = packed[i]
-                i += 1
-        out += word
-        if tag == 0x00:
-            out += bytes(8 * packed[i])
-            i += 1
-        elif tag == 0xFF:
-            count = packed[i]
-            i += 1
-            out += packed[i : i + 8 * count]
-            i += 8 * count
-    return bytes(out)
 
 
 # ------------------------------------------------------------------ vectors of spec §13.2
@@ -171,25 +149,73 @@ def test_our_bytes_equal_a_plain_pycapnp_build() -> None:
         assert schema.new_message(**fields).to_bytes_packed() == ours
 
 
+def default_builder_message(padding: bytes, user: bytes) -> bytes:
+    """A ChannelMessage from pycapnp's default builder, which spills large fields into more segments."""
+    builder = m._dh.ChannelMessage.new_message()
+    builder.randPadding = padding
+    builder.init("content").user = user
+    packed: bytes = builder.to_bytes_packed()
+    return packed
+
+
 def test_multi_segment_channel_message_with_60000_bytes_of_padding() -> None:
     padding = bytes(range(1, 256)) * 236  # 60,180 non-zero bytes
     payload = m.encode_ka_message(b"tunnel frame")
-    ours = m.encode_channel_message(padding, payload)
-    builder = m._dh.ChannelMessage.new_message()
-    builder.randPadding = padding
-    builder.init("content").user = payload
-    assert len(builder.to_segments()) == 2  # pycapnp's builder spills the padding into a second segment
-    assert ours == builder.to_bytes_packed()
-    assert unpack(ours)[:4] == h("01000000")  # segment count - 1 = 1: two segments, reached by far pointer
-    assert m.decode_channel_message(ours) == payload
+    two_segments = default_builder_message(padding, payload)
+    assert unpack(two_segments)[:4] == h("01000000")  # segment count - 1 = 1: reached by a far pointer
+    assert m.decode_channel_message(two_segments) == payload
 
 
 def test_three_segment_message_with_large_user_data() -> None:
-    builder = m._dh.ChannelMessage.new_message()
-    builder.randPadding = b"\x01" * 60000
-    builder.init("content").user = b"\x02" * 60000
-    assert len(builder.to_segments()) == 3
-    assert m.decode_channel_message(builder.to_bytes_packed()) == b"\x02" * 60000
+    three_segments = default_builder_message(b"\x01" * 60000, b"\x02" * 60000)
+    assert unpack(three_segments)[:4] == h("02000000")
+    assert m.decode_channel_message(three_segments) == b"\x02" * 60000
+
+
+def test_large_messages_are_encoded_as_one_segment() -> None:
+    padding, payload = bytes(range(1, 256)) * 236, b"\x02" * 70000
+    ours = m.encode_channel_message(padding, payload)
+    assert unpack(ours)[:4] == bytes(4)
+    builder = m._dh.ChannelMessage.new_message(num_first_segment_words=20000)
+    builder.randPadding = padding
+    builder.init("content").user = payload
+    assert ours == builder.to_bytes_packed()  # pycapnp's bytes, from a first segment big enough
+    assert unpack(m.encode_ka_message(payload))[:4] == bytes(4)
+    assert unpack(m.encode_channel_message(b"", m.Rekey(PK, PK)))[:4] == bytes(4)
+
+
+def test_cut_multi_segment_messages_fail_cleanly() -> None:
+    """pycapnp aborts the process if a lazily read later segment is missing; we must refuse first."""
+    packed = default_builder_message(b"\x01" * 9000, b"\x02" * 9000)
+    for cut in [*range(1, 40), *range(40, len(packed), 97), len(packed) - 1]:
+        with pytest.raises(ProtocolError, match="ChannelMessage"):
+            m.decode_channel_message(packed[:cut])
+
+
+def test_missing_unreferenced_last_segment_fails_cleanly() -> None:
+    # Two segments, the second (3 words) referenced by nothing and absent from the input.
+    unpacked = h("01000000 01000000 03000000 00000000") + bytes(8)
+    with pytest.raises(ProtocolError, match="incomplete segments"):
+        m.decode_ka_message(pack_simple(unpacked))
+    complete = pack_simple(unpacked + b"\x01" * 24)
+    assert m.decode_ka_message(complete) is None  # null root: the default KaMessage, a keepAlive
+
+
+def test_run_overrunning_the_last_segment_fails_cleanly() -> None:
+    unpacked = h("01000000 01000000 01000000 00000000") + bytes(8) + b"\x01" * 8
+    zero_run_past_end = pack_simple(unpacked)[:-9] + b"\x00\x05"
+    with pytest.raises(ProtocolError, match="incomplete segments"):
+        m.decode_ka_message(zero_run_past_end)
+
+
+def test_segment_table_cut_or_crossed_by_a_run() -> None:
+    with pytest.raises(ProtocolError, match="cut short"):
+        m.decode_ka_message(h("11 01 01"))  # 2 segments, table ends early
+    with pytest.raises(ProtocolError, match="crosses"):
+        m.decode_ka_message(h("11 01 01 00 05"))  # zero run from the table into the segments
+    too_many = pack_simple((600).to_bytes(4, "little") + bytes(4))
+    with pytest.raises(ProtocolError, match="601 segments"):
+        m.decode_ka_message(too_many)
 
 
 # ------------------------------------------------------------------ malformed input
@@ -244,19 +270,6 @@ def test_segment_table_beyond_traversal_limit_is_refused_before_unpacking() -> N
         m.decode_ka_message(zeros, max_words=1000)
     with pytest.raises(ProtocolError, match="too large"):
         m.decode_channel_message(m.encode_channel_message(bytes(80000), b""), max_words=5000)
-
-
-def pack_simple(unpacked: bytes) -> bytes:
-    """A valid but naive packing (no runs), so tests can hand-craft packed input."""
-    out = bytearray()
-    for i in range(0, len(unpacked), 8):
-        word = unpacked[i : i + 8]
-        tag = sum(1 << bit for bit in range(8) if word[bit])
-        out.append(tag)
-        out += bytes(b for b in word if b)
-        if tag in (0x00, 0xFF):
-            out.append(0)
-    return bytes(out)
 
 
 def with_extra_words(packed: bytes, extra: int) -> bytes:
