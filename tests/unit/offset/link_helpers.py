@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from natrelay.offset.channel import SecureChannel
 from natrelay.offset.crypto import Identity
@@ -12,15 +12,23 @@ RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b32691970
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
 CLIENT_SEED = bytes(range(32))
 CLIENT_PUBLIC = bytes.fromhex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8")
+CLIENT_SEND_KEY = bytes.fromhex("dc97912f00ed9118b8e87c5dbda4d6f5ffe63c3e7baf243fb81172128c34a617")
+RELAY_SEND_KEY = bytes.fromhex("e573958dd419be416b5e76f0d442d7d890ad55f60d5accc3aec85b219ba67fe9")
 
 
 class ScriptedRng:
-    """Hands out pre-arranged byte strings in order, checking each requested length."""
+    """Hands out pre-arranged byte strings in order, checking each requested length.
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    Once the script is used up, ``then`` (if given) supplies further bytes.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], then: Callable[[int], bytes] | None = None) -> None:
         self._chunks = list(chunks)
+        self._then = then
 
     def __call__(self, n: int) -> bytes:
+        if not self._chunks and self._then is not None:
+            return self._then(n)
         assert self._chunks, f"rng script exhausted (asked for {n} bytes)"
         chunk = self._chunks.pop(0)
         assert len(chunk) == n, f"rng asked for {n} bytes, script has {len(chunk)}"
@@ -31,14 +39,17 @@ class ScriptedRng:
         return len(self._chunks)
 
 
-def client_rng(*, extra: Iterable[bytes] = ()) -> ScriptedRng:
+Rng = Callable[[int], bytes]
+
+
+def client_rng(*, extra: Iterable[bytes] = (), then: Rng | None = None) -> ScriptedRng:
     """The client's draws of spec §13.4: Nc, its X25519 private key, Sc."""
-    return ScriptedRng([bytes(range(0xC0, 0xD0)), b"\x11" * 32, b"\x33" * 32, *extra])
+    return ScriptedRng([bytes(range(0xC0, 0xD0)), b"\x11" * 32, b"\x33" * 32, *extra], then)
 
 
-def relay_rng(*, extra: Iterable[bytes] = ()) -> ScriptedRng:
+def relay_rng(*, extra: Iterable[bytes] = (), then: Rng | None = None) -> ScriptedRng:
     """The relay's draws of spec §13.4: Nr, its X25519 private key, Sr."""
-    return ScriptedRng([bytes(range(0xD0, 0xE0)), b"\x22" * 32, b"\x44" * 32, *extra])
+    return ScriptedRng([bytes(range(0xD0, 0xE0)), b"\x22" * 32, b"\x44" * 32, *extra], then)
 
 
 def pump_channels(a: SecureChannel, b: SecureChannel, now: float = 0.0) -> tuple[list[bytes], list[bytes]]:
@@ -90,4 +101,16 @@ def link_pair(*, framed: bool = True, now: float = 0.0, **kwargs: object) -> tup
     relay = Link(relay_id, now=now, framed=framed, **kwargs)  # type: ignore[arg-type]
     pump(client, relay, now)
     assert client.established and relay.established
+    return client, relay
+
+
+def transcript_links(*, then: Rng | None = None) -> tuple[Link, Link]:
+    """The §13.4 pair as framed links, so tests know both send keys.
+
+    The client pads its first payload with aa bb (§13.5). ``then`` supplies the randomness both
+    draw once those scripts run out (``bytes`` gives no padding at all).
+    """
+    client_script = client_rng(extra=(b"\x02", b"\xaa\xbb"), then=then)
+    client = Link(Identity(CLIENT_SEED), now=0.0, expected_remote=RFC8032_PUBLIC, rng=client_script)
+    relay = Link(Identity(RFC8032_SEED), now=0.0, rng=relay_rng(then=then))
     return client, relay

@@ -15,6 +15,8 @@ from natrelay.offset.errors import ProtocolError
 from .link_helpers import (
     CLIENT_PUBLIC,
     CLIENT_SEED,
+    CLIENT_SEND_KEY,
+    RELAY_SEND_KEY,
     RFC8032_PUBLIC,
     RFC8032_SEED,
     ScriptedRng,
@@ -36,8 +38,6 @@ RELAY_SIGNATURE = bytes.fromhex(
     "e6869a955ed0380e13b14fee40c9802ab652a28f9f3542a2517782516eda7e07"
 )
 SHARED = bytes.fromhex("9e004098efc091d4ec2663b4e9f5cfd4d7064571690b4bea97ab146ab9f35056")
-CLIENT_SEND_KEY = bytes.fromhex("dc97912f00ed9118b8e87c5dbda4d6f5ffe63c3e7baf243fb81172128c34a617")
-RELAY_SEND_KEY = bytes.fromhex("e573958dd419be416b5e76f0d442d7d890ad55f60d5accc3aec85b219ba67fe9")
 FIRST_CLIENT_PAYLOAD = bytes.fromhex(
     "000000000000000000000000"
     "75776456fde8fd6c5002382b7a5c65dc07972e80ccade6a9b95014761868da86e91decf8a7e64e16b5d1b2daf8881ae5a322a23722868e"

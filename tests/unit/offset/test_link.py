@@ -13,33 +13,10 @@ from natrelay.offset.errors import ProtocolError
 from natrelay.offset.framing import VERSION_FRAME, encode_frame, frame_header
 from natrelay.offset.link import Link
 
-from .link_helpers import (
-    CLIENT_SEED,
-    RFC8032_PUBLIC,
-    RFC8032_SEED,
-    client_rng,
-    deliver,
-    link_pair,
-    pump,
-    relay_rng,
-)
-from .test_channel import CLIENT_SEND_KEY, FIRST_CLIENT_PAYLOAD, RELAY_SEND_KEY
+from .link_helpers import CLIENT_SEND_KEY, RELAY_SEND_KEY, deliver, link_pair, pump, transcript_links
+from .test_channel import FIRST_CLIENT_PAYLOAD
 
 LISTEN = m.encode_init_connection(m.Listen())
-
-
-def transcript_links(**kwargs: object) -> tuple[Link, Link]:
-    """The §13.4 pair as framed links; the client's first payload is Listen, padded with aa bb."""
-    client = Link(
-        Identity(CLIENT_SEED),
-        now=0.0,
-        expected_remote=RFC8032_PUBLIC,
-        rng=client_rng(extra=(b"\x02", b"\xaa\xbb")),
-        **kwargs,  # type: ignore[arg-type]
-    )
-    relay_extra = (b"\x00",) * 8  # padding lengths of 0 for the relay's first frames
-    relay = Link(Identity(RFC8032_SEED), now=0.0, rng=relay_rng(extra=relay_extra), **kwargs)  # type: ignore[arg-type]
-    return client, relay
 
 
 def test_framed_link_opens_with_version_then_rand_nonce() -> None:
@@ -72,7 +49,7 @@ def test_first_client_frame_on_the_wire() -> None:
 
 
 def test_relay_link_first_frame_uses_the_relay_send_key() -> None:
-    client, relay = transcript_links()
+    client, relay = transcript_links(then=bytes)
     pump(client, relay)
     relay.send(b"hello")
     chunks = relay.take_output()
