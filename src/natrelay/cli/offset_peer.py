@@ -188,18 +188,26 @@ async def _connect_stdio(client: OffsetClient, remote: bytes, stop: asyncio.Even
 async def _connect_forward(client: OffsetClient, remote: bytes, local: tuple[str, int],
                            stop: asyncio.Event) -> int:
     who = b64url_encode(remote)
+    handlers: set[asyncio.Task[Any]] = set()
 
     async def on_local(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        task.add_done_callback(handlers.discard)
         try:
             tunnel = await client.connect(remote)
+            await bridge((reader, writer), tunnel)
         except TunnelError as exc:
             log.warning("%s", exc)
-            writer.close()
-            return
-        try:
-            await bridge((reader, writer), tunnel)
         except (OSError, ConnectionError) as exc:
             log.info("connection to %s ended: %s", who, exc)
+        except asyncio.CancelledError:
+            # Only our own shutdown cancels these handlers: end quietly, the connection closes below.
+            # (Re-raising would make asyncio's stream callback log a spurious error on Python 3.11.)
+            pass
+        finally:
+            writer.close()
 
     host, port = local
     try:
@@ -209,6 +217,9 @@ async def _connect_forward(client: OffsetClient, remote: bytes, local: tuple[str
     log.info("forwarding %s:%d to %s", host, port, who)
     await stop.wait()
     server.close()
+    for task in list(handlers):  # open connections end with the program
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
     await server.wait_closed()
     client.close()
     return 0
