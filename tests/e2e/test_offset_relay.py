@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -248,3 +249,19 @@ def test_listener_reconnects_after_relay_restart(tmp_path: Path) -> None:
     finally:
         listener.terminate()
         listener.wait(10)
+
+
+def test_sigusr1_logs_the_close_counters(relay: Relay, tmp_path: Path) -> None:
+    """Every silent close is counted by reason, and the counters can be read while the relay runs."""
+    import signal
+
+    with socket.create_connection(("127.0.0.1", relay.port)) as s:
+        s.sendall(b"\x00" * 7 + b"\x05" + b"\x00\x00\x00\x00\x00")  # a 5-byte version frame: wrong length
+        s.settimeout(10)
+        with contextlib.suppress(ConnectionError):
+            while s.recv(65536):
+                pass
+    relay.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "stats {" in relay.log(), 10, "the stats line")
+    line = next(x for x in relay.log().splitlines() if "stats {" in x)
+    assert "'accepted': 1" in line and "'protocol error': 1" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from natrelay import __version__
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="listening nodes (default %(default)s)")
     g.add_argument("--max-pending", type=int, default=lim.max_pending_per_listener,
                    help="connections waiting for one listener to accept (default %(default)s)")
+    p.add_argument("--stats-interval", type=float, default=600.0, metavar="SECONDS",
+                   help="log the relay's counters (connections, tunnels, closes by reason) this often; "
+                        "0 = never; SIGUSR1 logs them at once (default %(default)s)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
     return p
 
@@ -90,12 +94,25 @@ def main(argv: list[str] | None = None) -> int:
             shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
             log.info("listening on %s", shown)
         log.info("public key %s", b64url_encode(identity.public_key))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.stats.snapshot()))
+        reporter = asyncio.create_task(_report_stats(server, args.stats_interval))
         await stop.wait()
+        reporter.cancel()
         log.info("stopping; %s", server.stats.snapshot())
         await server.close()
         return 0
 
     return run(serve, use_uvloop=not args.no_uvloop)
+
+
+async def _report_stats(server: OffsetRelayServer, interval: float) -> None:
+    """Counters in the log now and then, so silent closes leave a trace an operator can read."""
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        log.info("stats %s", server.stats.snapshot())
 
 
 if __name__ == "__main__":
