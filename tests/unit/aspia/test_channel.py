@@ -225,8 +225,8 @@ def test_open_channel_with_wrong_key_reports_the_protocol_error() -> None:
         server, port = await _serve()
         wheel = make_wheel(asyncio.get_running_loop())
         with pytest.raises(ChannelClosedError) as err:
-            await open_channel("127.0.0.1", port, lambda: _Collect(lambda now: _client(WRONG_KEY, now), wheel),
-                               timeout=10)
+            await open_channel("127.0.0.1", port,
+                               lambda: _Collect(lambda now: _client(WRONG_KEY, now), wheel), timeout=10)
         assert err.value.error is not None and err.value.error.code is ErrorCode.ACCESS_DENIED
         server.close()
 
