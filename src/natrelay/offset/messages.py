@@ -120,6 +120,8 @@ def _unpack_prefix(data: bytes, words: int) -> tuple[bytes, int]:
 
 def _check_later_segments(data: bytes, max_words: int) -> None:
     """Raises ProtocolError unless every segment of ``data`` is present and ends cleanly."""
+    if not data[0] & 0x0F:  # tag bits 0-3 cover "segment count - 1": all zero means one segment
+        return
     first, _ = _unpack_prefix(data, 1)
     segments = int.from_bytes(first[:4], "little") + 1
     if segments == 1:
