@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.forward import Method
 from natrelay.engine.resources import raise_nofile_limit
+from natrelay.engine.splice import DEFAULT_PIPE_SIZE
 from natrelay.engine.workers import WorkerContext, default_worker_count, run_workers
 
 _log = logging.getLogger("engine_pair_relay")
@@ -183,7 +184,7 @@ def serve(args: argparse.Namespace) -> int:
         ctx.add_stop_callback(report)
 
     return run_workers(args.workers, setup, loop_factory=loop_factory(args.loop),
-                       engine_options={"method": method})
+                       engine_options={"method": method, "pipe_size": args.pipe_size})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="auto", choices=["auto", "splice", "portable"])
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("--idle-timeout", type=float, default=None)
+    ap.add_argument("--pipe-size", type=int, default=DEFAULT_PIPE_SIZE, help="splice pipe capacity in bytes")
     ap.add_argument("--workers", type=int, default=default_worker_count(),
                     help="worker processes sharing the port (default: one per core)")
     args = ap.parse_args(argv)

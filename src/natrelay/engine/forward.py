@@ -32,6 +32,7 @@ from natrelay.engine.session import (
     BLOCKED,
     BUDGET,
     EOF,
+    ERROR,
     FAILED,
     ForwardSession,
     OnClose,
@@ -151,11 +152,11 @@ class ForwardEngine:
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
         self.loop = loop
-        self._splice_ok = splice_available()
-        if method == "splice" and not self._splice_ok:
+        self._splice_ok: bool | None = None
+        if method == "splice" and not self._can_splice():
             raise RuntimeError("splice(2) forwarding is not available here")
         self.method: Literal["splice", "portable"] = (
-            "splice" if method == "splice" or (method == "auto" and self._splice_ok) else "portable"
+            "splice" if method == "splice" or (method == "auto" and self._can_splice()) else "portable"
         )
         self.pool = PipePool(pipe_size, max_spare_pipes)
         self.timers: WheelDriver[ForwardSession] = WheelDriver(
@@ -212,7 +213,7 @@ class ForwardEngine:
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive or None")
         chosen = self.method if method in (None, "auto") else method
-        if chosen == "splice" and not self._splice_ok:
+        if chosen == "splice" and not self._can_splice():
             raise RuntimeError("splice(2) forwarding is not available here")
         for sock in (a, b):
             if sock.fileno() < 0:
@@ -239,7 +240,13 @@ class ForwardEngine:
         self.totals.started += 1
         if idle_timeout is not None:
             self.timers.schedule(session, session.last_activity + idle_timeout)
-        session._start(ab, ba)
+        try:
+            session._start(ab, ba)
+        except BaseException:
+            # Registration failed (say, uvloop found a transport on the descriptor):
+            # the sockets are ours now, so they are closed rather than leaked.
+            session._close(ERROR)
+            raise
         return session
 
     def drain_all(self, reason: str = "shutdown") -> None:
@@ -258,6 +265,11 @@ class ForwardEngine:
         return self.pool.in_use
 
     # ------------------------------------------------------------ internals
+
+    def _can_splice(self) -> bool:
+        if self._splice_ok is None:
+            self._splice_ok = splice_available()
+        return self._splice_ok
 
     def _shared_buffer(self) -> memoryview:
         if self._buf is None:
