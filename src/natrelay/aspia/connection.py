@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.errors import AspiaProtocolError
@@ -93,14 +93,17 @@ class ChannelProtocol(EndpointProtocol[Channel]):
             raise
 
 
+P = TypeVar("P", bound=ChannelProtocol)
+
+
 async def open_channel(
     host: str,
     port: int,
-    factory: Callable[[], ChannelProtocol],
+    factory: Callable[[], P],
     *,
     timeout: float,
     wait_established: bool = True,
-) -> ChannelProtocol:
+) -> P:
     """Connect and (by default) authenticate within ``timeout`` seconds in total.
 
     Raises ``OSError`` when the TCP connection fails, ``TimeoutError`` when the time runs out
@@ -115,9 +118,7 @@ async def open_channel(
     return proto
 
 
-async def channel_on_socket(
-    sock: socket.socket, factory: Callable[[], ChannelProtocol], initial: bytes = b""
-) -> ChannelProtocol:
+async def channel_on_socket(sock: socket.socket, factory: Callable[[], P], initial: bytes = b"") -> P:
     """Run a channel on an already-connected socket; ``initial`` = bytes already read from it.
 
     Returns once the transport exists (a client's ClientHello is then already written); await
@@ -125,7 +126,7 @@ async def channel_on_socket(
     """
     loop = asyncio.get_running_loop()
 
-    def make() -> ChannelProtocol:
+    def make() -> P:
         proto = factory()
         proto.set_initial(initial)
         return proto
