@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from natrelay import __version__
-from natrelay.cli import offset_peer, serve
+from natrelay.cli import aspia_peer, offset_peer, serve
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(sub)
     offset_peer.add_parser(sub)
+    aspia_peer.add_parser(sub)
     return p
 
 

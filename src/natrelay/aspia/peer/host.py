@@ -1,0 +1,235 @@
+"""The Aspia Host: registers with the router, keeps its host ID, and serves every offer (§8.1).
+
+Each offer is a client waiting on a relay: the host dials that relay, acts as the SRP server
+against its own users (no X25519 layer, no anonymous access), and once the client has
+authenticated, joins the stream inside the channel to the exposed TCP service. The router
+connection is re-established ``retry_interval`` seconds (10 s, as the C++ host) after it is lost;
+running sessions do not depend on it and continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_channel
+from natrelay.aspia.crypto import RandomBytes, default_random
+from natrelay.aspia.errors import ErrorCode
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake
+from natrelay.aspia.peer.relay_link import PeerError, open_relay_tunnel, relay_address
+from natrelay.aspia.peer.router_link import (
+    HostRouterLink,
+    describe_router_failure,
+    format_address,
+    local_info,
+)
+from natrelay.aspia.peer.router_session import (
+    HostEvent,
+    HostIdAssigned,
+    HostIdRefused,
+    HostOffer,
+    HostRouterSession,
+)
+from natrelay.aspia.peer.state import HostState, load_state, save_state
+from natrelay.aspia.peer.users import HostUsers
+from natrelay.aspia.proto import router_common_pb2
+from natrelay.engine.clock import WheelDriver
+from natrelay.engine.streams import bridge
+
+log = logging.getLogger("natrelay.aspia.host")
+
+HOST_RETRY_INTERVAL = 10.0
+CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HostSettings:
+    """Everything ``natrelay aspia host`` is told on its command line."""
+
+    router: tuple[str, int]
+    router_key: bytes
+    expose: tuple[str, int]
+    state_path: Path
+    retry_interval: float = HOST_RETRY_INTERVAL
+    connect_timeout: float = CONNECT_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    random_bytes: RandomBytes = default_random
+    """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
+
+
+class AspiaHost:
+    """One host process: its router session, and one task per relayed client."""
+
+    def __init__(self, settings: HostSettings, users: HostUsers,
+                 on_host_id: Callable[[int], None] = lambda _id: None) -> None:
+        self.settings = settings
+        self.users = users
+        self.on_host_id = on_host_id
+        self.state: HostState = load_state(settings.state_path)
+        self.host_id = 0
+        self.sessions_served = 0
+        self._timers: WheelDriver[Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._link: HostRouterLink | None = None
+        # One seed per process: a probed unknown name gets the same fake salt every time (§4.8).
+        self._server_config = ServerConfig(users=users.lookup, seed_key=os.urandom(64), info=local_info(),
+                                           timeout=settings.handshake_timeout)
+
+    @property
+    def timers(self) -> WheelDriver[Any]:
+        if self._timers is None:
+            self._timers = make_wheel(asyncio.get_running_loop())
+        return self._timers
+
+    @property
+    def router_address(self) -> str:
+        return format_address(*self.settings.router)
+
+    # ------------------------------------------------------------- router loop
+    async def run(self, stop: asyncio.Event) -> int:
+        """Stay registered until ``stop``; returns 1 on a misconfiguration that retrying cannot fix."""
+        s = self.settings
+        try:
+            while not stop.is_set():
+                outcome = await self._router_session(stop)
+                if outcome is not None:
+                    log.error("%s", outcome)
+                    return 1
+                if stop.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), s.retry_interval)
+            return 0
+        finally:
+            await self.aclose()
+
+    async def _router_session(self, stop: asyncio.Event) -> str | None:
+        """One router connection, from dialling to loss; a returned string is a fatal error."""
+        s = self.settings
+        where = self.router_address
+        session = HostRouterSession(self.state.key)
+        made: list[HostRouterLink] = []
+
+        def factory() -> HostRouterLink:
+            made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes))
+            return made[-1]
+
+        try:
+            link = await open_channel(*s.router, factory, timeout=s.connect_timeout)
+        except (ChannelClosedError, TimeoutError) as exc:  # before OSError: these are OSErrors too
+            if not made:  # the TCP connection itself timed out
+                log.warning("cannot reach the router at %s: timed out; retrying in %.0f s", where,
+                            s.retry_interval)
+                return None
+            message = describe_router_failure(made[-1], exc, where, None)
+            if isinstance(exc, ChannelClosedError) and exc.error is not None \
+                    and exc.error.code is ErrorCode.ACCESS_DENIED:
+                return message  # a wrong --router-key stays wrong: stop instead of retrying forever
+            log.warning("%s; retrying in %.0f s", message, s.retry_interval)
+            return None
+        except OSError as exc:
+            log.warning("cannot reach the router at %s: %s; retrying in %.0f s", where,
+                        exc.strerror or exc, s.retry_interval)
+            return None
+        assert isinstance(link, HostRouterLink)
+        self._link = link
+        log.info("connected to the router at %s", where)
+        stopper = asyncio.ensure_future(stop.wait())
+        waiters: set[asyncio.Future[Any]] = {stopper, link.closed}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            self._link = None
+        if stop.is_set():
+            link.close("host stopping")
+            return None
+        log.warning("lost the router connection (%s); reconnecting in %.0f s", link.closed.result(),
+                    s.retry_interval)
+        return None
+
+    def _on_event(self, event: HostEvent) -> None:
+        if isinstance(event, HostIdAssigned):
+            self._on_host_id(event)
+        elif isinstance(event, HostIdRefused):
+            log.error("%s; reconnecting", event.reason)
+            if self._link is not None:
+                self._link.close(event.reason)
+        elif isinstance(event, HostOffer):
+            self._spawn(self._serve(event.credentials))
+
+    def _on_host_id(self, event: HostIdAssigned) -> None:
+        new = HostState(event.host_id, event.key)
+        if new != self.state:
+            try:
+                save_state(self.settings.state_path, new)
+            except OSError as exc:
+                log.error("cannot save the host ID to %s: %s (it will change on restart)",
+                          self.settings.state_path, exc.strerror or exc)
+            self.state = new
+        if event.host_id != self.host_id:
+            self.host_id = event.host_id
+            log.info("registered with the router as host %d", event.host_id)
+            self.on_host_id(event.host_id)
+
+    # ------------------------------------------------------------ relayed side
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _handshake(self, now: float) -> ServerHandshake:
+        return ServerHandshake(self._server_config, now, self.settings.random_bytes)
+
+    async def _serve(self, credentials: router_common_pb2.RelayCredentials) -> None:
+        s = self.settings
+        where = relay_address(credentials)
+        try:
+            proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=True,
+                                            timeout=s.connect_timeout)
+        except PeerError as exc:
+            log.warning("%s", exc)
+            return
+        try:
+            await proto.wait_established()  # the channel's own handshake timer bounds this
+        except ChannelClosedError as exc:
+            log.info("a client on relay %s did not authenticate: %s", where, exc.error or exc.reason)
+            return
+        result = proto.channel.result
+        assert result is not None
+        self.sessions_served += 1
+        log.info("client authenticated as host user %r through relay %s", result.user_name, where)
+        reader, writer = proto.streams()
+        try:
+            local = await asyncio.wait_for(asyncio.open_connection(*s.expose), s.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.warning("cannot reach the exposed service %s: %s", format_address(*s.expose),
+                        exc or "timed out")
+            writer.close()
+            return
+        try:
+            sent, received = await bridge((reader, writer), local)
+            log.info("session through relay %s ended: %d bytes to the service, %d back",
+                     where, sent, received)
+        except (OSError, ConnectionError) as exc:
+            log.info("session through relay %s ended: %s", where, exc)
+
+    async def aclose(self) -> None:
+        """Stop serving: close the router link and every relayed session."""
+        if self._link is not None:
+            self._link.close("host stopping")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._timers is not None:
+            self._timers.close()
+            self._timers = None
