@@ -1,0 +1,129 @@
+"""One relay process: key pool, peer listener and router link wired together (spec §7).
+
+The CLI reads relay.json and calls :func:`serve_relay`; tests and the default run call it too.
+Protocol timers that relay.json does not expose (the 15 s reconnect, the 30 s key expiry and
+pending limit, keep-alive) and a sub-minute idle timeout can be shortened through
+:class:`RelayTimers`, which the CLI fills from ``NATRELAY_ASPIA_RELAY_TIMERS`` so end-to-end
+tests can exercise them in seconds rather than minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+
+from natrelay.aspia.channel import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
+from natrelay.aspia.connection import make_wheel
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
+from natrelay.aspia.relay.controller import RECONNECT_DELAY, RouterController, RouterLinkConfig
+from natrelay.aspia.relay.keypool import KEY_EXPIRY, KeyPool, PoolKey
+from natrelay.aspia.relay.pairing import PENDING_TIMEOUT
+from natrelay.aspia.relay.server import PeerListener, PeerListenerConfig
+from natrelay.aspia.relay.stats import relay_stat
+from natrelay.ops.aspia_config import RelayConfig
+
+log = logging.getLogger("natrelay.aspia.relay")
+
+TIMERS_ENV = "NATRELAY_ASPIA_RELAY_TIMERS"
+MAX_POOL_KEYS = 100_000
+"""Keys actually generated however large MaxPeerCount is: each costs an X25519 key pair in
+memory and on the router, and a few thousand concurrent sessions already fill a machine."""
+
+
+class TimersError(ValueError):
+    """``NATRELAY_ASPIA_RELAY_TIMERS`` could not be used."""
+
+
+@dataclass(frozen=True)
+class RelayTimers:
+    """Protocol timers in seconds; the defaults are the spec's (§9)."""
+
+    reconnect: float = RECONNECT_DELAY
+    key_expiry: float = KEY_EXPIRY
+    pending: float = PENDING_TIMEOUT
+    handshake: float = HANDSHAKE_TIMEOUT
+    keepalive_interval: float = KEEPALIVE_INTERVAL
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    idle: float | None = None
+    """Overrides PeerIdleTimeout (which is in whole minutes) when set."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RelayTimers:
+        """Parse ``name=seconds,...`` (names as the fields above); empty means defaults."""
+        text = env.get(TIMERS_ENV, "").strip()
+        timers = cls()
+        if not text:
+            return timers
+        names = {f.name for f in fields(cls)}
+        for item in text.split(","):
+            name, sep, value = item.strip().partition("=")
+            if not sep or name not in names:
+                raise TimersError(f"{TIMERS_ENV}: {item!r} is not NAME=SECONDS, NAME one of {sorted(names)}")
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise TimersError(f"{TIMERS_ENV}: {value!r} is not a number of seconds") from None
+            if not 0 < seconds < 86400:
+                raise TimersError(f"{TIMERS_ENV}: {name} must be between 0 and 86400 seconds")
+            timers = replace(timers, **{name: seconds})
+        # The keep-alive ranges the C++ side (and our KeepAlive) accepts.
+        if not 15 <= timers.keepalive_interval <= 300 or not 5 <= timers.keepalive_timeout <= 60:
+            raise TimersError(f"{TIMERS_ENV}: keepalive_interval is 15..300 s, keepalive_timeout 5..60 s")
+        return timers
+
+
+async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str = "relay.json",
+                      timers: RelayTimers | None = None) -> int:
+    """Run the relay until ``stop`` is set; returns the exit status (1 if the listener cannot bind)."""
+    timers = RelayTimers() if timers is None else timers
+    loop = asyncio.get_running_loop()
+    wheel = make_wheel(loop)
+    capacity = config.max_peer_count
+    if capacity > MAX_POOL_KEYS:
+        log.error("MaxPeerCount %d in %s is more than this relay can back with keys; using %d",
+                  capacity, source, MAX_POOL_KEYS)
+        capacity = MAX_POOL_KEYS
+    if capacity == 0:
+        log.error("MaxPeerCount is 0 in %s: the router gets no keys and no peer can connect", source)
+    pool = KeyPool(capacity, expiry=timers.key_expiry)
+    controller: RouterController | None = None
+
+    def announce(keys: list[PoolKey]) -> None:
+        if controller is not None:
+            controller.announce(keys)
+
+    idle = timers.idle if timers.idle is not None else 60.0 * config.peer_idle_timeout
+    listener = PeerListener(pool, PeerListenerConfig(config.listen_interface, config.peer_port, idle,
+                                                     pending_timeout=timers.pending), on_keys=announce)
+    try:
+        host, port = listener.start()
+    except OSError as exc:
+        where = f"{config.listen_interface or '[::]'}:{config.peer_port}"
+        log.critical("Cannot listen for peers on %s (ListenInterface/PeerPort in %s): %s", where, source,
+                     exc.strerror or exc)
+        wheel.close()
+        return 1
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    log.info("Listening for peers on %s; peers are told to connect to %s:%d", shown, config.peer_address,
+             config.peer_port)
+    link = RouterLinkConfig(
+        router_host=config.router_address, router_port=config.router_port,
+        router_public_key=config.router_public_key, peer_host=config.peer_address, peer_port=config.peer_port,
+        config_source=source,
+        statistics_interval=float(config.statistics_interval) if config.statistics_enabled else None,
+        reconnect_delay=timers.reconnect, handshake_timeout=timers.handshake,
+        keepalive_interval=timers.keepalive_interval, keepalive_timeout=timers.keepalive_timeout,
+    )
+    controller = RouterController(
+        link, pool, wheel, stats=lambda now: relay_stat(listener.snapshots(), listener.uptime, now),
+        disconnect=listener.disconnect, started_at=listener.started_at,
+    )
+    try:
+        await controller.run(stop)
+    finally:
+        listener.close()
+        wheel.close()
+    log.info("Relay stopped")
+    return 0

@@ -1,0 +1,156 @@
+"""The relay's one-time X25519 keys and the MaxPeerCount accounting (spec §7.1, §7.2), sans-IO.
+
+Capacity is enforced through key issuance: while the router link is up the pool holds exactly
+``MaxPeerCount - active sessions`` keys (some of them already handed to peers by the router),
+and every event that consumes capacity or gives it back maps to one method here, each returning
+the new keys to announce. Keeping that arithmetic in one place, with the clock passed in, is what
+lets the tests check the invariant under fake time and what fixes two 2.7.0 bugs by
+construction: the initial count is clamped at zero (§12 bug 2) and every session end, idle drops
+included, gives its slot back (§12 bug 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from natrelay.aspia.crypto import IV_SIZE, RandomBytes, X25519KeyPair, default_random
+from natrelay.aspia.proto import router_common_pb2
+
+KEY_EXPIRY = 30.0
+"""A key the router handed out is dropped this long after ``key_used`` unless it paired (§7.1)."""
+_KEY_ID_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    """One one-time key: the private half stays here, the rest goes to the router."""
+
+    key_id: int
+    pair: X25519KeyPair
+    iv: bytes
+
+    def to_proto(self) -> router_common_pb2.RelayKey:
+        return router_common_pb2.RelayKey(
+            key_id=self.key_id,
+            type=router_common_pb2.RelayKey.TYPE_X25519,
+            encryption=router_common_pb2.RelayKey.ENCRYPTION_CHACHA20_POLY1305,
+            public_key=self.pair.public_bytes,
+            iv=self.iv,
+        )
+
+
+class KeyPool:
+    """Keys by ID, their expiry deadlines, and the count of active sessions.
+
+    While ``connected`` is False nothing is announced: the router could not receive it (§12 bug
+    6), and the next successful (re)authentication announces ``MaxPeerCount - active`` fresh keys
+    anyway, which is exactly the capacity a key made now would have stood for.
+    """
+
+    def __init__(
+        self, max_peer_count: int, *, expiry: float = KEY_EXPIRY, random_bytes: RandomBytes = default_random
+    ) -> None:
+        if max_peer_count < 0:
+            raise ValueError("max_peer_count must not be negative")
+        self.max_peer_count = max_peer_count
+        self.expiry = expiry
+        self._random = random_bytes
+        self._keys: dict[int, PoolKey] = {}
+        self._expiring: dict[int, float] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._next_id = 0
+        self.active = 0
+        self.connected = False
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def get(self, key_id: int) -> PoolKey | None:
+        """The key a peer names in PeerToRelay, if it is still valid."""
+        return self._keys.get(key_id)
+
+    @property
+    def handed_out(self) -> int:
+        """Keys the router reported as used that have neither paired nor expired yet."""
+        return len(self._expiring)
+
+    # ------------------------------------------------------------- router link
+    def on_connected(self) -> list[PoolKey]:
+        """Authenticated to the router: a fresh pool of ``MaxPeerCount - active`` keys (never negative)."""
+        self._clear()
+        self.connected = True
+        return self._generate(max(0, self.max_peer_count - self.active))
+
+    def on_disconnected(self) -> None:
+        """Router link lost (or never made): every key is void, peers holding offers will fail (§7.2)."""
+        self._clear()
+        self.connected = False
+
+    def key_used(self, key_id: int, now: float) -> None:
+        """The router handed ``key_id`` to a pair of peers: it must pair within ``expiry`` seconds.
+
+        A key that already paired, or that we never issued, is ignored, as on the original.
+        """
+        if key_id in self._keys and key_id not in self._expiring:
+            when = now + self.expiry
+            self._expiring[key_id] = when
+            heapq.heappush(self._heap, (when, key_id))
+
+    # ---------------------------------------------------------------- sessions
+    def pair(self, key_id: int) -> bool:
+        """Two peers paired on ``key_id``: consume it and count an active session.
+
+        Returns False if the key is gone (expired or consumed in the meantime), in which case
+        the pair must be refused.
+        """
+        if self._keys.pop(key_id, None) is None:
+            return False
+        self._expiring.pop(key_id, None)
+        self.active += 1
+        return True
+
+    def session_ended(self) -> list[PoolKey]:
+        """An active session ended, for whatever reason: its slot comes back as one new key."""
+        self.active = max(0, self.active - 1)
+        if not self.connected or len(self._keys) + self.active >= self.max_peer_count:
+            return []
+        return self._generate(1)
+
+    # ------------------------------------------------------------------- timer
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has something to do."""
+        heap = self._heap
+        while heap and self._expiring.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # paired or cleared since it was scheduled
+        return heap[0][0] if heap else None
+
+    def expire(self, now: float) -> tuple[list[int], list[PoolKey]]:
+        """Drop handed-out keys whose time is up; returns their IDs and one replacement each."""
+        expired: list[int] = []
+        heap = self._heap
+        while (when := self.next_deadline()) is not None and when <= now:
+            _, key_id = heapq.heappop(heap)
+            del self._expiring[key_id]
+            del self._keys[key_id]
+            expired.append(key_id)
+        return expired, self._generate(len(expired)) if self.connected else []
+
+    # --------------------------------------------------------------- internals
+    def _clear(self) -> None:
+        self._keys.clear()
+        self._expiring.clear()
+        self._heap.clear()
+
+    def _generate(self, count: int) -> list[PoolKey]:
+        keys: list[PoolKey] = []
+        for _ in range(count):
+            key = PoolKey(self._next_id, X25519KeyPair.generate(self._random), self._random(IV_SIZE))
+            # Process-lifetime counter, not reset on reconnect (§5.1); 32 bits on the wire.
+            self._next_id = (self._next_id + 1) & _KEY_ID_MASK
+            self._keys[key.key_id] = key
+            keys.append(key)
+        return keys
