@@ -16,11 +16,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import Message
+
+from natrelay.aspia.channel import Channel
+from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+from natrelay.aspia.messages import parse, serialize
 from natrelay.ops.jsonsettings import update_settings
 
 HOST = "127.0.0.1"
@@ -217,3 +223,87 @@ def start_relay(directory: Path, router: RouterSetup, env: Mapping[str, str] | N
     """An ``aspia_relay --config`` process for ``router`` (does not wait for registration)."""
     config = write_relay_config(directory, router, **settings)
     return start_process("aspia_relay", ["--config", str(config)], directory / "relay.log", env)
+
+
+# --- Stand-ins: a relay, host, client or admin speaking to a real router over a blocking socket ---
+
+RELAY, HOST_SESSION, CLIENT, ADMIN = 8, 4, 2, 1
+
+
+class StandIn:
+    """One authenticated router session driven step by step by a test (no threads, no asyncio).
+
+    Raises :class:`natrelay.aspia.errors.AspiaProtocolError` from the constructor when the
+    handshake fails on our side (wrong router key, wrong password) and ``ConnectionError`` when
+    the router closes the connection.
+    """
+
+    def __init__(self, port: int, config: ClientConfig, timeout: float = 20) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.channel = Channel(ClientHandshake(config, time.monotonic()), now=time.monotonic())
+        self.inbox: deque[bytes] = deque()
+        self._flush()
+        try:
+            while not self.channel.established:
+                self._pump()
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _flush(self) -> None:
+        for chunk in self.channel.take_output():
+            self.sock.sendall(chunk)
+
+    def _pump(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the router closed the connection")
+        self.inbox.extend(self.channel.receive_data(data, time.monotonic()))
+        self._flush()
+
+    def send(self, message: Message) -> None:
+        self.channel.send(serialize(message))
+        self._flush()
+
+    def receive(self, message_type: type[Any], timeout: float = 10) -> Any:
+        """The next message, parsed as ``message_type``."""
+        self.sock.settimeout(timeout)
+        while not self.inbox:
+            self._pump()
+        return parse(message_type, self.inbox.popleft())
+
+    def nothing_for(self, seconds: float) -> bool:
+        """True if no message arrives within ``seconds`` (and the connection stays open)."""
+        self.sock.settimeout(seconds)
+        try:
+            while not self.inbox:
+                self._pump()
+        except TimeoutError:
+            return True
+        return False
+
+    def closed_by_router(self, timeout: float = 10) -> bool:
+        """True once the router has closed the connection (within ``timeout``)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                self._pump()
+        except (ConnectionError, OSError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def anonymous(port: int, router_key: str, session_type: int) -> StandIn:
+    """A relay (8) or host (4) stand-in authenticated with the router's public key (flow A)."""
+    config = ClientConfig(session_type=session_type, identify=Identify.ANONYMOUS,
+                          server_public_key=bytes.fromhex(router_key))
+    return StandIn(port, config)
+
+
+def srp_login(port: int, user: str, password: str, session_type: int = CLIENT) -> StandIn:
+    """A client (2) or admin (1) stand-in logged in with a router account (flow B)."""
+    return StandIn(port, ClientConfig(session_type=session_type, username=user, password=password.encode()))

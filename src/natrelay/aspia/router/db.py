@@ -1,0 +1,238 @@
+"""The router's SQLite store: user accounts and host IDs (spec §6.9).
+
+The schema, column order and lookup rules are the original's, so a ``router.db3`` written by
+Aspia 2.7.0 works here and the other way round. Two deliberate differences (spec §12 bug 10):
+opening never creates a file, and a database without the expected tables is refused at start
+instead of silently sending every login down the fake-user path and leaving host-ID requests
+unanswered. Creation happens in a temporary file that is linked into place only when complete,
+so an interrupted ``--create-config`` never leaves a half-made database behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from natrelay.aspia.handshake import USER_FLAG_ENABLED, UserRecord
+
+DB_FILE_NAME: Final = "router.db3"
+DB_FILE_MODE: Final = 0o600  # verifiers and host-key hashes: not for other local users
+
+_SCHEMA: Final = (
+    'CREATE TABLE "users" ('
+    '"id" INTEGER UNIQUE, "name" TEXT NOT NULL UNIQUE, "group" TEXT NOT NULL, '
+    '"salt" BLOB NOT NULL, "verifier" BLOB NOT NULL, "sessions" INTEGER DEFAULT 0, '
+    '"flags" INTEGER DEFAULT 0, PRIMARY KEY("id" AUTOINCREMENT))',
+    'CREATE TABLE "hosts" ("id" INTEGER UNIQUE, "key" BLOB NOT NULL UNIQUE, '
+    'PRIMARY KEY("id" AUTOINCREMENT))',
+)
+_USER_COLUMNS: Final = ("id", "name", "group", "salt", "verifier", "sessions", "flags")
+_HOST_COLUMNS: Final = ("id", "key")
+MAX_NAME_LENGTH: Final = 64
+
+
+class DatabaseError(Exception):
+    """The database is missing, unreadable or not a router database; the message says which."""
+
+
+class UserExistsError(DatabaseError):
+    """An account with that name is already stored."""
+
+
+def valid_user_name(name: str) -> bool:
+    """The router's rule for account names: 1-64 characters, letters, digits or ``. _ - @`` (§6.7)."""
+    return 1 <= len(name) <= MAX_NAME_LENGTH and all(c.isalnum() or c in "._-@" for c in name)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    """One ``users`` row; ``entry_id`` is 0 for a user not stored yet."""
+
+    name: str
+    group: str
+    salt: bytes
+    verifier: bytes
+    sessions: int
+    flags: int = USER_FLAG_ENABLED
+    entry_id: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.flags & USER_FLAG_ENABLED)
+
+    def record(self) -> UserRecord:
+        return UserRecord(self.name, self.group, self.salt, self.verifier, self.sessions, self.flags)
+
+    def complete(self) -> bool:
+        """Whether every field the handshake needs is filled in (the admin protocol's check)."""
+        return bool(self.name and self.group and self.salt and self.verifier)
+
+
+def _row_to_user(row: tuple[object, ...]) -> StoredUser | None:
+    """A row as the C++ router reads it: any wrongly typed or empty column skips the row."""
+    entry_id, name, group, salt, verifier, sessions, flags = row
+    if not (isinstance(entry_id, int) and isinstance(name, str) and isinstance(group, str)
+            and isinstance(salt, bytes) and isinstance(verifier, bytes)
+            and isinstance(sessions, int) and isinstance(flags, int)):
+        return None
+    if not (name and group and salt and verifier):
+        return None
+    return StoredUser(name, group, salt, verifier, sessions & 0xFFFFFFFF, flags & 0xFFFFFFFF, entry_id)
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    return tuple(str(row[1]) for row in conn.execute(f'PRAGMA table_info("{table}")'))
+
+
+class RouterDatabase:
+    """An open ``router.db3``. Every call is one short statement; the router runs them inline."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    # ----------------------------------------------------------- open/create
+    @classmethod
+    def open(cls, path: Path) -> RouterDatabase:
+        """Open an existing database and check its schema; never creates anything."""
+        if not path.is_file():
+            raise DatabaseError(f"{path}: database does not exist; create it with --create-config")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"{path}: cannot open the database: {exc}") from None
+        try:
+            users, hosts = _columns(conn, "users"), _columns(conn, "hosts")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise DatabaseError(f"{path}: not a router database: {exc}") from None
+        if users[: len(_USER_COLUMNS)] != _USER_COLUMNS or hosts[: len(_HOST_COLUMNS)] != _HOST_COLUMNS:
+            conn.close()
+            raise DatabaseError(
+                f"{path}: not a router database (tables 'users' and 'hosts' missing or with other columns)"
+            )
+        conn.execute("PRAGMA busy_timeout = 2000")
+        return cls(conn, path)
+
+    @classmethod
+    def create(cls, path: Path, users: list[StoredUser] = []) -> None:  # noqa: B006 - never mutated
+        """Create a new database with the schema and ``users``; refuses if ``path`` exists.
+
+        Raises ``FileExistsError`` naming nothing else: the caller words the message.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            raise FileExistsError(path)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            os.chmod(tmp, DB_FILE_MODE)
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                for user in users:
+                    _insert_user(conn, user)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            os.link(tmp, path)  # fails if anything appeared at path meanwhile
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ---------------------------------------------------------------- users
+    def find_user(self, name: str) -> StoredUser | None:
+        """Exact, case-sensitive lookup by name, as the C++ router does (§4.8, §12 bug 22)."""
+        try:
+            row = self._conn.execute(
+                'SELECT "id","name","group","salt","verifier","sessions","flags" FROM users WHERE name = ?',
+                (name,),
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+        return _row_to_user(tuple(row)) if row is not None else None
+
+    def list_users(self) -> list[StoredUser]:
+        rows = self._conn.execute(
+            'SELECT "id","name","group","salt","verifier","sessions","flags" FROM users ORDER BY id'
+        ).fetchall()
+        return [u for u in (_row_to_user(tuple(r)) for r in rows) if u is not None]
+
+    def add_user(self, user: StoredUser) -> int:
+        """Insert and return the new entry ID; :class:`UserExistsError` for a taken name."""
+        try:
+            return _insert_user(self._conn, user)
+        except sqlite3.IntegrityError:
+            raise UserExistsError(f"a user named {user.name!r} already exists") from None
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot add user {user.name!r}: {exc}") from None
+
+    def modify_user(self, user: StoredUser) -> bool:
+        """Overwrite every column of row ``user.entry_id``; False if there is no such row."""
+        try:
+            cur = self._conn.execute(
+                'UPDATE users SET "name"=?,"group"=?,"salt"=?,"verifier"=?,"sessions"=?,"flags"=? WHERE id=?',
+                (user.name, user.group, user.salt, user.verifier, _i32(user.sessions), _i32(user.flags),
+                 user.entry_id),
+            )
+        except sqlite3.IntegrityError:
+            raise UserExistsError(f"a user named {user.name!r} already exists") from None
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot modify user {user.entry_id}: {exc}") from None
+        return cur.rowcount > 0
+
+    def remove_user(self, entry_id: int) -> bool:
+        try:
+            return self._conn.execute("DELETE FROM users WHERE id = ?", (entry_id,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot remove user {entry_id}: {exc}") from None
+
+    def remove_user_by_name(self, name: str) -> bool:
+        try:
+            return self._conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot remove user {name!r}: {exc}") from None
+
+    # ---------------------------------------------------------------- hosts
+    def add_host(self, key_hash: bytes) -> int:
+        """Store a new host key hash; its row ID is the new host ID (starting at 1)."""
+        try:
+            cur = self._conn.execute("INSERT INTO hosts (key) VALUES (?)", (key_hash,))
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot add a host: {exc}") from None
+        return int(cur.lastrowid or 0)
+
+    def find_host(self, key_hash: bytes) -> int | None:
+        try:
+            row = self._conn.execute("SELECT id FROM hosts WHERE key = ?", (key_hash,)).fetchone()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot look a host up: {exc}") from None
+        if row is None or not isinstance(row[0], int) or row[0] <= 0:
+            return None
+        return int(row[0])
+
+
+def _i32(value: int) -> int:
+    """``sessions``/``flags`` are stored as 32-bit signed integers, as the C++ side writes them."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _insert_user(conn: sqlite3.Connection, user: StoredUser) -> int:
+    cur = conn.execute(
+        'INSERT INTO users ("name","group","salt","verifier","sessions","flags") VALUES (?,?,?,?,?,?)',
+        (user.name, user.group, user.salt, user.verifier, _i32(user.sessions), _i32(user.flags)),
+    )
+    return int(cur.lastrowid or 0)

@@ -1,0 +1,299 @@
+"""The router's asyncio shell: listener, one :class:`ChannelProtocol` per connection, admin socket.
+
+Everything the router decides lives in the sans-IO :class:`~natrelay.aspia.router.admin.Router`;
+this module authenticates connections, applies the white lists, turns the core's
+:class:`Actions` into writes and deferred disconnects, and explains failed handshakes in the
+log in the terms an operator can act on (wrong router key, wrong password), since the peer is
+never told why (spec §4.9).
+
+SRP logins are expensive (an unknown user name costs most of a second of CPU for the 8192-bit
+fake verifier), and they run on the event loop, so the number of handshakes in flight is capped
+and connections beyond the cap are closed at once. Fake verifiers are cached per name, so
+repeating a probe costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from natrelay.aspia import srp
+from natrelay.aspia.channel import Channel
+from natrelay.aspia.connection import ChannelProtocol
+from natrelay.aspia.errors import DecryptionError
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
+from natrelay.aspia.router.admin import Router
+from natrelay.aspia.router.admin_socket import AdminSocketServer
+from natrelay.aspia.router.db import RouterDatabase
+from natrelay.aspia.router.sessions import Actions, SessionKind
+from natrelay.engine.clock import WheelDriver
+from natrelay.engine.endpoint import make_wheel
+from natrelay.engine.limits import Admission, Limits
+from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
+
+log = logging.getLogger("natrelay.aspia.router")
+
+ANONYMOUS_SESSIONS = SessionKind.HOST | SessionKind.RELAY
+DEFAULT_MAX_HANDSHAKES = 16
+FAKE_USER_CACHE = 1024
+
+
+@dataclass(frozen=True)
+class RouterOptions:
+    """Everything the server needs besides router.json."""
+
+    config: RouterConfig
+    database: Path
+    admin_socket: Path | None = None
+    public_key_hex: str = ""
+    limits: Limits = field(default_factory=lambda: Limits(max_handshakes=DEFAULT_MAX_HANDSHAKES))
+    auth_timeout: float = HANDSHAKE_TIMEOUT
+
+
+def peer_ip(transport: asyncio.BaseTransport) -> str:
+    """The peer's IP as the original prints it: dotted IPv4 also for v4-mapped IPv6 (§6.2 step 4)."""
+    peer = transport.get_extra_info("peername")
+    if not peer:
+        return ""
+    try:
+        addr = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peer[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class RouterConnection(ChannelProtocol):
+    """One accepted connection: handshake, then a router session."""
+
+    def __init__(self, server: RouterServer) -> None:
+        self.server = server
+        self.ip = ""
+        self.session_id: int | None = None
+        self.in_handshake = False
+        self.admitted = False
+        self.attempted_user: str | None = None
+        self.handshake: ServerHandshake | None = None
+        super().__init__(self._make_channel, server.timers)
+
+    def _lookup(self, name: str) -> UserRecord | None:
+        self.attempted_user = name
+        return self.server.lookup_user(name)
+
+    def _make_channel(self, now: float) -> Channel:
+        opts = self.server.options
+        config = ServerConfig(private_key=opts.config.private_key, seed_key=opts.config.seed_key,
+                              anonymous_sessions=int(ANONYMOUS_SESSIONS), users=self._lookup,
+                              timeout=opts.auth_timeout)
+        self.handshake = ServerHandshake(config, now)
+        return Channel(self.handshake, now=now, keepalive=True)
+
+    def on_connected(self) -> bool:
+        assert self.transport is not None
+        self.ip = peer_ip(self.transport)
+        admission = self.server.admission
+        refusal = admission.admit(self.ip)
+        if refusal is None:
+            self.admitted = True
+            refusal = admission.begin_handshake()
+            if refusal is None:
+                self.in_handshake = True
+                with contextlib.suppress(OSError):
+                    sock = self.transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return True
+        log.error("Refused connection from %s: %s", self.ip, refusal)
+        self.abort(refusal)
+        return False
+
+    def _end_handshake(self) -> None:
+        if self.in_handshake:
+            self.in_handshake = False
+            self.server.admission.end_handshake()
+
+    def on_established(self) -> None:
+        self._end_handshake()
+        result = self.channel.result
+        assert result is not None
+        kind = SessionKind(result.session_type)
+        white_list = self.server.white_list(kind)
+        if not address_allowed(white_list, self.ip):
+            log.error("Refused %s session from %s: the address is not in %sWhiteList", kind.name.lower(),
+                      self.ip, kind.name.capitalize())
+            self.abort("not in the white list")
+            return
+        session = self.server.core.open_session(kind, self.ip, result.user_name, result.peer_version,
+                                                result.peer_info, self.server.wall_time())
+        self.session_id = session.session_id
+        self.server.connections[session.session_id] = self
+        user = f", user {result.user_name!r}" if result.user_name else ""
+        log.info("New %s session %d from %s%s (version %s)", kind.name.lower(), session.session_id,
+                 self.ip, user, result.peer_version)
+
+    def on_messages(self, messages: list[bytes]) -> None:
+        if self.session_id is None:
+            return
+        for message in messages:
+            self.server.apply(self.server.core.handle(self.session_id, message, self.server.wall_time()))
+
+    def on_closed(self, reason: str) -> None:
+        self._end_handshake()
+        if self.admitted:
+            self.admitted = False
+            self.server.admission.release(self.ip)
+        if self.session_id is not None:
+            self.server.connections.pop(self.session_id, None)
+            session = self.server.core.sessions.get(self.session_id)
+            if session is not None:
+                log.info("%s session %d (%s) ended: %s", session.kind.name.capitalize(), self.session_id,
+                         self.ip, reason)
+            self.server.core.close_session(self.session_id)
+            self.session_id = None
+        elif self.link is not None and not self.link.established:
+            self._explain_failed_handshake(reason)
+
+    def _explain_failed_handshake(self, reason: str) -> None:
+        handshake = self.handshake
+        error = self.link.error if self.link is not None else None
+        # Keys were installed and the peer then walked away (or sent what our key cannot open).
+        key_refused = handshake is not None and handshake.cipher is not None and (
+            error is None or isinstance(error, DecryptionError))
+        if self.attempted_user is not None and key_refused:
+            # The SRP client gives up when it cannot open our challenge: that is what a wrong
+            # password and an unknown user look like, and the log must not say which of them.
+            log.error("Login failed for user %r from %s: wrong user name or password", self.attempted_user,
+                      self.ip)
+        elif self.attempted_user is None and key_refused:
+            log.error(
+                "Handshake from %s failed after the router's challenge: the relay or host there most "
+                "likely uses the wrong router public key (its RouterPublicKey must equal router.pub: %s)",
+                self.ip, self.server.options.public_key_hex or "see router.pub")
+        else:
+            log.error("Handshake from %s failed: %s", self.ip, reason)
+
+
+class RouterServer:
+    """Owns the listener, the core, the connections and the admin socket."""
+
+    def __init__(self, options: RouterOptions, db: RouterDatabase) -> None:
+        self.options = options
+        self.core = Router(db)
+        self.loop = asyncio.get_running_loop()
+        self.timers: WheelDriver[Any] = make_wheel(self.loop)
+        self.admission = Admission(options.limits)
+        self.connections: dict[int, RouterConnection] = {}
+        self._fakes: OrderedDict[str, UserRecord] = OrderedDict()
+        self._server: asyncio.Server | None = None
+        self._admin: AdminSocketServer | None = None
+        self._wall_offset = self._wall_now() - self.loop.time()
+        self.sockets: list[tuple[str, int]] = []
+
+    @staticmethod
+    def _wall_now() -> float:
+        return time.time()  # the shell reads clocks; the cores get times passed in
+
+    def wall_time(self) -> float:
+        return self.loop.time() + self._wall_offset
+
+    def white_list(self, kind: SessionKind) -> tuple[IPAddress, ...]:
+        config = self.options.config
+        return {
+            SessionKind.CLIENT: config.client_white_list,
+            SessionKind.HOST: config.host_white_list,
+            SessionKind.ADMIN: config.admin_white_list,
+            SessionKind.RELAY: config.relay_white_list,
+        }[kind]
+
+    def lookup_user(self, name: str) -> UserRecord | None:
+        """The account for an SRP login, or a cached deterministic fake (§4.8)."""
+        user = self.core.db.find_user(name)
+        if user is not None and user.enabled and user.group in srp.GROUPS:
+            return user.record()
+        seed = self.options.config.seed_key
+        if not seed:
+            return None  # the handshake draws a fresh random seed per attempt
+        fake = self._fakes.get(name)
+        if fake is None:
+            group, salt, verifier = srp.fake_user(seed, name)
+            fake = UserRecord(name, group.name, salt, verifier, sessions=0)
+            self._fakes[name] = fake
+            if len(self._fakes) > FAKE_USER_CACHE:
+                self._fakes.popitem(last=False)
+        else:
+            self._fakes.move_to_end(name)
+        return fake
+
+    def apply(self, actions: Actions) -> None:
+        for session_id, payload in actions.send:
+            conn = self.connections.get(session_id)
+            if conn is not None:
+                conn.send(payload)
+        for session_id in actions.disconnect:
+            conn = self.connections.get(session_id)
+            if conn is not None:
+                # After the current event: the handler that asked may belong to this very session.
+                self.loop.call_soon(conn.close, "disconnected by the router")
+
+    async def start(self) -> None:
+        config = self.options.config
+        host = config.listen_interface or None
+        self._server = await self.loop.create_server(lambda: RouterConnection(self), host, config.port,
+                                                     reuse_address=True)
+        for sock in self._server.sockets:
+            name = sock.getsockname()
+            self.sockets.append((str(name[0]), int(name[1])))
+        where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sockets)
+        log.info("Listening on %s", where)
+        if self.options.admin_socket is not None:
+            self._admin = AdminSocketServer(self.options.admin_socket, self._admin_request)
+            await self._admin.start()
+
+    def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, "status": self.core.status(self.wall_time())}
+        if command == "disconnect":
+            actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
+            if error is not None:
+                return {"ok": False, "error": error}
+            self.apply(actions)
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._admin is not None:
+            await self._admin.close()
+        for conn in list(self.connections.values()):
+            conn.abort("router stopping")
+        with contextlib.suppress(Exception):
+            if self._server is not None:
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+        self.timers.close()
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a router that died; refuse if a router still answers there."""
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another router is already running with the admin socket {path}")
