@@ -320,3 +320,16 @@ def test_router_restart_keeps_sessions_and_relays_and_host_come_back(peers: Peer
     send_all_then_eof(sock, b"end")
     assert read_all(sock) == b"end" + EOF_MARK
     sock.close()
+
+
+def test_stdin_client_exits_when_the_host_goes_away(peers: Peers) -> None:
+    proc = subprocess.Popen([*tool("natrelay"), *peers.client_args()], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=aspia_env())
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"ping")
+    proc.stdin.flush()
+    assert proc.stdout.read(4) == b"ping"
+    peers.host.kill()  # stdin stays open: only the lost connection can end the client
+    assert proc.wait(20) == 1
+    assert proc.stderr is not None and "connection ended" in proc.stderr.read().decode()
+    proc.stdin.close()

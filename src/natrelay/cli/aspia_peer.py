@@ -12,7 +12,7 @@ from typing import Any
 
 from natrelay.aspia.peer.client import AspiaClient, ClientSettings
 from natrelay.aspia.peer.host import HOST_RETRY_INTERVAL, AspiaHost, HostSettings
-from natrelay.aspia.peer.relay_link import PeerError
+from natrelay.aspia.peer.relay_link import PeerError, RelayTunnel
 from natrelay.aspia.peer.state import StateError, default_state_path
 from natrelay.aspia.peer.users import (
     Credentials,
@@ -22,7 +22,7 @@ from natrelay.aspia.peer.users import (
     read_users_file,
 )
 from natrelay.engine.stdio import open_stdin, open_stdout
-from natrelay.engine.streams import bridge
+from natrelay.engine.streams import bridge, pump
 from natrelay.ops.addresses import AddressError, parse_host_port
 from natrelay.ops.runtime import run
 
@@ -155,37 +155,50 @@ def client_command(args: argparse.Namespace) -> int:
 
 
 async def _client_stdio(client: AspiaClient, stop: asyncio.Event) -> int:
+    stopper = asyncio.ensure_future(stop.wait())
     try:
-        connecting = asyncio.ensure_future(client.connect())
-        stopper = asyncio.ensure_future(stop.wait())
+        connecting = asyncio.ensure_future(client.open())
         await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not connecting.done():
             connecting.cancel()
             return 130
-        stopper.cancel()
         try:
-            reader, writer = connecting.result()
+            proto = connecting.result()
         except PeerError as exc:
             return _fail(str(exc))
-        job = asyncio.ensure_future(_join_stdio(reader, writer))
-        stopper = asyncio.ensure_future(stop.wait())
+        job = asyncio.ensure_future(_join_stdio(proto))
         await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
         if job.done():
             return job.result()
         job.cancel()
         return 130
     finally:
+        stopper.cancel()
         client.close()
 
 
-async def _join_stdio(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+async def _join_stdio(proto: RelayTunnel) -> int:
+    """Like netcat: stdin to the host, the host's output to stdout, half-close both ways.
+
+    Ends when the host's output has ended and either our input has ended too or the relayed
+    connection is gone (then there is nowhere left to send stdin, so we do not wait for it).
+    """
+    reader, writer = proto.streams()
     stdin, stdout = await open_stdin(), await open_stdout()
+    upstream = asyncio.ensure_future(pump(stdin, writer))
     try:
-        await bridge((stdin, stdout), (reader, writer))
+        await pump(reader, stdout)
+        waiters: set[asyncio.Future[Any]] = {upstream, proto.closed}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if upstream.done():
+            upstream.result()
     except (OSError, ConnectionError) as exc:
         print(f"natrelay: connection ended: {exc}", file=sys.stderr)
         return 1
+    finally:
+        upstream.cancel()
+        writer.close()
+        stdout.close()
     return 0
 
 

@@ -18,6 +18,7 @@ from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import (
     PeerError,
+    RelayTunnel,
     Streams,
     describe_client_failure,
     open_relay_tunnel,
@@ -125,6 +126,10 @@ class AspiaClient:
 
     async def connect(self) -> Streams:
         """A new stream to the host's exposed service (raises :class:`PeerError`)."""
+        return (await self.open()).streams()
+
+    async def open(self) -> RelayTunnel:
+        """Like :meth:`connect`, but the relay connection itself (for its ``closed`` future)."""
         s = self.settings
         link = await self.router()
         try:
@@ -145,7 +150,7 @@ class AspiaClient:
         except ChannelClosedError as exc:
             raise PeerError(describe_client_failure(proto, exc, where, s.host_account.name)) from exc
         log.info("connected to host %d through relay %s", s.host_id, where)
-        return proto.streams()
+        return proto
 
     def _handshake(self, now: float) -> ClientHandshake:
         return ClientHandshake(self._host_config, now, self.settings.random_bytes)
