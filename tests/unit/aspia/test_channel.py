@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol, channel_on_socket, open_channel
@@ -255,3 +258,35 @@ def test_channel_on_socket_feeds_initial_bytes_first() -> None:
         await asyncio.wait_for(server_proto.closed, 5)
 
     asyncio.run(main())
+
+
+# ----------------------------------------------------------------- properties
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=30),
+       messages=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=5))
+def test_any_chunking_gives_the_same_messages(cuts: list[int], messages: list[bytes]) -> None:
+    server, client = _server(), _client()
+    hello = b"".join(client.take_output())
+    server.receive_data(hello, 1.0)
+    client.receive_data(b"".join(server.take_output()), 1.0)
+    for m in messages:
+        client.send(m)
+    stream = b"".join(client.take_output())
+    got: list[bytes] = []
+    pos = 0
+    for cut in cuts:
+        got += server.receive_data(stream[pos : pos + cut], 1.0)
+        pos += cut
+    got += server.receive_data(stream[pos:], 1.0)
+    assert got == messages
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=200), established=st.booleans())
+def test_garbage_only_ever_raises_the_protocol_error(data: bytes, established: bool) -> None:
+    server, client = _server(), _client()
+    if established:
+        _shuttle(server, client)
+    with contextlib.suppress(AspiaProtocolError):
+        server.receive_data(data, 1.0)

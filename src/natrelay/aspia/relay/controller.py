@@ -14,6 +14,7 @@ that refuses relay sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -103,7 +104,8 @@ class _RouterChannel(ChannelProtocol):
     def on_connected(self) -> bool:
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # asyncio and uvloop usually did this already
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
 
     def on_messages(self, messages: list[bytes]) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.aspia.relay.keypool import KeyPool
@@ -98,22 +99,29 @@ def test_expiry_while_disconnected_is_void() -> None:
     assert pool.next_deadline() is None and pool.expire(100.0) == ([], [])
 
 
-@pytest.mark.parametrize("events", [
-    "puuepe", "ppeeuu", "upupeee", "pppp", "ueue",
-])
-def test_capacity_invariant_holds_through_any_sequence(events: str) -> None:
-    """pool keys + active sessions == MaxPeerCount while connected, whatever happens."""
-    pool = _pool(4)
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from("pueEdc"), max_size=40))
+def test_capacity_invariant_holds_through_any_sequence(events: list[str]) -> None:
+    """pool keys + active sessions == MaxPeerCount whenever connected, whatever happens in between."""
+    pool = _pool(4, expiry=15.0)
     pool.on_connected()
     now = 0.0
     for event in events:
         now += 10.0
-        ids = sorted(k for k in range(100) if k in pool)
+        ids = sorted(k for k in range(1000) if k in pool)
         if event == "p" and ids:
-            pool.pair(ids[0])
+            assert pool.pair(ids[0])
         elif event == "e" and pool.active:
             pool.session_ended()
         elif event == "u" and ids:
             pool.key_used(ids[-1], now)
+        elif event == "d":
+            pool.on_disconnected()
+        elif event == "c":
+            pool.on_connected()
         pool.expire(now)
-        assert _capacity(pool) == 4
+        assert pool.active >= 0
+        if pool.connected:
+            assert _capacity(pool) == 4
+        else:
+            assert len(pool) == 0
