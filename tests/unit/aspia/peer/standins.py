@@ -28,7 +28,7 @@ from natrelay.aspia.messages import (
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2
 from natrelay.engine.clock import WheelDriver
-from tests.unit.aspia.helpers import SEED, SERVER_PRIVATE, SERVER_PUBLIC, lookup, make_user
+from tests.unit.aspia.helpers import SEED, SERVER_PRIVATE, SERVER_PUBLIC, cheap_random, lookup, make_user
 
 ROUTER_KEY = SERVER_PUBLIC
 HOST = "127.0.0.1"
@@ -103,7 +103,7 @@ class StandInRelay:
 class _RouterSession(ChannelProtocol):
     def __init__(self, router: StandInRouter, timers: WheelDriver[Any]) -> None:
         def make(now: float) -> Channel:
-            return Channel(ServerHandshake(router.config, now), now=now)
+            return Channel(ServerHandshake(router.config, now, router.random_bytes), now=now)
 
         super().__init__(make, timers)
         self.router = router
@@ -143,6 +143,7 @@ class StandInRouter:
     port: int = 0
 
     def __post_init__(self) -> None:
+        self.random_bytes = cheap_random(11)  # short SRP secrets: same maths, a fraction of the time
         records = [make_user(name, pw, sessions=2) for name, pw in self.users.items()]
         self.config = ServerConfig(private_key=SERVER_PRIVATE, seed_key=SEED, anonymous_sessions=12,
                                    users=lookup(*records))
