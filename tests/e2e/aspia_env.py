@@ -84,13 +84,19 @@ class Process:
 
     proc: subprocess.Popen[bytes]
     log_path: Path
+    log_offset: int = 0
+    """Where this process's output starts in a log file shared with an earlier run (a restart)."""
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(self.log_offset)
+            return fh.read().decode(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 20, count: int = 1) -> None:
         """Until ``text`` appears ``count`` times in the log (fails early if the process died)."""
@@ -122,9 +128,10 @@ def start_process(name: str, args: list[str], log_path: Path,
                   env: Mapping[str, str] | None = None) -> Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        offset = log.tell()
         proc = subprocess.Popen([*tool(name), *args], stdout=log, stderr=log,
                                 stdin=subprocess.DEVNULL, env=aspia_env(env))
-    return Process(proc, log_path)
+    return Process(proc, log_path, offset)
 
 
 @dataclass
@@ -187,7 +194,7 @@ class Router(Process):
 def start_router(setup: RouterSetup, env: Mapping[str, str] | None = None) -> Router:
     """Serve with ``setup``'s files; returns once the router is listening."""
     p = start_process("aspia_router", setup.args(), setup.directory / "router.log", env)
-    router = Router(p.proc, p.log_path, setup)
+    router = Router(p.proc, p.log_path, p.log_offset, setup)
     router.wait_log("Listening on")
     return router
 

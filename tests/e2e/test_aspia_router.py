@@ -10,9 +10,11 @@ import os
 import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,15 +33,18 @@ from tests.e2e.aspia_env import (
     HOST,
     HOST_SESSION,
     RELAY,
+    Process,
     Router,
     RouterSetup,
     StandIn,
     add_router_user,
     anonymous,
     create_router,
+    free_port,
     run_tool,
     srp_login,
     start_process,
+    start_relay,
     start_router,
     tool,
     wait_for,
@@ -321,6 +326,137 @@ def test_handshakes_beyond_the_cap_are_refused(setup: RouterSetup) -> None:
 
 def start_router_with(setup: RouterSetup, *extra: str) -> Router:
     proc = start_process("aspia_router", [*setup.args(), *extra], setup.directory / "router.log")
-    router = Router(proc.proc, proc.log_path, setup)
+    router = Router(proc.proc, proc.log_path, proc.log_offset, setup)
     router.wait_log("Listening on")
     return router
+
+
+# ------------------------------------------------- with the real relay and peers
+class EchoServer:
+    """A TCP echo service on 127.0.0.1 standing for the host's exposed service."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server((HOST, 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+FAST_RELAY = {"NATRELAY_ASPIA_RELAY_TIMERS": "reconnect=1"}
+
+
+@pytest.fixture
+def stack(setup: RouterSetup, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Router, two real relays, a real host in front of an echo service, and a real client --listen."""
+    procs: list[Process] = []
+    echo = EchoServer()
+    try:
+        router = start_router(setup)
+        procs.append(router)
+        relays = [start_relay(tmp_path / f"relay{i}", setup, FAST_RELAY, MaxPeerCount="4") for i in (1, 2)]
+        procs.extend(relays)
+        router.wait_log("added 4 keys", count=2)
+        (tmp_path / "host.pw").write_text("host-secret\n")
+        common = ["--router", setup.address(), "--router-key", setup.public_key]
+        host = start_process("natrelay", ["aspia", "host", *common, "--expose", f"{HOST}:{echo.port}",
+                                          "--user", "bob", "--password-file", str(tmp_path / "host.pw"),
+                                          "--state", str(tmp_path / "host.json"), "--retry-interval", "1"],
+                             tmp_path / "host.log")
+        procs.append(host)
+        host.wait_log("host id: 1")
+        (tmp_path / "bob.pw").write_text("bob-secret\n")
+        listen = free_port()
+        client = start_process("natrelay", ["aspia", "client", *common, "--user", "bob", "--password-file",
+                                            str(tmp_path / "bob.pw"), "--host-id", "1",
+                                            "--host-password-file", str(tmp_path / "host.pw"),
+                                            "--listen", f"{HOST}:{listen}"], tmp_path / "client.log")
+        procs.append(client)
+        wait_for(lambda: _can_connect(listen), 20, "the client to listen")
+        yield {"router": router, "relays": relays, "host": host, "client": client, "listen": listen}
+    finally:
+        for p in reversed(procs):
+            p.kill()
+        echo.close()
+
+
+def _can_connect(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _round_trip(port: int, payload: bytes) -> socket.socket:
+    conn = socket.create_connection((HOST, port), timeout=20)
+    conn.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = conn.recv(65536)
+        assert chunk, "connection closed early"
+        got += chunk
+    assert got == payload
+    return conn
+
+
+def test_real_stack_status_shows_relayed_sessions_and_disconnect_ends_one(stack: dict[str, Any]) -> None:
+    router: Router = stack["router"]
+    conn = _round_trip(stack["listen"], b"ping through the relay" * 100)
+    wait_for(lambda: len(router.status()["sessions"]) == 1, 20, "the relay's statistics")
+    status = router.status()
+    [session] = status["sessions"]
+    assert (session["host_id"], session["user"], session["client_address"]) == (1, "bob", HOST)
+    assert session["bytes"] >= 2 * 2200
+    assert sorted(r["pool_size"] for r in status["relays"]) == [3, 4]  # one key is in use
+    assert run_tool("aspia_router", *router.setup.args(), "--disconnect", session["id"]).returncode == 0
+    conn.settimeout(20)
+    assert conn.recv(1) == b""  # the relay dropped the pair, so the client side ends too
+    wait_for(lambda: router.status()["sessions"] == [], 20, "the session to leave the statistics")
+
+
+def test_killed_relay_leaves_the_pool_and_the_other_relay_serves(stack: dict[str, Any]) -> None:
+    router: Router = stack["router"]
+    first, second = stack["relays"]
+    first.kill()
+    router.wait_log("keys removed from the pool")
+    wait_for(lambda: len(router.status()["relays"]) == 1, 10, "the dead relay to leave")
+    for _ in range(3):
+        _round_trip(stack["listen"], b"still relayed").close()
+    assert router.status()["relays"][0]["pool_size"] >= 1
+    assert second.proc.poll() is None
+
+
+def test_router_restart_keeps_sessions_and_relays_come_back(stack: dict[str, Any]) -> None:
+    router: Router = stack["router"]
+    conn = _round_trip(stack["listen"], b"before the restart")
+    assert router.stop() == 0
+    restarted = start_router(router.setup)
+    stack["router"] = restarted
+    try:
+        conn.sendall(b"during the outage")
+        got = b""
+        while len(got) < len(b"during the outage"):
+            got += conn.recv(65536)
+        assert got == b"during the outage"
+        restarted.wait_log("added", count=2, timeout=30)
+        restarted.wait_log("has host ID 1", timeout=30)  # the host came back with its stored key
+        _round_trip(stack["listen"], b"after the restart").close()
+    finally:
+        conn.close()
+        restarted.kill()
