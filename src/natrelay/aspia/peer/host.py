@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,9 @@ log = logging.getLogger("natrelay.aspia.host")
 
 HOST_RETRY_INTERVAL = 10.0
 CONNECT_TIMEOUT = 30.0
+MAX_PENDING_OFFERS = 64
+"""Offers being connected or authenticated at once; more are dropped with a log line, so a flood
+of offers (or of clients that never finish SRP) cannot make the host open unbounded sockets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class AspiaHost:
         self._timers: WheelDriver[Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._link: HostRouterLink | None = None
+        self._pending = 0
         # One seed per process: a probed unknown name gets the same fake salt every time (§4.8).
         self._server_config = ServerConfig(users=users.lookup, seed_key=os.urandom(64), info=local_info(),
                                            timeout=settings.handshake_timeout)
@@ -162,6 +166,11 @@ class AspiaHost:
             if self._link is not None:
                 self._link.close(event.reason)
         elif isinstance(event, HostOffer):
+            if self._pending >= MAX_PENDING_OFFERS:
+                log.warning("dropped a connection offer: %d clients are already authenticating",
+                            self._pending)
+                return
+            self._pending += 1  # counted from now, not from when the task first runs
             self._spawn(self._serve(event.credentials))
 
     def _on_host_id(self, event: HostIdAssigned) -> None:
@@ -179,7 +188,7 @@ class AspiaHost:
             self.on_host_id(event.host_id)
 
     # ------------------------------------------------------------ relayed side
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -193,14 +202,15 @@ class AspiaHost:
         try:
             proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=True,
                                             timeout=s.connect_timeout)
+            await proto.wait_established()  # the channel's own handshake timer bounds this
         except PeerError as exc:
             log.warning("%s", exc)
             return
-        try:
-            await proto.wait_established()  # the channel's own handshake timer bounds this
         except ChannelClosedError as exc:
             log.info("a client on relay %s did not authenticate: %s", where, exc.error or exc.reason)
             return
+        finally:
+            self._pending -= 1
         result = proto.channel.result
         assert result is not None
         self.sessions_served += 1

@@ -47,6 +47,13 @@ def _request(field: str, body: router_peer_pb2.HostIdRequest | router_peer_pb2.C
     return serialize(make_envelope(router_peer_pb2.PeerToRouter, field, body))
 
 
+def check_offer_relay(credentials: router_common_pb2.RelayCredentials) -> None:
+    """Refuse credentials a peer cannot use: §8.3's key checks plus a dialable address."""
+    check_relay_credentials(credentials)
+    if not credentials.host or not 0 < credentials.port < 65536:
+        raise AspiaProtocolError(f"relay address {credentials.host!r}:{credentials.port} is not usable")
+
+
 def _parse_envelope(payload: bytes) -> router_peer_pb2.RouterToPeer | None:
     # The C++ peers log an unparsable message and keep the connection (§5.6); so do we.
     try:
@@ -140,7 +147,7 @@ class HostRouterSession:
             log.info("ignored a connection offer (role %d, error %d)", offer.peer_role, offer.error_code)
             return []
         try:
-            check_relay_credentials(offer.relay)
+            check_offer_relay(offer.relay)
         except AspiaProtocolError as exc:
             log.warning("ignored a connection offer with unusable relay credentials: %s", exc)
             return []
@@ -197,7 +204,7 @@ class ClientRouterSession:
         if offer.peer_role != ConnectionOffer.CLIENT:
             raise AspiaProtocolError("the router offered us the host's role")
         try:
-            check_relay_credentials(offer.relay)
+            check_offer_relay(offer.relay)
         except AspiaProtocolError as exc:
             log.warning("the router's relay credentials are unusable: %s", exc)
             return [ClientOffer(OfferError.UNKNOWN_ERROR)]

@@ -82,7 +82,10 @@ def test_host_accepts_only_successful_host_role_offers_with_usable_keys() -> Non
                 Offer(peer_role=Offer.HOST, error_code=Offer.KEY_POOL_EMPTY),
                 Offer(peer_role=Offer.HOST, relay=credentials(key_type=0)),
                 Offer(peer_role=Offer.HOST, relay=credentials(key_iv=b"short")),
-                Offer(peer_role=Offer.HOST, relay=credentials(secret=b""))):
+                Offer(peer_role=Offer.HOST, relay=credentials(secret=b"")),
+                Offer(peer_role=Offer.HOST, relay=credentials(host="")),
+                Offer(peer_role=Offer.HOST, relay=credentials(port=0)),
+                Offer(peer_role=Offer.HOST, relay=credentials(port=70000))):
         assert session.receive(to_peer("connection_offer", bad)) == ([], [])
 
 
@@ -115,6 +118,10 @@ def test_client_matches_offers_to_requests_in_order() -> None:
     [third] = session.receive(to_peer("connection_offer", Offer(peer_role=Offer.CLIENT, error_code=77)))
     assert third.error is OfferError.UNKNOWN_ERROR
     assert session.outstanding == 0
+    session.request(8)  # success without a usable relay address is no success
+    [fourth] = session.receive(to_peer("connection_offer", Offer(peer_role=Offer.CLIENT,
+                                                                 relay=credentials(host=""))))
+    assert fourth.error is OfferError.UNKNOWN_ERROR and fourth.credentials is None
 
 
 def test_client_refuses_unrequested_or_wrong_role_offers() -> None:
