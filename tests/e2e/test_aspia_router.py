@@ -146,6 +146,15 @@ def test_user_management_commands(setup: RouterSetup, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "bob" in missing.stderr
 
 
+def test_port_in_use_is_fatal_and_windows_switches_explain_themselves(setup: RouterSetup) -> None:
+    with socket.create_server((HOST, setup.port)):
+        done = run_tool("aspia_router", *setup.args(), timeout=20)
+    assert done.returncode == 1 and f"cannot listen on {HOST}:{setup.port}" in done.stderr
+    assert not (setup.data_dir / "router.sock").exists()
+    done = run_tool("aspia_router", "--install")
+    assert done.returncode == 1 and "only available on Windows" in done.stderr
+
+
 def test_refuses_to_start_without_a_valid_database(setup: RouterSetup) -> None:
     (setup.data_dir / "router.db3").unlink()
     done = run_tool("aspia_router", *setup.args(), timeout=20)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import logging
@@ -39,6 +40,7 @@ PROG = "aspia_router"
 DATA_DIR_ENV = "ASPIA_DATA_DIR"
 PUBLIC_KEY_NAME = "router.pub"
 MAX_PASSWORD_FILE = 4096
+WINDOWS_ONLY = ("--install", "--remove", "--start", "--stop")
 log = logging.getLogger("natrelay.aspia.router")
 
 EPILOG = f"""\
@@ -82,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", type=Path, metavar="F", help="file holding the new user's password")
     p.add_argument("--admin", action="store_true", help="with --add-user: may also administer the router")
     p.add_argument("--json", action="store_true", help="with --status: print JSON")
+    for switch, what in zip(WINDOWS_ONLY, ("installs the Router service", "removes the Router service",
+                                           "starts the Router service", "stops the Router service"),
+                            strict=True):
+        cmd.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
     p.add_argument("--max-handshakes", type=int, default=16, metavar="N",
                    help="authentications in progress at once; more are refused (default %(default)s)")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
@@ -249,7 +255,7 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             update_settings(paths.config, {"SeedKey": seed.hex().upper()})
         except OSError as exc:
             return fail(f"cannot store the generated SeedKey in {paths.config}: {exc}")
-        config = RouterConfig(**{**config.__dict__, "seed_key": seed})
+        config = dataclasses.replace(config, seed_key=seed)
     try:
         db = RouterDatabase.open(paths.database)
         remove_stale_socket(paths.socket)
@@ -267,9 +273,10 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         try:
             await server.start()
         except OSError as exc:
+            # A router that cannot listen must not linger as if it served (spec §12 bug 5).
             await server.close()
             log.critical("Unable to start the router: %s", exc)
-            return fail(f"cannot listen on port {config.port}: {exc.strerror or exc}")
+            return fail(f"cannot start: {exc}")
         log.info("Router started; public key %s", public_hex)
         await stop.wait()
         log.info("Stopping")
@@ -286,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.max_handshakes < 1:
         return fail("--max-handshakes must be at least 1", 2)
+    for switch in WINDOWS_ONLY:
+        if getattr(args, switch[2:]):
+            return fail(f"{switch} is only available on Windows; on Linux the service is the systemd unit "
+                        "aspia-router (systemctl enable --now aspia-router)")
     if args.keygen:
         keys = X25519KeyPair.generate()
         print(f"Private key: {keys.private_bytes.hex().upper()}")

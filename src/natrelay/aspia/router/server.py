@@ -126,7 +126,14 @@ class RouterConnection(ChannelProtocol):
         self._end_handshake()
         result = self.channel.result
         assert result is not None
-        kind = SessionKind(result.session_type)
+        try:
+            kind = SessionKind(result.session_type)
+        except ValueError:
+            # Only possible for an account whose stored session mask has bits the router does not serve.
+            log.error("Refused session type %d from %s (user %r): not a router session type",
+                      result.session_type, self.ip, result.user_name)
+            self.abort("not a router session type")
+            return
         white_list = self.server.white_list(kind)
         if not address_allowed(white_list, self.ip):
             log.error("Refused %s session from %s: the address is not in %sWhiteList", kind.name.lower(),
@@ -248,8 +255,12 @@ class RouterServer:
     async def start(self) -> None:
         config = self.options.config
         host = config.listen_interface or None
-        self._server = await self.loop.create_server(lambda: RouterConnection(self), host, config.port,
-                                                     reuse_address=True)
+        try:
+            self._server = await self.loop.create_server(lambda: RouterConnection(self), host, config.port,
+                                                         reuse_address=True)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {config.listen_interface or '*'}:{config.port}: "
+                          f"{exc.strerror or exc}") from None
         for sock in self._server.sockets:
             name = sock.getsockname()
             self.sockets.append((str(name[0]), int(name[1])))
@@ -257,7 +268,12 @@ class RouterServer:
         log.info("Listening on %s", where)
         if self.options.admin_socket is not None:
             self._admin = AdminSocketServer(self.options.admin_socket, self._admin_request)
-            await self._admin.start()
+            try:
+                await self._admin.start()
+            except OSError as exc:
+                self._admin = None
+                raise OSError(f"cannot create the admin socket {self.options.admin_socket}: "
+                              f"{exc.strerror or exc}") from None
 
     def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from natrelay.aspia.crypto import h512
 from natrelay.aspia.messages import make_envelope, serialize
@@ -183,3 +185,13 @@ def test_malformed_messages_are_ignored(router: Router, payload: bytes) -> None:
 
 def test_messages_for_unknown_sessions_do_nothing(router: Router) -> None:
     assert router.handle(99, key_pool(1), NOW).send == []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(list(SessionKind)), payload=st.binary(max_size=200))
+def test_no_input_makes_the_core_raise(router: Router, kind: SessionKind, payload: bytes) -> None:
+    session = open_session(router, kind)
+    actions = router.handle(session.session_id, payload, NOW)
+    for to, data in actions.send:
+        assert to in router.sessions and data
+    router.close_session(session.session_id)
