@@ -8,6 +8,7 @@ import sys
 from natrelay import __version__
 from natrelay.cli import aspia_peer, offset_peer, serve
 from natrelay.ops.logging import LoggingConfigError, setup_logging
+from natrelay.ops.runtime import glue_key_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    raw = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(glue_key_values(raw, ("--to", "--allow")))
     try:
         setup_logging(args.log_level, program="natrelay", default_level="info")
     except LoggingConfigError as exc:

@@ -25,6 +25,7 @@ import capnp
 
 from .constants import DEFAULT_MAX_FRAME
 from .errors import ProtocolError
+from .packing import LITERAL_THRESHOLD, pack_single_segment
 
 _SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 _dh: Any = capnp.load(str(_SCHEMA_DIR / "dh.capnp"))
@@ -258,6 +259,17 @@ def _one_segment(*data_lengths: int) -> int:
     return 32 + sum((n + 7) // 8 for n in data_lengths)
 
 
+def _packed(builder: Any, data_bytes: int) -> bytes:
+    """Packed bytes of a single-segment message carrying ``data_bytes`` of Data fields.
+
+    Large ones are packed with literal runs (see ``packing.py``), small ones by pycapnp.
+    """
+    if data_bytes >= LITERAL_THRESHOLD:
+        return pack_single_segment(builder.to_bytes())
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
 def encode_ka_message(message: bytes | None) -> bytes:
     """``None`` is a heartbeat (``keepAlive``); bytes are one upper-layer payload."""
     size = _one_segment(0 if message is None else len(message))
@@ -266,8 +278,7 @@ def encode_ka_message(message: bytes | None) -> bytes:
         builder.keepAlive = None
     else:
         builder.message = message
-    result: bytes = builder.to_bytes_packed()
-    return result
+    return _packed(builder, 0 if message is None else len(message))
 
 
 def _read_ka_message(reader: Any) -> bytes | None:
@@ -402,8 +413,7 @@ def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
         _fill_rekey(body.init("rekey"), content)
     else:
         body.user = content
-    result: bytes = builder.to_bytes_packed()
-    return result
+    return _packed(builder, len(padding) + (0 if isinstance(content, Rekey) else len(content)))
 
 
 def _read_channel_message(reader: Any) -> bytes | Rekey:

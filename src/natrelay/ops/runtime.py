@@ -51,3 +51,27 @@ def extract_attached(argv: list[str], options: tuple[str, ...]) -> list[str]:
             out.append(arg)
     return out
 
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def glue_key_values(argv: list[str], options: tuple[str, ...], *, key_length: int = 43) -> list[str]:
+    """Write ``--opt KEY`` as ``--opt=KEY`` when KEY is a URL-safe base64 key starting with ``-``.
+
+    One key in 64 starts with ``-``, and argparse takes such a value for an option of its own
+    ("expected one argument"); with ``=`` it is unambiguous.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if (arg in options and nxt.startswith("-") and len(nxt) == key_length
+                and set(nxt) <= _B64URL):
+            out.append(f"{arg}={nxt}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
