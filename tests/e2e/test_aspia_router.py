@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,10 @@ import pytest
 
 from natrelay.aspia.crypto import X25519KeyPair
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
-from natrelay.aspia.messages import make_envelope
+from natrelay.aspia.framing import encode_user_frame
+from natrelay.aspia.messages import ASPIA_VERSION, make_envelope, serialize
 from natrelay.aspia.proto import (
+    key_exchange_pb2,
     relay_peer_pb2,
     router_admin_pb2,
     router_common_pb2,
@@ -318,17 +319,28 @@ def test_short_ciphertext_after_authentication_closes_the_session(router: Router
     client.close()
 
 
-def test_handshakes_beyond_the_cap_are_refused(setup: RouterSetup) -> None:
-    p = start_router_with(setup, "--max-handshakes", "1")
+def _stalled_login(port: int, user: str) -> socket.socket:
+    """A connection that starts an SRP login (ClientHello, SrpIdentify) and then says nothing more."""
+    sock = socket.create_connection((HOST, port), timeout=10)
+    hello = key_exchange_pb2.ClientHello(encryption=1, version=ASPIA_VERSION.to_proto())
+    sock.sendall(encode_user_frame(serialize(hello)))
+    sock.recv(65536)  # ServerHello
+    sock.sendall(encode_user_frame(serialize(key_exchange_pb2.SrpIdentify(username=user))))
+    sock.recv(65536)  # SrpServerKeyExchange: the router has taken a login slot
+    return sock
+
+
+def test_logins_beyond_the_cap_are_refused_but_relays_and_hosts_pass(setup: RouterSetup) -> None:
+    p = start_router_with(setup, "--max-logins-per-ip", "1")
     try:
-        with socket.create_connection((HOST, setup.port)) as first:
-            first.sendall(b"")  # connected: the first handshake slot is now taken
-            time.sleep(0.3)
-            with socket.create_connection((HOST, setup.port)) as second:
-                assert _closed(second)
-            p.wait_log("concurrent handshake limit reached (1)")
-            first.close()
-        anonymous(setup.port, setup.public_key, HOST_SESSION).close()
+        stalled = _stalled_login(setup.port, "bob")
+        with pytest.raises((ConnectionError, AspiaProtocolError)):
+            srp_login(setup.port, "bob", "bob-secret")
+        p.wait_log("too many password logins in progress (per-IP login limit reached (1)")
+        anonymous(setup.port, setup.public_key, HOST_SESSION).close()  # anonymous logins are not capped
+        stalled.close()
+        wait_for(lambda: "Handshake from 127.0.0.1 failed" in p.log(), 10, "the stalled login to end")
+        srp_login(setup.port, "bob", "bob-secret").close()
     finally:
         assert p.stop() == 0
 

@@ -27,9 +27,14 @@ from natrelay.aspia import srp
 from natrelay.aspia.crypto import X25519KeyPair
 from natrelay.aspia.router.admin_socket import SOCKET_NAME, AdminSocketError, request
 from natrelay.aspia.router.db import DB_FILE_NAME, DatabaseError, RouterDatabase, StoredUser, valid_user_name
-from natrelay.aspia.router.server import RouterOptions, RouterServer, remove_stale_socket
+from natrelay.aspia.router.server import (
+    DEFAULT_MAX_LOGINS,
+    DEFAULT_MAX_LOGINS_PER_IP,
+    RouterOptions,
+    RouterServer,
+    remove_stale_socket,
+)
 from natrelay.aspia.router.sessions import SessionKind
-from natrelay.engine.limits import Limits
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
 from natrelay.ops.aspia_logging import setup_aspia_logging
@@ -88,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "starts the Router service", "stops the Router service"),
                             strict=True):
         cmd.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
-    p.add_argument("--max-handshakes", type=int, default=16, metavar="N",
-                   help="authentications in progress at once; more are refused (default %(default)s)")
+    p.add_argument("--max-logins", type=int, default=DEFAULT_MAX_LOGINS, metavar="N",
+                   help="password logins in progress at once; more are refused (default %(default)s)")
+    p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
+                   help="the same, per source address (default %(default)s)")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -266,7 +273,8 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         return fail(str(exc))
     public_hex = X25519KeyPair.from_private_bytes(config.private_key).public_bytes.hex().upper()
     options = RouterOptions(config=config, database=paths.database, admin_socket=paths.socket,
-                            public_key_hex=public_hex, limits=Limits(max_handshakes=args.max_handshakes))
+                            public_key_hex=public_hex, max_logins=args.max_logins,
+                            max_logins_per_ip=args.max_logins_per_ip)
 
     async def main(stop: asyncio.Event) -> int:
         server = RouterServer(options, db)
@@ -291,8 +299,8 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    if args.max_handshakes < 1:
-        return fail("--max-handshakes must be at least 1", 2)
+    if args.max_logins < 1 or args.max_logins_per_ip < 1:
+        return fail("--max-logins and --max-logins-per-ip must be at least 1", 2)
     for switch in WINDOWS_ONLY:
         if getattr(args, switch[2:]):
             return fail(f"{switch} is only available on Windows; on Linux the service is the systemd unit "

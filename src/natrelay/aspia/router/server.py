@@ -6,10 +6,12 @@ this module authenticates connections, applies the white lists, turns the core's
 log in the terms an operator can act on (wrong router key, wrong password), since the peer is
 never told why (spec §4.9).
 
-SRP logins are expensive (an unknown user name costs most of a second of CPU for the 8192-bit
-fake verifier), and they run on the event loop, so the number of handshakes in flight is capped
-and connections beyond the cap are closed at once. Fake verifiers are cached per name, so
-repeating a probe costs nothing extra.
+SRP logins are expensive (an unknown user name costs about a second of CPU in the 8192-bit fake
+group), and they run on the event loop, so password logins in progress are capped in total and
+per source address, and a login beyond the cap is refused at its first SRP step, before any
+expensive arithmetic. The cap counts only SRP logins: anonymous relay and host handshakes are
+cheap, and idle connections that never start a login must not lock relays and hosts out. Fake
+verifiers are cached per name, so repeating a probe costs no extra verifier computation.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 from natrelay.aspia import srp
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelProtocol
-from natrelay.aspia.errors import DecryptionError
+from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
@@ -43,7 +45,8 @@ from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
 log = logging.getLogger("natrelay.aspia.router")
 
 ANONYMOUS_SESSIONS = SessionKind.HOST | SessionKind.RELAY
-DEFAULT_MAX_HANDSHAKES = 16
+DEFAULT_MAX_LOGINS = 16
+DEFAULT_MAX_LOGINS_PER_IP = 4
 FAKE_USER_CACHE = 1024
 
 
@@ -55,7 +58,11 @@ class RouterOptions:
     database: Path
     admin_socket: Path | None = None
     public_key_hex: str = ""
-    limits: Limits = field(default_factory=lambda: Limits(max_handshakes=DEFAULT_MAX_HANDSHAKES))
+    limits: Limits = field(default_factory=Limits)
+    """Connections in total, per IP, and handshakes of any kind in progress."""
+    max_logins: int = DEFAULT_MAX_LOGINS
+    """SRP (password) logins in progress at once."""
+    max_logins_per_ip: int = DEFAULT_MAX_LOGINS_PER_IP
     auth_timeout: float = HANDSHAKE_TIMEOUT
 
 
@@ -82,12 +89,23 @@ class RouterConnection(ChannelProtocol):
         self.session_id: int | None = None
         self.in_handshake = False
         self.admitted = False
+        self.in_login = False
+        self.login_refused = False
         self.attempted_user: str | None = None
         self.handshake: ServerHandshake | None = None
         super().__init__(self._make_channel, server.timers)
 
     def _lookup(self, name: str) -> UserRecord | None:
+        # Called at SrpIdentify, just before the expensive part of an SRP login.
         self.attempted_user = name
+        if not self.in_login:
+            refusal = self.server.logins.admit(self.ip)
+            if refusal is not None:
+                self.login_refused = True
+                log.error("Refused login of %r from %s: too many password logins in progress (%s)", name,
+                          self.ip, refusal.replace("connection", "login"))
+                raise AspiaProtocolError("too many logins in progress", ErrorCode.ACCESS_DENIED)
+            self.in_login = True
         return self.server.lookup_user(name)
 
     def _make_channel(self, now: float) -> Channel:
@@ -121,6 +139,9 @@ class RouterConnection(ChannelProtocol):
         if self.in_handshake:
             self.in_handshake = False
             self.server.admission.end_handshake()
+        if self.in_login:
+            self.in_login = False
+            self.server.logins.release(self.ip)
 
     def on_established(self) -> None:
         self._end_handshake()
@@ -167,7 +188,7 @@ class RouterConnection(ChannelProtocol):
                          self.ip, reason)
             self.server.core.close_session(self.session_id)
             self.session_id = None
-        elif self.link is not None and not self.link.established:
+        elif self.link is not None and not self.link.established and not self.login_refused:
             self._explain_failed_handshake(reason)
 
     def _explain_failed_handshake(self, reason: str) -> None:
@@ -199,6 +220,9 @@ class RouterServer:
         self.loop = asyncio.get_running_loop()
         self.timers: WheelDriver[Any] = make_wheel(self.loop)
         self.admission = Admission(options.limits)
+        # The same exact counting, applied to SRP logins in progress instead of connections.
+        self.logins = Admission(Limits(max_connections=options.max_logins,
+                                       max_per_ip=options.max_logins_per_ip))
         self.connections: dict[int, RouterConnection] = {}
         self._fakes: OrderedDict[str, UserRecord] = OrderedDict()
         self._server: asyncio.Server | None = None
