@@ -319,6 +319,19 @@ def test_short_ciphertext_after_authentication_closes_the_session(router: Router
     client.close()
 
 
+def test_messages_on_other_channels_are_logged_and_ignored(router: Router) -> None:
+    host, host_id, _ = new_host(router)
+    request = router_peer_pb2.CheckHostStatus(host_id=host_id)
+    client = srp_login(router.setup.port, "bob", "bob-secret")
+    client.channel.send(serialize(peer_msg("check_host_status", request)), channel_id=5)
+    client.sock.sendall(b"".join(client.channel.take_output()))
+    router.wait_log("unhandled incoming message from another channel")
+    assert client.nothing_for(0.3)
+    client.send(peer_msg("check_host_status", request))  # channel 0 still works
+    assert client.receive(router_peer_pb2.RouterToPeer).host_status.status == 2
+    host.close()
+
+
 def _stalled_login(port: int, user: str) -> socket.socket:
     """A connection that starts an SRP login (ClientHello, SrpIdentify) and then says nothing more."""
     sock = socket.create_connection((HOST, port), timeout=10)

@@ -169,6 +169,14 @@ class RouterConnection(ChannelProtocol):
         log.info("New %s session %d from %s%s (version %s)", kind.name.lower(), session.session_id,
                  self.ip, user, result.peer_version)
 
+    def data_received(self, data: bytes) -> None:
+        link = self.link
+        ignored = link.ignored_messages if link is not None else 0
+        super().data_received(data)
+        if link is not None and link.ignored_messages != ignored and self.session_id is not None:
+            # The original logs and ignores messages on channel IDs other than 0 (spec §2.3).
+            log.info("Session %d: unhandled incoming message from another channel", self.session_id)
+
     def on_messages(self, messages: list[bytes]) -> None:
         if self.session_id is None:
             return

@@ -214,6 +214,9 @@ class RouterCore:
             if any(i in other.host_ids for i in session.host_ids):
                 log.info("Host session %d holds an ID of session %d; disconnecting it",
                          other.session_id, session.session_id)
+                for stale in other.host_ids:  # offline at once, not when its teardown comes round
+                    if self._host_index.get(stale) == other.session_id:
+                        del self._host_index[stale]
                 other.host_ids.clear()
                 actions.disconnect.append(other.session_id)
         for i in session.host_ids:

@@ -195,3 +195,12 @@ def test_no_input_makes_the_core_raise(router: Router, kind: SessionKind, payloa
     for to, data in actions.send:
         assert to in router.sessions and data
     router.close_session(session.session_id)
+
+
+def test_an_evicted_host_takes_its_other_ids_offline_too(router: Router) -> None:
+    old = open_session(router, SessionKind.HOST)
+    shared = host_id_request(router, old.session_id, Req(type=Req.NEW_ID)).key
+    host_id_request(router, old.session_id, Req(type=Req.NEW_ID))  # ID 2, only on the old session
+    new = open_session(router, SessionKind.HOST)
+    router.handle(new.session_id, peer("host_id_request", Req(type=Req.EXISTING_ID, key=shared)), NOW)
+    assert router.host_session(1) is new and router.host_session(2) is None
