@@ -219,6 +219,8 @@ def format_status(status: dict[str, Any]) -> str:
         sessions = "-" if r["sessions"] is None else str(r["sessions"])
         lines.append(f"  {r['id']:>4}  {r['address'] or '(not announced)':<28} {r['pool_size']:>5} "
                      f"{sessions:>8} {_duration(r['uptime']):>10}")
+    if any(r["sessions"] is None for r in status["relays"]):
+        lines.append("  ('-': the relay sends no statistics; set StatisticsEnabled in its relay.json)")
     lines.append(f"Relayed sessions ({len(status['sessions'])})")
     lines.append(f"  {'ID':<8} {'HOST ID':>8}  {'CLIENT':<22} {'HOST':<22} {'USER':<16} {'BYTES':>12} "
                  f"{'DURATION':>9} {'IDLE':>9}")

@@ -72,5 +72,5 @@ def test_status_table_shows_every_figure() -> None:
     }
     table = format_status(status)
     for text in ("127.0.0.1:8070", "97", "1:02:05", "(not announced)", "1.4", "10.0.0.2", "10.0.0.3", "bob",
-                 "123456", "0:01:01", "0:00:05"):
+                 "123456", "0:01:01", "0:00:05", "StatisticsEnabled"):
         assert text in table
