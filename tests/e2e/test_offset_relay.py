@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import textwrap
@@ -112,6 +113,10 @@ def test_50_mb_each_way_with_half_close(relay: Relay, tmp_path: Path) -> None:
     assert listener.wait(60) == 0, listener.stderr.read() if listener.stderr else ""
     assert sha256(b_out) == sha256(a_in)
     assert sha256(a_out) == sha256(b_in)
+    relay.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "stats {" in relay.log(), 10, "the stats line")
+    stats = next(x for x in relay.log().splitlines() if "stats {" in x)
+    assert "'tunnels_opened': 1," in stats and "'tunnels_active': 0," in stats, stats
 
 
 def _echo_server(port_holder: list[int], stop: asyncio.Event) -> asyncio.Task[None]:
@@ -253,8 +258,6 @@ def test_listener_reconnects_after_relay_restart(tmp_path: Path) -> None:
 
 def test_sigusr1_logs_the_close_counters(relay: Relay, tmp_path: Path) -> None:
     """Every silent close is counted by reason, and the counters can be read while the relay runs."""
-    import signal
-
     with socket.create_connection(("127.0.0.1", relay.port)) as s:
         s.sendall(b"\x00" * 7 + b"\x05" + b"\x00\x00\x00\x00\x00")  # a 5-byte version frame: wrong length
         s.settimeout(10)

@@ -88,6 +88,8 @@ class SecureChannel:
         self._state = _State.AWAIT_RAND_NONCE
         self._outbox: list[Frame] = []
         self.remote_public_key: bytes | None = None
+        #: The decrypted ChannelMessage of the last user payload received (see ``send_plaintext``).
+        self.last_plaintext: bytes | None = None
 
         self._local_nonce = rng(RAND_NONCE_LEN)
         self._remote_nonce = b""
@@ -121,10 +123,13 @@ class SecureChannel:
     def receive_frame(self, frame: bytes, now: float) -> bytes | None:
         """Consumes one frame; returns a user payload (a packed KaMessage) or None."""
         if self._state is _State.ESTABLISHED:
-            content = decode_channel_message(self._decrypt(frame), max_words=self._max_message_words)
+            plaintext = self._decrypt(frame)
+            content = decode_channel_message(plaintext, max_words=self._max_message_words)
             if isinstance(content, Rekey):
+                self.last_plaintext = None
                 self._on_rekey(content, now)
                 return None
+            self.last_plaintext = plaintext
             return content
         if self._state is _State.AWAIT_RAND_NONCE:
             self._on_rand_nonce(decode_exchange_rand_nonce(frame))
@@ -201,6 +206,19 @@ class SecureChannel:
         if self._state is not _State.ESTABLISHED:
             raise RuntimeError("secure channel not established")
         self._send_content(user)
+
+    def send_plaintext(self, plaintext: bytes) -> None:
+        """Queues one encrypted frame whose plaintext is a ChannelMessage received on another channel.
+
+        A relay forwards user payloads unchanged; the ChannelMessage it decrypted already reads
+        ``user(KaMessage{message})``, exactly what it would build, so it is encrypted again as is
+        (keeping the sender's random padding) instead of being packed afresh, the costliest step
+        of a hop. Only plaintexts that decoded as user content are ever passed here.
+        """
+        if self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        assert self._encryptor is not None
+        self._outbox.append(self._encryptor.encrypt_parts(plaintext))
 
     def _send_content(self, content: bytes | Rekey) -> None:
         assert self._encryptor is not None

@@ -26,6 +26,9 @@ class ReceivedPayload(bytes):
     """
 
     packed_ka: bytes
+    #: The decrypted ChannelMessage it arrived in, when it came straight off a channel: a relay
+    #: re-encrypts that as is (``SecureChannel.send_plaintext``).
+    plaintext: bytes | None
 
 
 class Keepalive:
@@ -52,7 +55,7 @@ class Keepalive:
             return payload.packed_ka
         return encode_ka_message(payload)
 
-    def unwrap(self, data: bytes, now: float) -> bytes | None:
+    def unwrap(self, data: bytes, now: float, plaintext: bytes | None = None) -> bytes | None:
         """The payload of a received KaMessage, None for a heartbeat. Either restarts the receive clock.
 
         Raises ProtocolError when ``data`` is not a KaMessage: the original closes the link then.
@@ -63,6 +66,7 @@ class Keepalive:
             return None
         received = ReceivedPayload(payload)
         received.packed_ka = data
+        received.plaintext = plaintext
         return received
 
     def poll(self, now: float) -> bytes | None:

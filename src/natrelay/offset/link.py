@@ -28,7 +28,7 @@ from .constants import (
 from .crypto import Identity
 from .errors import LinkTimeout, ProtocolError
 from .framing import VERSION_FRAME, FrameDecoder, check_version, frame_header
-from .keepalive import Keepalive
+from .keepalive import Keepalive, ReceivedPayload
 from .messages import message_word_limit
 
 
@@ -151,7 +151,7 @@ class Link:
         if content is None:  # a rekey: below the keepalive layer, it does not count as traffic
             self._drain_channel()
             return None
-        return keepalive.unwrap(content, now)
+        return keepalive.unwrap(content, now, self._channel.last_plaintext)
 
     def _on_established(self, now: float) -> None:
         self._keepalive = Keepalive(
@@ -182,7 +182,11 @@ class Link:
 
     def _send_now(self, payload: bytes, now: float) -> None:
         assert self._keepalive is not None
-        self._channel.send(self._keepalive.wrap(payload, now))
+        packed_ka = self._keepalive.wrap(payload, now)
+        if type(payload) is ReceivedPayload and payload.plaintext is not None:
+            self._channel.send_plaintext(payload.plaintext)  # a relay forwarding: no re-packing
+        else:
+            self._channel.send(packed_ka)
         self._drain_channel()
 
     def take_output(self) -> list[bytes]:

@@ -10,7 +10,7 @@ Cap'n Proto reader decodes it to the same message (tested against pycapnp).
 One rule of the readers is kept: a run never crosses a read boundary. C++ and Rust readers read
 the segment table and each segment separately and refuse a run that spans two ("Packed input did
 not end cleanly on a segment boundary"), so the one-word table of a single-segment message is
-packed on its own, and runs start afresh at segment 0.
+packed on its own (in the standard form), and runs start afresh at segment 0.
 
 Small messages keep pycapnp's own packing, so the spec's vectors (§13.2) stay byte-identical.
 """
@@ -29,6 +29,17 @@ _COUNT = [bytes([n]) for n in range(_MAX_RUN)]
 _TAG_ALL = b"\xff"
 _RUN_BYTES = 8 * _MAX_RUN
 _FULL_RUN_SPLIT = ((0, 8), (8, _RUN_BYTES))
+
+
+def _packed_table_word(words: int) -> bytes:
+    """The packed segment table of a one-segment message of ``words`` words (``words`` >= 1).
+
+    Bytes 0-3 (segment count - 1) are zero, so the tag has only bits 4-7: readers can tell a
+    single-segment message from its first byte.
+    """
+    size = words.to_bytes(4, "little")
+    tag = sum(1 << (4 + k) for k in range(4) if size[k])
+    return bytes([tag]) + bytes(b for b in size if b)
 
 
 @functools.lru_cache(maxsize=128)
@@ -51,14 +62,16 @@ def pack_single_segment(unpacked: bytes) -> bytes:
         raise ValueError("not a single-segment Cap'n Proto message")
     if int.from_bytes(unpacked[4:8], "little") != size // 8 - 1:
         raise ValueError("segment size does not match the message length")
-    # The segment table (one word) is packed alone: tag 0xFF, the word, count 0.
-    parts = [_TAG_ALL, unpacked[0:8], _COUNT[0]]
-    # A full run is: tag 0xFF, one word, count 255 (0xFF), 255 words. Both bytes inserted around
-    # each run's first word are 0xFF, so all full runs are one join with 0xFF between the slices.
+    # Output: the table word in its standard packed form (tag, then its non-zero bytes), then per
+    # full run: 0xFF, word, 0xFF (count 255), 255 words, then a last partial run: 0xFF, word,
+    # count, words. Every byte between the pieces below is 0xFF; the counts that are not travel
+    # inside a piece. So the message is one join.
+    pieces: list[bytes] = [_packed_table_word(size // 8 - 1)]
     runs = (size - 8) // _RUN_BYTES
     if runs:
-        parts += (_TAG_ALL, _TAG_ALL.join(_full_run_slicer(runs)(unpacked)))
+        pieces += _full_run_slicer(runs)(unpacked)
     start = 8 + runs * _RUN_BYTES
     if start < size:
-        parts += (_TAG_ALL, unpacked[start:start + 8], _COUNT[(size - start) // 8 - 1], unpacked[start + 8:])
-    return b"".join(parts)
+        count = _COUNT[(size - start) // 8 - 1]
+        pieces.append(unpacked[start:start + 8] + count + unpacked[start + 8:])
+    return _TAG_ALL.join(pieces)

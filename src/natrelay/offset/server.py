@@ -212,9 +212,9 @@ class RelayConnection(LinkProtocol):
         server.stats.closed(_reason_class(reason))
         log.debug("conn %d from %s closed (%s): %s", self.conn_id, self.ip, self.state.value, reason)
         if self.state is State.TUNNEL:
-            server.stats.tunnels_active -= 1
             peer, self.peer = self.peer, None
-            if peer is not None:
+            if peer is not None:  # the first end to go ends the tunnel; the second finds no peer
+                server.stats.tunnels_active -= 1
                 peer.peer = None
                 peer.close("the other end of the tunnel closed")
         self._pending.clear()

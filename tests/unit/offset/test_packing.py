@@ -42,8 +42,9 @@ def test_segment_table_is_its_own_run() -> None:
     """C++ and Rust readers refuse a run that crosses from the segment table into segment 0."""
     unpacked = _unpacked_ka(os.urandom(5000))
     packed = pack_single_segment(unpacked)
-    assert packed[:10] == b"\xff" + unpacked[:8] + b"\x00"
-    assert packed[10] == 0xFF
+    words = len(unpacked) // 8 - 1  # 5000 bytes of data: the segment size needs two bytes
+    assert packed[:3] == bytes([0x30]) + words.to_bytes(2, "little")  # the standard packing of the table
+    assert packed[3] == 0xFF and packed[4:12] == unpacked[8:16]  # then segment 0 starts a literal run
 
 
 def test_small_messages_keep_pycapnp_packing() -> None:
