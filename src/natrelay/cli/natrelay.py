@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from natrelay import __version__
-from natrelay.cli import aspia_peer, offset_peer, serve
+from natrelay.cli import aspia_peer, offset_peer, serve, service
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import glue_key_values
 
@@ -14,14 +14,15 @@ from natrelay.ops.runtime import glue_key_values
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="natrelay",
-        description="Reach services behind NAT through a relay. `natrelay serve` runs a relay on an "
-                    "embedded default; `natrelay offset ...` are the Offset peers.")
+        description="Reach services behind NAT through a relay. `natrelay serve` runs the relays on "
+                    "an embedded default; `natrelay offset ...` and `natrelay aspia ...` are the peers.")
     p.add_argument("-V", "--version", action="version", version=f"natrelay {__version__}")
     p.add_argument("--log-level", help="log level spec, e.g. info or debug (env NATRELAY_LOG)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.add_parser(sub)
     offset_peer.add_parser(sub)
     aspia_peer.add_parser(sub)
+    service.add_parser(sub)
     return p
 
 

@@ -1,8 +1,8 @@
 """``natrelay serve``: the main job on an embedded default, with no configuration to write.
 
-First run: creates an identity and a ticket in the data folder. Every run: starts the Offset
-relay on 127.0.0.1 and prints the ticket path and the relay's public key, so that
-``natrelay offset listen/connect --relay <ticket>`` can be used straight away.
+First run: creates an Offset identity and ticket, and an Aspia router and relay configuration,
+in the data folder. Every run: starts the Offset relay, the Aspia router and one Aspia relay on
+127.0.0.1, and prints what peers need (ticket, keys, addresses) and how to attach them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from natrelay.cli.serve_aspia import AspiaSetup, RunningAspia, ensure_aspia_files, run_aspia, usage_text
 from natrelay.engine.resources import raise_nofile_limit
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import (
@@ -25,12 +26,15 @@ from natrelay.offset.files import (
     write_ticket,
 )
 from natrelay.offset.server import OffsetRelayServer
+from natrelay.ops.aspia_config import ConfigError
 from natrelay.ops.runtime import run
 
 log = logging.getLogger("natrelay.serve")
 
 DEFAULT_DATA_DIR = "natrelay-data"
 DEFAULT_OFFSET_PORT = 4180
+DEFAULT_ROUTER_PORT = 8060
+DEFAULT_RELAY_PORT = 8070
 
 
 def add_parser(sub: Any) -> None:
@@ -41,6 +45,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--offset-port", type=int, default=DEFAULT_OFFSET_PORT,
                    help="the Offset relay's port (default %(default)s)")
+    p.add_argument("--router-port", type=int, default=DEFAULT_ROUTER_PORT,
+                   help="the Aspia router's port, set on first run (default %(default)s)")
+    p.add_argument("--relay-port", type=int, default=DEFAULT_RELAY_PORT,
+                   help="the Aspia relay's peer port, set on first run (default %(default)s)")
+    p.add_argument("--no-aspia", action="store_true", help="run only the Offset relay")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
     p.set_defaults(handler=serve_command)
 
@@ -67,10 +76,15 @@ def ensure_offset_files(data: Path, host: str, port: int) -> tuple[Identity, Pat
 
 def serve_command(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
+    aspia: AspiaSetup | None = None
     try:
         identity, ticket_path = ensure_offset_files(data, args.host, args.offset_port)
-    except (OSError, ValueError) as exc:
-        print(f"natrelay: error: {exc}", file=sys.stderr)
+        if not args.no_aspia:
+            aspia = ensure_aspia_files(data, args.host, args.router_port, args.relay_port)
+    except (OSError, ValueError, ConfigError) as exc:
+        lines = exc.lines() if isinstance(exc, ConfigError) else [str(exc)]
+        for line in lines:
+            print(f"natrelay: error: {line}", file=sys.stderr)
         return 1
 
     async def main(stop: asyncio.Event) -> int:
@@ -82,6 +96,15 @@ def serve_command(args: argparse.Namespace) -> int:
             print(f"natrelay: error: cannot listen on {args.host}:{args.offset_port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
+        running: RunningAspia | None = None
+        if aspia is not None:
+            try:
+                running = await run_aspia(aspia, stop)
+            except OSError as exc:
+                await server.close()
+                print(f"natrelay: error: cannot start the Aspia router on {args.host}:"
+                      f"{args.router_port}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
         key = b64url_encode(identity.public_key)
         print(f"Offset relay listening on {args.host}:{args.offset_port}\n"
               f"  public key: {key}\n"
@@ -90,8 +113,18 @@ def serve_command(args: argparse.Namespace) -> int:
               f"  stmgr gen-ident --output a.ident && stmgr gen-ident --output b.ident\n"
               f"  natrelay offset listen --idfile b.ident --relay {ticket_path}\n"
               f"  natrelay offset connect --idfile a.ident --relay {ticket_path} "
-              f"--to \"$(stmgr show --key b.ident)\"\n"
-              f"Stop with Ctrl-C.", flush=True)
+              f"--to \"$(stmgr show --key b.ident)\"", flush=True)
+        if aspia is not None:
+            print(usage_text(aspia), flush=True)
+        print("Stop with Ctrl-C.", flush=True)
+        if running is not None:
+            # The relay ends by itself only on a start-up failure (its port in use): then stop all.
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({running.relay, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            code = await running.close()
+            await server.close()
+            return code
         await stop.wait()
         await server.close()
         return 0

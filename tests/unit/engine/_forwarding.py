@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import socket
@@ -52,6 +53,12 @@ def stream_pair(kind: str) -> tuple[socket.socket, socket.socket]:
 
 
 def open_fds() -> int:
+    """Descriptors open in this process, after collecting garbage.
+
+    Objects left by earlier tests (event loops, sockets) close their descriptors when collected;
+    without collecting first, that can happen between two counts and look like a change.
+    """
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 
