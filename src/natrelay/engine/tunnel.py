@@ -164,3 +164,59 @@ class TunnelTransport(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if self._conn.transport is not None:
             self._conn.transport.set_write_buffer_limits(high, low)
+
+
+class StreamEnd:
+    """The application's end of a carried byte stream: what a carrier does with stream messages.
+
+    A carrier (an Offset tunnel connection, an Aspia relay channel) owns the socket and the
+    encrypted channel; this owns the stream on top: the transport the application sees, the
+    received end of stream, and when the stream as a whole is finished. One implementation, so
+    half-close means the same thing in every family.
+    """
+
+    def __init__(self, app: asyncio.Protocol) -> None:
+        self.app = app
+        self.transport: TunnelTransport | None = None
+        self.remote_ended = False
+
+    def open(self, carrier: MessageCarrier, extra: dict[str, Any]) -> TunnelTransport:
+        """The channel is authenticated: give the application its transport."""
+        self.transport = TunnelTransport(carrier, extra)
+        self.transport.set_protocol(self.app)
+        self.app.connection_made(self.transport)
+        return self.transport
+
+    def deliver(self, message: bytes) -> str | None:
+        """Hand one received stream message to the application; returns why to abort, if it must."""
+        try:
+            data = decode_message(message)
+        except StreamLayerError as exc:
+            return f"stream layer error: {exc}"
+        if self.remote_ended:
+            return "stream data after end of stream"
+        if data is None:
+            self.remote_ended = True
+            self.app.eof_received()
+        else:
+            self.app.data_received(data)
+        return None
+
+    @property
+    def finished(self) -> bool:
+        """Both sides have ended their streams: the carrier can close once its output is written."""
+        return self.remote_ended and self.transport is not None and self.transport.eof_sent
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.app.resume_writing()
+
+    def connection_lost(self, reason: str) -> None:
+        """The carrier is gone; a stream whose peer had ended it lost nothing, otherwise it was reset."""
+        if self.transport is not None:
+            self.app.connection_lost(None if self.remote_ended
+                                     else ConnectionResetError(f"relayed connection closed: {reason}"))

@@ -11,10 +11,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.tunnel import StreamLayerError, TunnelTransport, decode_message
+from natrelay.engine.tunnel import StreamEnd, TunnelTransport
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.errors import ProtocolError
@@ -70,11 +70,9 @@ class TunnelConnection(RelayLinkClient):
                  app_protocol: asyncio.BaseProtocol) -> None:
         super().__init__(client, init)
         self.remote_key = remote_key
-        self.app = app_protocol
+        self.stream = StreamEnd(cast(asyncio.Protocol, app_protocol))
         self.e2e = client.make_e2e_link(remote_key, self.loop.time())
         self.ready: asyncio.Future[TunnelTransport] = self.loop.create_future()
-        self.tunnel: TunnelTransport | None = None
-        self.remote_ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -102,11 +100,14 @@ class TunnelConnection(RelayLinkClient):
             except ProtocolError as exc:
                 self.abort(f"end-to-end protocol error: {exc}")
                 return
-            if self.tunnel is None and e2e.established:
+            if self.stream.transport is None and e2e.established:
                 self._open_tunnel()
             for message in app_messages:
-                if not self._deliver(message):
+                problem = self.stream.deliver(message)
+                if problem is not None:
+                    self.abort(f"tunnel {problem}")
                     return
+            self.maybe_finish()
         self._pump()
 
     def _open_tunnel(self) -> None:
@@ -114,43 +115,20 @@ class TunnelConnection(RelayLinkClient):
         extra = {"peername": self.transport.get_extra_info("peername"),
                  "sockname": self.transport.get_extra_info("sockname"),
                  "remote_public_key": self.remote_key}
-        self.tunnel = TunnelTransport(self, extra)
-        self.tunnel.set_protocol(self.app)
-        self.app.connection_made(self.tunnel)
+        tunnel = self.stream.open(self, extra)
         if not self.ready.done():
-            self.ready.set_result(self.tunnel)
-
-    def _deliver(self, message: bytes) -> bool:
-        try:
-            data = decode_message(message)
-        except StreamLayerError as exc:
-            self.abort(f"tunnel protocol error: {exc}")
-            return False
-        if self.remote_ended:
-            self.abort("tunnel data after end of stream")
-            return False
-        app = self.app
-        assert isinstance(app, asyncio.Protocol)
-        if data is None:
-            self.remote_ended = True
-            app.eof_received()
-            self.maybe_finish()
-        else:
-            app.data_received(data)
-        return True
+            self.ready.set_result(tunnel)
 
     def maybe_finish(self) -> None:
         """Both sides have ended their streams: the tunnel is done."""
-        if self.remote_ended and self.tunnel is not None and self.tunnel.eof_sent:
+        if self.stream.finished:
             self.close("tunnel finished")
 
     def on_pause_writing(self) -> None:
-        if self.tunnel is not None:
-            self.app.pause_writing()
+        self.stream.pause_writing()
 
     def on_resume_writing(self) -> None:
-        if self.tunnel is not None:
-            self.app.resume_writing()
+        self.stream.resume_writing()
 
     def extra_deadline(self) -> float | None:
         return self.e2e.next_deadline()
@@ -165,13 +143,9 @@ class TunnelConnection(RelayLinkClient):
 
     def on_closed(self, reason: str) -> None:
         super().on_closed(reason)
-        if self.tunnel is None:
-            if not self.ready.done():
-                self.ready.set_exception(TunnelError(reason))
-            return
-        finished = self.remote_ended and self.tunnel.eof_sent
-        self.app.connection_lost(None if finished or self.remote_ended
-                                 else ConnectionResetError(f"tunnel closed: {reason}"))
+        if self.stream.transport is None and not self.ready.done():
+            self.ready.set_exception(TunnelError(reason))
+        self.stream.connection_lost(reason)
 
 
 class ListenConnection(RelayLinkClient):

@@ -23,7 +23,7 @@ from natrelay.aspia.handshake import ClientHandshake, ServerHandshake
 from natrelay.aspia.messages import build_peer_to_relay
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.tunnel import StreamLayerError, TunnelTransport, decode_message
+from natrelay.engine.tunnel import StreamEnd
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -54,8 +54,7 @@ class RelayTunnel(ChannelProtocol):
         self._server = server
         self.reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=self.loop)
         self.app = asyncio.StreamReaderProtocol(self.reader, loop=self.loop)
-        self.tunnel: TunnelTransport | None = None
-        self.remote_ended = False
+        self.stream = StreamEnd(self.app)
         self.bytes_from_peer = 0
 
     # ------------------------------------------------------------ connection
@@ -75,9 +74,7 @@ class RelayTunnel(ChannelProtocol):
         assert self.transport is not None
         extra = {"peername": self.transport.get_extra_info("peername"),
                  "sockname": self.transport.get_extra_info("sockname")}
-        self.tunnel = TunnelTransport(self, extra)
-        self.tunnel.set_protocol(self.app)
-        self.app.connection_made(self.tunnel)
+        self.stream.open(self, extra)
 
     # ---------------------------------------------------------- stream layer
     def send_app(self, messages: list[bytes]) -> None:
@@ -86,48 +83,33 @@ class RelayTunnel(ChannelProtocol):
             self.send_many(messages)
 
     def on_messages(self, messages: list[bytes]) -> None:
-        app = self.app
         for message in messages:
-            try:
-                data = decode_message(message)
-            except StreamLayerError as exc:
-                self.abort(f"stream protocol error: {exc}")
+            problem = self.stream.deliver(message)
+            if problem is not None:
+                self.abort(problem)
                 return
-            if self.remote_ended:
-                self.abort("stream data after end of stream")
-                return
-            if data is None:
-                self.remote_ended = True
-                app.eof_received()
-                self.maybe_finish()
-            else:
-                app.data_received(data)
+        self.maybe_finish()
 
     def maybe_finish(self) -> None:
         """Both sides have ended their streams: close once our output is written."""
-        if self.remote_ended and self.tunnel is not None and self.tunnel.eof_sent:
+        if self.stream.finished:
             self.close("stream finished")
 
     def on_pause_writing(self) -> None:
-        if self.tunnel is not None:
-            self.app.pause_writing()
+        self.stream.pause_writing()
 
     def on_resume_writing(self) -> None:
-        if self.tunnel is not None:
-            self.app.resume_writing()
+        self.stream.resume_writing()
 
     def streams(self) -> Streams:
         """The reader/writer pair of the byte stream (only once authenticated)."""
-        if self.tunnel is None:
+        tunnel = self.stream.transport
+        if tunnel is None:
             raise RuntimeError("the stream exists only once the channel is authenticated")
-        return self.reader, asyncio.StreamWriter(self.tunnel, self.app, self.reader, self.loop)
+        return self.reader, asyncio.StreamWriter(tunnel, self.app, self.reader, self.loop)
 
     def on_closed(self, reason: str) -> None:
-        if self.tunnel is None:
-            return
-        # A peer that ended its stream has delivered everything; anything else is a reset.
-        error = None if self.remote_ended else ConnectionResetError(f"relayed connection closed: {reason}")
-        self.app.connection_lost(error)
+        self.stream.connection_lost(reason)
 
 
 def describe_client_failure(proto: RelayTunnel, exc: ChannelClosedError, where: str, user: str) -> str:

@@ -99,7 +99,7 @@ def test_prefix_then_handshake_then_stream_with_end() -> None:
 
 @pytest.mark.parametrize(("messages", "reason", "ended"), [
     ([END_MESSAGE, b"\x00late"], "after end of stream", True),
-    ([b"\x07?"], "stream protocol error", False),
+    ([b"\x07?"], "stream layer error", False),
 ])
 def test_stream_violations_close_the_connection(messages: list[bytes], reason: str, ended: bool) -> None:
     async def scenario() -> None:
