@@ -193,6 +193,10 @@ class Channel:
             self._failed = exc
             raise
 
+    def defer_receive_timeout(self, now: float) -> None:
+        """While the shell is not reading (backpressure), an unread PONG must not time us out."""
+        self._keepalive.defer_timeout(now)
+
     def next_deadline(self) -> float:
         """The earliest time :meth:`handle_timer` has something to do."""
         when = self._now + IDLE_RECHECK if self.result is not None else self._handshake.deadline

@@ -273,6 +273,11 @@ class KeepAlive:
         self._pong_due = now + self._timeout
         return [encode_keepalive(True, self.counter)]
 
+    def defer_timeout(self, now: float) -> None:
+        """We are not reading (our consumer is slow): an unread PONG is not a missing one."""
+        if self._pong_due is not None:
+            self._pong_due = max(self._pong_due, now + self._timeout)
+
     def on_frame(self, frame: KeepAliveFrame, now: float) -> list[bytes]:
         """Answer a PING, or check a PONG against the outstanding counter."""
         if frame.ping:

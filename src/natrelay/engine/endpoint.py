@@ -50,6 +50,9 @@ class SansIOEndpoint(Protocol):
     def next_deadline(self) -> float:
         """When ``handle_timer`` must next be called."""
 
+    def defer_receive_timeout(self, now: float) -> None:
+        """The shell is not reading (backpressure): don't take the peer's unread traffic for silence."""
+
 
 E = TypeVar("E", bound=SansIOEndpoint)
 
@@ -221,6 +224,8 @@ class EndpointProtocol(asyncio.Protocol, Generic[E]):
         link = self.link
         if link is None or self.closing:
             return
+        if self.transport is not None and not self.transport.is_reading():
+            link.defer_receive_timeout(now)
         try:
             link.handle_timer(now)
         except self.errors as exc:

@@ -134,6 +134,8 @@ class TunnelConnection(RelayLinkClient):
         return self.e2e.next_deadline()
 
     def on_extra_timer(self, now: float) -> None:
+        if self.transport is not None and not self.transport.is_reading():
+            self.e2e.defer_receive_timeout(now)  # its frames wait unread behind the relay link's
         try:
             self.e2e.handle_timer(now)
         except ProtocolError as exc:

@@ -69,6 +69,10 @@ class Keepalive:
         received.plaintext = plaintext
         return received
 
+    def defer_timeout(self, now: float) -> None:
+        """We are not reading (our consumer is slow): the peer's silence is not observable now."""
+        self._close_at = max(self._close_at, now + self._timeout)
+
     def poll(self, now: float) -> bytes | None:
         """A heartbeat to send if one is due; raises LinkTimeout once the peer has been silent too long."""
         if now >= self._close_at:

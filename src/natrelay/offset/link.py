@@ -224,6 +224,15 @@ class Link:
             self._dead = exc
             raise
 
+    def defer_receive_timeout(self, now: float) -> None:
+        """While the shell is not reading (backpressure), don't count the peer as silent.
+
+        Its heartbeats sit unread in our socket buffer; timing out would kill a link whose only
+        fault is a slow consumer on our side.
+        """
+        if self._keepalive is not None:
+            self._keepalive.defer_timeout(now)
+
     def next_deadline(self) -> float:
         """The earliest ``now`` at which ``handle_timer`` must be called."""
         if self._keepalive is None:

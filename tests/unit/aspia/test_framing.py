@@ -257,3 +257,23 @@ def test_keepalive_settings_follow_cpp_ranges() -> None:
     for interval, timeout in [(14.9, 30), (301, 30), (60, 4.9), (60, 61)]:
         with pytest.raises(ValueError):
             KeepAlive(interval, timeout)
+
+
+def test_keepalive_defer_postpones_only_an_outstanding_pong() -> None:
+    from natrelay.aspia.errors import AspiaProtocolError
+    from natrelay.aspia.framing import KeepAlive
+
+    ka = KeepAlive(60.0, 30.0)
+    ka.enable(0.0)
+    ka.defer_timeout(10.0)  # no PING outstanding: nothing to postpone
+    assert ka.deadline == 60.0
+    assert ka.on_timer(60.0)  # PING out, PONG due at 90
+    ka.defer_timeout(85.0)  # not reading at 85: the PONG may be sitting unread
+    assert ka.deadline == 115.0
+    assert ka.on_timer(100.0) == []
+    try:
+        ka.on_timer(115.0)
+    except AspiaProtocolError:
+        pass
+    else:
+        raise AssertionError("a PONG still missing after the deferred deadline must time out")

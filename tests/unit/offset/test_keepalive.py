@@ -148,3 +148,18 @@ def test_own_rekey_on_the_timer() -> None:
     assert client.next_deadline() == relay.next_deadline() == 120.0
     client.send(b"after rekey")
     assert pump(client, relay, 61.0) == ([], [b"after rekey"])
+
+
+def test_deferring_while_not_reading_postpones_the_silence_timeout() -> None:
+    from natrelay.offset.errors import LinkTimeout
+    from natrelay.offset.keepalive import Keepalive
+
+    ka = Keepalive(0.0, timeout=32.0, heartbeat_interval=16.0)
+    ka.defer_timeout(30.0)  # the shell was not reading at t=30: close no earlier than 62
+    ka.poll(61.0)
+    try:
+        ka.poll(62.0)
+    except LinkTimeout:
+        pass
+    else:
+        raise AssertionError("still silent at 62 s must time out")
