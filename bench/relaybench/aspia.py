@@ -28,7 +28,6 @@ from typing import Any
 
 from .subject import (
     LOOPBACK,
-    PAIR_TIMEOUT,
     ManagedProcess,
     Opener,
     Subject,
@@ -71,13 +70,17 @@ def _env() -> dict[str, str]:
 
 
 class _RouterSession:
-    """One authenticated router session driven synchronously (the opener's processes have no loop)."""
+    """One authenticated router session driven synchronously (the opener's processes have no loop).
+
+    Nagle is off, as on the router's side: every message here is a request waiting for an
+    answer, and a small write held back for an ACK is pure latency on the pairing path.
+    """
 
     def __init__(self, port: int, config: Any) -> None:
         from natrelay.aspia.channel import Channel
         from natrelay.aspia.handshake import ClientHandshake
 
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=PAIR_TIMEOUT)
+        self.sock = connect(port)
         self.channel = Channel(ClientHandshake(config, time.monotonic()), now=time.monotonic())
         self.inbox: deque[bytes] = deque()
         try:
@@ -89,8 +92,10 @@ class _RouterSession:
             raise
 
     def _flush(self) -> None:
-        for chunk in self.channel.take_output():
-            self.sock.sendall(chunk)
+        chunks = self.channel.take_output()
+        if chunks:
+            # One write per burst: a frame's header and body never go out as separate segments.
+            self.sock.sendall(b"".join(chunks))
 
     def _pump(self) -> None:
         data = self.sock.recv(65536)
@@ -100,11 +105,15 @@ class _RouterSession:
         self.inbox.extend(self.channel.receive_data(data, time.monotonic()))
         self._flush()
 
+    def send_payload(self, payload: bytes) -> None:
+        """Send an already serialised ``PeerToRouter`` (encrypted per call, as every message is)."""
+        self.channel.send(payload)
+        self._flush()
+
     def send(self, envelope: Any) -> None:
         from natrelay.aspia.messages import serialize
 
-        self.channel.send(serialize(envelope))
-        self._flush()
+        self.send_payload(serialize(envelope))
 
     def receive(self) -> Any:
         from natrelay.aspia.messages import parse
@@ -119,7 +128,14 @@ class _RouterSession:
 
 
 class AspiaOpener(Opener):
-    """A host and a client logged in to the router; every pair is one brokered relay session."""
+    """A host and a client logged in to the router; every pair is one brokered relay session.
+
+    Both router sessions log in when the opener is made, before any timing starts, as a real host
+    and client stay logged in across many connections (and as the other subjects' openers make their
+    permanent connections up front): an SRP login costs tens of milliseconds and is no part of a
+    pairing. Per pair the opener still does all a peer does: one ConnectionRequest, both offers, two
+    relay connections, and one X25519 + AEAD ``PeerToRelay`` per side.
+    """
 
     def __init__(self, router_port: int, router_key: bytes, password: str) -> None:
         self._router_port = router_port
@@ -128,10 +144,12 @@ class AspiaOpener(Opener):
         self._host: _RouterSession | None = None
         self._client: _RouterSession | None = None
         self._host_id = 0
+        self._request = b""
+        self._login()
 
     def _login(self) -> None:
         from natrelay.aspia.handshake import ClientConfig, Identify
-        from natrelay.aspia.messages import make_envelope
+        from natrelay.aspia.messages import make_envelope, serialize
         from natrelay.aspia.proto import router_peer_pb2
 
         self.close()
@@ -144,19 +162,20 @@ class AspiaOpener(Opener):
         if not reply.HasField("host_id_response") or not reply.host_id_response.host_id:
             raise SubjectError(f"the router gave no host ID: {reply}")
         self._host_id = reply.host_id_response.host_id
+        # The same bytes every time (same host ID); each send still encrypts them afresh.
+        self._request = serialize(make_envelope(router_peer_pb2.PeerToRouter, "connection_request",
+                                                router_peer_pb2.ConnectionRequest(host_id=self._host_id)))
         client_config = ClientConfig(session_type=CLIENT_SESSION, username=USER,
                                      password=self._password.encode(), server_public_key=self._router_key)
         self._client = _RouterSession(self._router_port, client_config)
 
     def _offers(self) -> tuple[Any, Any]:
-        from natrelay.aspia.messages import make_envelope
         from natrelay.aspia.proto import router_peer_pb2
 
         if self._host is None or self._client is None:
             self._login()
         assert self._host is not None and self._client is not None
-        request = router_peer_pb2.ConnectionRequest(host_id=self._host_id)
-        self._client.send(make_envelope(router_peer_pb2.PeerToRouter, "connection_request", request))
+        self._client.send_payload(self._request)
         offer = self._client.receive().connection_offer
         if offer.error_code != router_peer_pb2.ConnectionOffer.SUCCESS:
             raise SubjectError(f"the router refused the connection: error {offer.error_code}")
@@ -174,9 +193,15 @@ class AspiaOpener(Opener):
             self._login()
             host_creds, client_creds = self._offers()
         a = connect(host_creds.port)
-        b = connect(client_creds.port)
         try:
+            # Each side writes its PeerToRelay as soon as its connection is up, as two separate
+            # peers would: the relay checks the host's while the client's is still being sealed.
             a.sendall(build_peer_to_relay(host_creds))
+            b = connect(client_creds.port)
+        except BaseException:
+            a.close()
+            raise
+        try:
             b.sendall(build_peer_to_relay(client_creds))
         except BaseException:
             a.close()
