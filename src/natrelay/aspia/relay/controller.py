@@ -5,6 +5,8 @@ anonymous RELAY handshake pinned to ``RouterPublicKey``, announces ``MaxPeerCoun
 and then reacts to ``key_used`` (the key must pair within 30 s or is replaced) and to
 ``peer_connection_request`` (drop a session). When the link fails it voids the pool and tries
 again every ``reconnect_delay`` seconds (15 s) while relayed sessions carry on untouched.
+Replacement keys travel in batches while the router holds plenty (see :class:`AnnounceBatch`),
+so a busy relay does not cost the router one message per pairing.
 
 Every failure mode an operator can fix gets a log line that names the fix: a router that does not
 answer, a router key that does not match ``RouterPublicKey`` (and which file holds it), a router
@@ -29,7 +31,7 @@ from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake, Identify, SessionInfo
 from natrelay.aspia.messages import RELAY_FROM_ROUTER, first_present, make_envelope, parse, serialize
 from natrelay.aspia.proto import router_common_pb2, router_relay_pb2
-from natrelay.aspia.relay.keypool import KeyPool, PoolKey
+from natrelay.aspia.relay.keypool import ANNOUNCE_DELAY, ANNOUNCE_LOW_STOCK, AnnounceBatch, KeyPool, PoolKey
 from natrelay.engine.clock import WheelDriver
 
 log = logging.getLogger("natrelay.aspia.relay")
@@ -63,6 +65,10 @@ class RouterLinkConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     keepalive_interval: float = KEEPALIVE_INTERVAL
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    announce_delay: float = ANNOUNCE_DELAY
+    """Longest wait of a replacement key for others to travel with (only while the router has plenty)."""
+    announce_low_stock: int = ANNOUNCE_LOW_STOCK
+    """Router stock below which replacement keys go at once."""
 
     @property
     def router_address(self) -> str:
@@ -116,8 +122,9 @@ class _RouterChannel(ChannelProtocol):
         if not self.ready.done():
             return None
         when = self.owner.pool.next_deadline()
-        if self.next_stats is not None and (when is None or self.next_stats < when):
-            when = self.next_stats
+        for other in (self.next_stats, self.owner.batch.next_deadline()):
+            if other is not None and (when is None or other < when):
+                when = other
         return when
 
     def on_extra_timer(self, now: float) -> None:
@@ -138,6 +145,7 @@ class RouterController:
         self.loop = asyncio.get_running_loop()
         self.started_at = self.loop.time() if started_at is None else started_at
         """Listener start: statistics ticks are counted from it (§7.5)."""
+        self.batch = AnnounceBatch(pool, delay=config.announce_delay, low_stock=config.announce_low_stock)
         self.channel: _RouterChannel | None = None
         self.connects = 0
         self.last_error: str | None = None
@@ -228,6 +236,7 @@ class RouterController:
         config = self.config
         self.channel = proto
         self.connects += 1
+        self.batch.clear()
         keys = self.pool.on_connected()
         if config.statistics_interval is not None:
             proto.next_stats = self._next_stats_tick(self.loop.time())
@@ -241,6 +250,7 @@ class RouterController:
 
     def _drop(self, reason: str | None) -> None:
         proto, self.channel = self.channel, None
+        self.batch.clear()
         self.pool.on_disconnected()
         if proto is not None and reason is not None:
             proto.close(reason)
@@ -253,9 +263,22 @@ class RouterController:
 
     # ---------------------------------------------------------------- messages
     def announce(self, keys: list[PoolKey]) -> None:
-        """Send new keys to the router, if connected (they were only made while connected)."""
+        """Give new keys to the router, if connected (they were only made while connected).
+
+        They go at once or with the current batch (:class:`AnnounceBatch`).
+        """
         proto = self.channel
-        if proto is not None and keys:
+        if proto is None or not keys:
+            return
+        waiting = self.batch.next_deadline() is not None
+        ready = self.batch.add(keys, self.loop.time())
+        if ready:
+            self._send_keys(proto, ready)
+        elif not waiting:
+            proto.rearm()  # a new batch deadline: the timer wheel must learn of it
+
+    def _send_keys(self, proto: _RouterChannel, keys: list[PoolKey]) -> None:
+        if keys:
             proto.send_many(key_pool_messages(keys, self.config.peer_host, self.config.peer_port))
 
     def on_router_message(self, payload: bytes, now: float) -> None:
@@ -287,6 +310,7 @@ class RouterController:
     def on_timer(self, proto: _RouterChannel, now: float) -> None:
         if proto is not self.channel:
             return
+        self._send_keys(proto, self.batch.due(now))
         expired, keys = self.pool.expire(now)
         for key_id in expired:
             log.info("Key %d expired unused; announcing a replacement", key_id)

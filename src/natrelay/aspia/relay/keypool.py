@@ -19,6 +19,12 @@ from natrelay.aspia.proto import router_common_pb2
 
 KEY_EXPIRY = 30.0
 """A key the router handed out is dropped this long after ``key_used`` unless it paired (§7.1)."""
+ANNOUNCE_DELAY = 0.1
+"""How long replacement keys may wait to travel together while the router holds plenty."""
+ANNOUNCE_LOW_STOCK = 256
+"""Below this many keys left to hand out on the router, replacements go at once, as on 2.7.0."""
+ANNOUNCE_MAX_BATCH = 1024
+"""A batch this large goes at once: it bounds the message and the router's work on it."""
 _KEY_ID_MASK = 0xFFFFFFFF
 
 
@@ -154,3 +160,67 @@ class KeyPool:
             self._keys[key.key_id] = key
             keys.append(key)
         return keys
+
+
+class AnnounceBatch:
+    """Replacement keys held back briefly, so that a busy relay sends one ``key_pool`` per batch.
+
+    Every ended session gives one key back (§7.2). Sent one by one, as 2.7.0 does, each costs
+    the relay a message and the router a decryption, a parse and a pool update, on every single
+    pairing, and on a loaded machine that work competes with the next pairings for the CPU. A
+    key the router does not know yet is only capacity in reserve, so nothing is lost by holding
+    it for :data:`ANNOUNCE_DELAY` while the router still has at least ``low_stock`` keys to hand
+    out; below that, and for every pool smaller than that, keys go out at once as before. The
+    wire is unchanged: the router appends however many keys a ``key_pool`` carries (§6.5).
+    """
+
+    def __init__(self, pool: KeyPool, *, delay: float = ANNOUNCE_DELAY, low_stock: int = ANNOUNCE_LOW_STOCK,
+                 max_batch: int = ANNOUNCE_MAX_BATCH) -> None:
+        if delay < 0 or low_stock < 0 or max_batch < 1:
+            raise ValueError("delay and low_stock must not be negative, max_batch must be positive")
+        self.pool = pool
+        self.delay = delay
+        self.low_stock = low_stock
+        self.max_batch = max_batch
+        self._held: list[PoolKey] = []
+        self._due: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @property
+    def router_stock(self) -> int:
+        """Keys the router can still hand out: announced, and not reported used since."""
+        return max(0, len(self.pool) - self.pool.handed_out - len(self._held))
+
+    def add(self, keys: list[PoolKey], now: float) -> list[PoolKey]:
+        """New keys to announce; returns what must be sent now (empty: held until the deadline)."""
+        if not keys:
+            return []
+        self._held.extend(keys)
+        if self.router_stock < self.low_stock or len(self._held) >= self.max_batch:
+            return self.take()
+        if self._due is None:
+            self._due = now + self.delay
+        return []
+
+    def next_deadline(self) -> float | None:
+        """When held keys must go out, or None when nothing is held."""
+        return self._due
+
+    def due(self, now: float) -> list[PoolKey]:
+        """The held keys if their time has come, else nothing."""
+        if self._due is None or now < self._due:
+            return []
+        return self.take()
+
+    def take(self) -> list[PoolKey]:
+        """Everything held, minus keys the pool has voided since (a lost router link clears it)."""
+        held, self._held, self._due = self._held, [], None
+        pool = self.pool
+        return [key for key in held if pool.get(key.key_id) is key]
+
+    def clear(self) -> None:
+        """Forget held keys: the pool was voided, or regenerated in full for a new router link."""
+        self._held.clear()
+        self._due = None
