@@ -87,6 +87,7 @@ class RouterConnection(ChannelProtocol):
         self.server = server
         self.ip = ""
         self.session_id: int | None = None
+        self.is_relay = False
         self.in_handshake = False
         self.admitted = False
         self.in_login = False
@@ -164,6 +165,7 @@ class RouterConnection(ChannelProtocol):
         session = self.server.core.open_session(kind, self.ip, result.user_name, result.peer_version,
                                                 result.peer_info, self.server.wall_time())
         self.session_id = session.session_id
+        self.is_relay = kind is SessionKind.RELAY
         self.server.connections[session.session_id] = self
         user = f", user {result.user_name!r}" if result.user_name else ""
         log.info("New %s session %d from %s%s (version %s)", kind.name.lower(), session.session_id,
@@ -274,10 +276,20 @@ class RouterServer:
         return fake
 
     def apply(self, actions: Actions) -> None:
+        # Peers first, relays last: a connection offer has a host and a client waiting on it,
+        # while ``key_used`` only starts a 30-second timer on the relay. Each write to loopback
+        # also wakes its reader, so the relay's wake-up no longer sits in front of the peers'.
+        relays: list[tuple[RouterConnection, bytes]] = []
         for session_id, payload in actions.send:
             conn = self.connections.get(session_id)
-            if conn is not None:
+            if conn is None:
+                continue
+            if conn.is_relay:
+                relays.append((conn, payload))
+            else:
                 conn.send(payload)
+        for conn, payload in relays:
+            conn.send(payload)
         for session_id in actions.disconnect:
             conn = self.connections.get(session_id)
             if conn is not None:
