@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 from natrelay import __version__
-from natrelay.aspia.relay.app import TIMERS_ENV, RelayTimers, TimersError, serve_relay
+from natrelay.aspia.relay.app import (
+    TIMERS_ENV,
+    WORKERS_ENV,
+    RelayTimers,
+    TimersError,
+    serve_relay,
+)
 from natrelay.ops.aspia_config import (
     EXIT_CONFIG_ERROR,
     RELAY_CONFIG_NAME,
@@ -44,6 +50,10 @@ Logging: ASPIA_LOG_LEVEL (0 info, 1 errors, 2 fatal only; default 2), ASPIA_LOG_
 output goes to stderr), ASPIA_LOG_TO_FILE (off), ASPIA_MAX_LOG_FILE_SIZE (bytes, 1024-10485760),
 ASPIA_MAX_LOG_FILE_AGE (days, 0-366). ASPIA_CONFIG_DIR moves the default configuration folder.
 {TIMERS_ENV} (tests only) shortens protocol timers: e.g. "idle=2,reconnect=1".
+
+Forwarding: {WORKERS_ENV}=N forwards paired sessions on N threads, each with its
+own event loop, while pairing, keys and the Router link stay on the main thread; 0 (the default)
+forwards on the main thread. Try N = cores ({os.cpu_count()} here) when one core is busy forwarding.
 
 Exit status: 0 on SIGINT/SIGTERM, 1 on a start-up failure, {EXIT_CONFIG_ERROR} on a bad relay.json.
 """

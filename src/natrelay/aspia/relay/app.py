@@ -5,12 +5,19 @@ Protocol timers that relay.json does not expose (the 15 s reconnect, the 30 s ke
 pending limit, keep-alive) and a sub-minute idle timeout can be shortened through
 :class:`RelayTimers`, which the CLI fills from ``NATRELAY_ASPIA_RELAY_TIMERS`` so end-to-end
 tests can exercise them in seconds rather than minutes.
+
+Paired sessions can be forwarded on ``workers`` threads (``NATRELAY_ASPIA_RELAY_WORKERS``), so
+that a relay whose one loop is saturated uses more cores while pairing and the router link stay
+on the main loop. The default is 0, forwarding on the main loop: on the 2-core machine this was
+measured on, the single loop was not the bottleneck (about 0.7 of a core at full load) and two
+forwarding threads did not raise throughput (see :func:`default_workers`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -22,11 +29,13 @@ from natrelay.aspia.relay.keypool import KEY_EXPIRY, KeyPool, PoolKey
 from natrelay.aspia.relay.pairing import PENDING_TIMEOUT
 from natrelay.aspia.relay.server import PeerListener, PeerListenerConfig
 from natrelay.aspia.relay.stats import relay_stat
+from natrelay.engine.threads import MAX_THREADS
 from natrelay.ops.aspia_config import RelayConfig
 
 log = logging.getLogger("natrelay.aspia.relay")
 
 TIMERS_ENV = "NATRELAY_ASPIA_RELAY_TIMERS"
+WORKERS_ENV = "NATRELAY_ASPIA_RELAY_WORKERS"
 MAX_POOL_KEYS = 100_000
 """Keys actually generated however large MaxPeerCount is: each costs an X25519 key pair in
 memory and on the router, and a few thousand concurrent sessions already fill a machine."""
@@ -74,10 +83,48 @@ class RelayTimers:
         return timers
 
 
+def default_workers() -> int:
+    """Forward on the main loop (0 threads) unless told otherwise.
+
+    Measured with ``bench/run.py --subjects direct,aspia --measures bulk1,bulk16`` on 2 shared
+    cores, two threads were no faster than the main loop for 1 or 16 sessions: the traffic
+    generator and the peers need the other core, and one loop used ~0.7 of its own. Threads pay
+    off only where one loop is the bottleneck, so they are opt-in until a machine shows that.
+    """
+    return 0
+
+
+def workers_from_env(env: Mapping[str, str]) -> int:
+    """``NATRELAY_ASPIA_RELAY_WORKERS`` as a thread count, or :func:`default_workers` when unset.
+
+    Raises ValueError naming the variable when it is not a whole number 0..MAX_THREADS.
+    """
+    text = env.get(WORKERS_ENV, "").strip()
+    if not text:
+        return default_workers()
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"{WORKERS_ENV}={text!r} is not a whole number") from None
+    if not 0 <= count <= MAX_THREADS:
+        raise ValueError(f"{WORKERS_ENV}={count} is outside 0..{MAX_THREADS}")
+    return count
+
+
 async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str = "relay.json",
-                      timers: RelayTimers | None = None) -> int:
-    """Run the relay until ``stop`` is set; returns the exit status (1 if the listener cannot bind)."""
+                      timers: RelayTimers | None = None, workers: int | None = None) -> int:
+    """Run the relay until ``stop`` is set; returns the exit status (1 if the listener cannot bind).
+
+    ``workers`` is the number of forwarding threads (0: forward on this loop); ``None`` reads
+    ``NATRELAY_ASPIA_RELAY_WORKERS`` and defaults to :func:`default_workers`.
+    """
     timers = RelayTimers() if timers is None else timers
+    if workers is None:
+        try:
+            workers = workers_from_env(os.environ)
+        except ValueError as exc:
+            log.critical("%s", exc)
+            return 1
     loop = asyncio.get_running_loop()
     wheel = make_wheel(loop)
     capacity = config.max_peer_count
@@ -96,7 +143,8 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
 
     idle = timers.idle if timers.idle is not None else 60.0 * config.peer_idle_timeout
     listener = PeerListener(pool, PeerListenerConfig(config.listen_interface, config.peer_port, idle,
-                                                     pending_timeout=timers.pending), on_keys=announce)
+                                                     pending_timeout=timers.pending, workers=workers),
+                            on_keys=announce)
     try:
         host, port = listener.start()
     except OSError as exc:
@@ -105,9 +153,14 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
                      exc.strerror or exc)
         wheel.close()
         return 1
+    except RuntimeError as exc:
+        log.critical("Cannot start the forwarding threads (%s=%d): %s", WORKERS_ENV, workers, exc)
+        wheel.close()
+        return 1
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    log.info("Listening for peers on %s; peers are told to connect to %s:%d", shown, config.peer_address,
-             config.peer_port)
+    log.info("Listening for peers on %s; peers are told to connect to %s:%d; forwarding on %s", shown,
+             config.peer_address, config.peer_port,
+             f"{workers} thread{'s' if workers != 1 else ''}" if workers else "the main loop")
     link = RouterLinkConfig(
         router_host=config.router_address, router_port=config.router_port,
         router_public_key=config.router_public_key, peer_host=config.peer_address, peer_port=config.peer_port,

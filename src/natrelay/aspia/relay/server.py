@@ -13,6 +13,12 @@ Deliberate differences from 2.7.0: ``MaxPeerCount`` also caps the connections ac
 possible session) instead of only sizing the key pool; an idle session is timed from its last
 byte (§12 bug 14) and ends like any other session, freeing its slot and announcing a
 replacement key (§12 bug 1); a listener that cannot bind is fatal (§12 bug 5).
+
+Forwarding can use every core: with ``workers`` > 0 a paired session's two sockets move to one
+of that many forwarding threads (:mod:`natrelay.engine.threads`), while accepting, pairing, the
+key pool and the router link stay on this loop, single-threaded. A session's end comes back to
+this loop, so the key accounting and the replacement key are exactly as with one loop.
+``workers`` = 0 forwards on this loop itself.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from natrelay.aspia.relay.pairing import PENDING_TIMEOUT, Paired, Pairing, PeerI
 from natrelay.aspia.relay.stats import SessionSnapshot
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.session import ForwardSession
+from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 
 log = logging.getLogger("natrelay.aspia.relay")
 
@@ -49,6 +56,8 @@ class PeerListenerConfig:
     idle_timeout: float
     pending_timeout: float = PENDING_TIMEOUT
     max_message: int = MAX_PEER_TO_RELAY_SIZE
+    workers: int = 0
+    """Forwarding threads; 0 forwards on the listener's own loop."""
 
 
 class _Pending:
@@ -72,7 +81,7 @@ class ActiveSession:
     key_id: int
     info: PeerInfo
     addresses: tuple[str, str]
-    forward: ForwardSession | None = None
+    forward: ForwardSession | ThreadedSession | None = None
 
     def snapshot(self) -> SessionSnapshot:
         forward = self.forward
@@ -109,7 +118,9 @@ class PeerListener:
     """Accepts peers, pairs them through :class:`Pairing`, hands pairs to the forwarding engine.
 
     ``on_keys`` receives the replacement keys made when a session ends (the router link
-    announces them); it is called from the engine's close callback.
+    announces them); it is called from the engine's close callback, always on this loop.
+    Forwarding happens on ``engine`` (this loop) when one is given or ``config.workers`` is 0,
+    else on ``config.workers`` forwarding threads started by :meth:`start`.
     """
 
     def __init__(self, pool: KeyPool, config: PeerListenerConfig, *, engine: ForwardEngine | None = None,
@@ -117,7 +128,12 @@ class PeerListener:
         self.loop = asyncio.get_running_loop()
         self.pool = pool
         self.config = config
-        self.engine = engine if engine is not None else ForwardEngine(self.loop)
+        self.engine: ForwardEngine | None = None
+        self.threads: ForwardingThreads | None = None
+        if engine is not None or config.workers <= 0:
+            self.engine = engine if engine is not None else ForwardEngine(self.loop)
+        else:
+            self.threads = ForwardingThreads(config.workers, home=self.loop)
         self.on_keys = on_keys
         self.pairing: Pairing[_Pending] = Pairing(pool, timeout=config.pending_timeout)
         self.sessions: dict[int, ActiveSession] = {}
@@ -130,8 +146,17 @@ class PeerListener:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> tuple[str, int]:
-        """Bind and start accepting; returns the bound address. Raises OSError if it cannot bind."""
+        """Bind and start accepting; returns the bound address.
+
+        Raises OSError if it cannot bind, RuntimeError if the forwarding threads cannot start.
+        """
         sock = bind_listener(self.config.listen_host, self.config.port)
+        if self.threads is not None:
+            try:
+                self.threads.start()
+            except RuntimeError:
+                sock.close()
+                raise
         self._listener = sock
         self.started_at = self.loop.time()
         self.loop.add_reader(sock.fileno(), self._on_accept)
@@ -149,7 +174,10 @@ class PeerListener:
             self._timer = None
         for pending in list(self.pairing.expired(float("inf"))):
             self._close_pending(pending, None)
-        self.engine.close("relay stopping")
+        if self.engine is not None:
+            self.engine.close("relay stopping")
+        if self.threads is not None:
+            self.threads.close("relay stopping")
 
     @property
     def uptime(self) -> float:
@@ -268,12 +296,19 @@ class PeerListener:
         session = ActiveSession(next(self._session_ids), paired.key_id, paired.info,
                                 (first.address, second.address))
         self.sessions[session.session_id] = session
+        idle = self.config.idle_timeout
         try:
-            session.forward = self.engine.start(
-                first.sock, second.sock, idle_timeout=self.config.idle_timeout, on_close=self._session_closed,
-                context=session,
-            )
-        except (OSError, ValueError) as exc:
+            if self.threads is not None:
+                # The worker owns both sockets from here; nothing of them stays on this loop.
+                session.forward = self.threads.start_session(
+                    first.sock, second.sock, idle_timeout=idle, on_close=self._session_closed,
+                    context=session)
+            else:
+                assert self.engine is not None
+                session.forward = self.engine.start(
+                    first.sock, second.sock, idle_timeout=idle, on_close=self._session_closed,
+                    context=session)
+        except (OSError, ValueError, RuntimeError) as exc:
             log.error("Cannot forward session %d: %s", session.session_id, exc)
             for pending in (first, second):
                 pending.sock.close()
@@ -283,7 +318,7 @@ class PeerListener:
                  "%d sessions active", session.session_id, first.address, second.address, paired.key_id,
                  paired.info.host_id, paired.info.client_user_name, len(self.sessions))
 
-    def _session_closed(self, forward: ForwardSession | None, reason: str,
+    def _session_closed(self, forward: ForwardSession | ThreadedSession | None, reason: str,
                         session: ActiveSession | None = None) -> None:
         if session is None:
             assert forward is not None
