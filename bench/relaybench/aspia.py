@@ -44,6 +44,8 @@ USER = "bench"
 MAX_PEER_COUNT = 12_000
 HOST_SESSION = 4
 CLIENT_SESSION = 2
+LOGIN_PATIENCE = 45.0
+"""Seconds an opener keeps retrying a login the router refused for too many logins at once."""
 
 
 def _ensure_importable() -> str | None:
@@ -167,7 +169,19 @@ class AspiaOpener(Opener):
                                                 router_peer_pb2.ConnectionRequest(host_id=self._host_id)))
         client_config = ClientConfig(session_type=CLIENT_SESSION, username=USER,
                                      password=self._password.encode(), server_public_key=self._router_key)
-        self._client = _RouterSession(self._router_port, client_config)
+        # The router admits only a few password logins at once per address (4), and all the
+        # concurrent openers log in together: one that is turned away waits and tries again.
+        deadline = time.monotonic() + LOGIN_PATIENCE
+        pause = 0.02
+        while True:
+            try:
+                self._client = _RouterSession(self._router_port, client_config)
+                return
+            except (OSError, ConnectionError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _offers(self) -> tuple[Any, Any]:
         from natrelay.aspia.proto import router_peer_pb2
