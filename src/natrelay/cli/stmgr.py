@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from natrelay import __version__
+from natrelay.offset.constants import MAX_ADDRESS_LENGTH
 from natrelay.offset.files import (
     FileFormatError,
     RelayTicket,
@@ -147,7 +148,7 @@ def _gen_ident(output: str) -> None:
 def _relay_ticket(idfile: str, address: str, output: str) -> None:
     _refuse_existing(output)  # before the ident is read, as in the original
     try:
-        validate_ticket_address(address, what="--address")
+        validate_ticket_address(address, max_bytes=MAX_ADDRESS_LENGTH, what="--address")
     except AddressError as exc:
         raise _CommandError(str(exc)) from None
     try:

@@ -92,7 +92,6 @@ class SecureChannel:
         self.last_plaintext: bytes | None = None
 
         self._local_nonce = rng(RAND_NONCE_LEN)
-        self._remote_nonce = b""
         self._handshake_dh: DhKeyPair | None = None
         self._handshake_salt = b""
 
@@ -142,7 +141,6 @@ class SecureChannel:
             raise ProtocolError("remote public key is not the expected one")
         # The peer's optDestPublicKey is ignored, as by the original (spec §12.2 item 15).
         self.remote_public_key = msg.src_public_key
-        self._remote_nonce = msg.rand_nonce
         dh = DhKeyPair(self._rng(DH_PRIVATE_LEN))
         salt = self._rng(SALT_LEN)
         signature = self._identity.sign(dh.public_key + msg.rand_nonce + salt)

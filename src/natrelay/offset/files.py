@@ -23,6 +23,8 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from natrelay.offset.constants import MAX_ADDRESS_LENGTH
+
 __all__ = [
     "KEY_LENGTH",
     "MAX_FILE_SIZE",
@@ -46,7 +48,6 @@ KEY_LENGTH: Final = 32
 #: huge file into memory (the original has no cap; nothing it writes comes close).
 MAX_FILE_SIZE: Final = 64 * 1024
 #: Offset's ``MAX_NET_ADDRESS_LENGTH`` in UTF-8 bytes; also enforced when reading.
-MAX_ADDRESS_BYTES: Final = 256
 
 _IDENT_MODE: Final = 0o600
 _TICKET_MODE: Final = 0o644
@@ -82,8 +83,8 @@ class RelayTicket:
             size = len(self.address.encode("utf-8"))
         except UnicodeEncodeError:
             raise ValueError("address contains an unpaired surrogate, which UTF-8 cannot hold") from None
-        if size > MAX_ADDRESS_BYTES:
-            raise ValueError(f"address is {size} bytes long; at most {MAX_ADDRESS_BYTES} bytes are allowed")
+        if size > MAX_ADDRESS_LENGTH:
+            raise ValueError(f"address is {size} bytes long; at most {MAX_ADDRESS_LENGTH} bytes are allowed")
 
 
 # --------------------------------------------------------------------------- base64

@@ -5,7 +5,7 @@ with the same wording:
 
 * ticket addresses (``stmgr relay-ticket --address``) are what *peers* will dial, so a
   host name is fine, the port must be a real one (1-65535), and the whole string must
-  fit Offset's ``MAX_NET_ADDRESS_LENGTH`` of 256 UTF-8 bytes (spec §10.3, §11.3);
+  fit the family's address limit (Offset: 256 UTF-8 bytes, spec §10.3, §11.3), given by the caller;
 * listen addresses (``strelay --laddr``) are bound locally; like the original's Rust
   ``SocketAddr`` parser they must be IP literals, so ``localhost:1`` is refused rather
   than silently resolved to whichever family the resolver returns first.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 
 __all__ = [
-    "MAX_NET_ADDRESS_LENGTH",
     "AddressError",
     "parse_host_port",
     "parse_listen_address",
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 #: Offset's limit on a ticket address, in UTF-8 bytes (``proto/src/consts.rs``).
-MAX_NET_ADDRESS_LENGTH = 256
 
 # Port strings longer than this cannot be a valid port even with leading zeros that
 # Rust's ``u16`` parser would accept; checking the length first keeps ``int()`` cheap.
@@ -151,16 +149,16 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, _parse_port(port_text, what=what, text=text, allow_zero=True)
 
 
-def validate_ticket_address(text: str, *, what: str = "address") -> str:
+def validate_ticket_address(text: str, *, max_bytes: int, what: str = "address") -> str:
     """Check a relay ticket address and return it unchanged.
 
-    Rules: at most 256 bytes of UTF-8 (the original's only rule), plus a host and a port
-    in 1-65535 so that the ticket is dialable.
+    Rules: at most ``max_bytes`` of UTF-8 (the family's limit, the original's only rule), plus a
+    host and a port in 1-65535 so that the ticket is dialable.
     """
     if not text:
         raise AddressError(f"{what} is empty")
     size = len(text.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_NET_ADDRESS_LENGTH:
-        raise AddressError(f"{what} is {size} bytes long; at most {MAX_NET_ADDRESS_LENGTH} bytes are allowed")
+    if size > max_bytes:
+        raise AddressError(f"{what} is {size} bytes long; at most {max_bytes} bytes are allowed")
     parse_host_port(text, what=what)
     return text
