@@ -79,19 +79,52 @@ async def open_stdin() -> asyncio.StreamReader:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
                                      os.fdopen(os.dup(fd), "rb", buffering=0))
     else:
-        # The reader holds the feeding task, so it lives exactly as long as the stream.
-        reader._natrelay_feeder = loop.create_task(_feed_from_thread(reader, fd))  # type: ignore[attr-defined]
+        _FileReadTransport(reader, fd)
     return reader
 
 
-async def _feed_from_thread(reader: asyncio.StreamReader, fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        data = await loop.run_in_executor(None, os.read, fd, CHUNK)
-        if not data:
-            reader.feed_eof()
-            return
-        reader.feed_data(data)
+class _FileReadTransport(asyncio.ReadTransport):
+    """Blocking reads of a regular file in a worker thread, with the reader's flow control.
+
+    The StreamReader pauses its transport when its buffer passes its limit; the feeding task
+    waits for the resume, so a redirect from a file of any size holds a bounded amount.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, fd: int) -> None:
+        super().__init__()
+        self._reader = reader
+        self._fd = fd
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._closing = False
+        reader.set_transport(self)
+        self._task = asyncio.get_running_loop().create_task(self._feed())
+
+    async def _feed(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await self._resumed.wait()
+            data = await loop.run_in_executor(None, os.read, self._fd, CHUNK)
+            if not data:
+                self._reader.feed_eof()
+                return
+            self._reader.feed_data(data)
+
+    def pause_reading(self) -> None:
+        self._resumed.clear()
+
+    def resume_reading(self) -> None:
+        self._resumed.set()
+
+    def is_reading(self) -> bool:
+        return self._resumed.is_set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._resumed.set()
+
+    def is_closing(self) -> bool:
+        return self._closing
 
 
 class _StdoutProtocol(asyncio.streams.FlowControlMixin, asyncio.Protocol):
