@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.streams import abort_stream, describe
 from natrelay.engine.tunnel import StreamEnd, TunnelTransport
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -331,6 +332,10 @@ class OffsetListener:
         log.info("accepted connection from %s", who)
         try:
             await self.on_tunnel(key, reader, writer)
+        except BaseException as exc:
+            # A handler that failed (or was stopped) must not end the stream as if it were complete.
+            abort_stream(writer, "interrupted" if isinstance(exc, asyncio.CancelledError) else describe(exc))
+            raise
         finally:
             writer.close()
 
