@@ -12,9 +12,11 @@ the caller's ``now``), which of those unauthenticated connections may stay:
   sessions) is limited only by the credentials it holds, while connections that never
   authenticate are rate limited;
 * a cap on unauthenticated connections per source and in total; when the total is full, a
-  newcomer evicts the oldest unauthenticated connection of the source holding the most slots,
-  provided that source holds more than the newcomer's, so no set of addresses can monopolise the
-  slots: an address over its share is refused while others still get in.
+  newcomer evicts the oldest unauthenticated connection among the other sources holding at least
+  as many slots as its own, and is refused if there is none. So no set of addresses can
+  monopolise the slots (an address over its share is refused while others still get in, and no
+  source gets more than one slot above any other), and as a real peer authenticates within a
+  round trip while a flood's connections sit silent, the oldest connection is the one to go.
 
 A "source" is an IPv4 address, or an IPv6 /64 (one subscriber usually gets a whole /64, so
 counting single IPv6 addresses would give an attacker billions of fresh sources).
@@ -190,10 +192,9 @@ class FloodGuard(Generic[C]):
             return Admitted(REFUSED_PENDING_PER_IP)
         evicted: C | None = None
         if lim.max_pending and len(self._entries) >= lim.max_pending:
-            victim = self._largest_source()
-            if victim is None or self.pending_from(victim) <= own:
+            evicted = self._victim(source, own)
+            if evicted is None:
                 return Admitted(REFUSED_PENDING_TOTAL)
-            evicted = next(iter(self._by_source[victim]))
             self._forget(evicted)
         self._entries[conn] = _Entry(source, now + lim.first_message_timeout)
         self._by_source.setdefault(source, {})[conn] = None
@@ -201,15 +202,18 @@ class FloodGuard(Generic[C]):
         heapq.heappush(self._heap, (now + lim.first_message_timeout, self._seq, conn))
         return Admitted(None, evicted)
 
-    def _largest_source(self) -> str | None:
-        """The source holding the most slots; among equals, the one with the oldest connection."""
-        best: str | None = None
-        best_key: tuple[int, float] = (0, 0.0)
-        for source, conns in self._by_source.items():
-            oldest = self._entries[next(iter(conns))].deadline
-            key = (len(conns), -oldest)
-            if best is None or key > best_key:
-                best, best_key = source, key
+    def _victim(self, source: str, own: int) -> C | None:
+        """The oldest connection of another source holding at least ``own`` slots (at most
+        ``max_pending`` sources to look at)."""
+        best: C | None = None
+        best_deadline = float("inf")
+        for other, conns in self._by_source.items():
+            if other == source or len(conns) < own:
+                continue
+            oldest = next(iter(conns))
+            deadline = self._entries[oldest].deadline
+            if deadline < best_deadline:
+                best, best_deadline = oldest, deadline
         return best
 
     def authenticated(self, conn: C, now: float) -> bool:

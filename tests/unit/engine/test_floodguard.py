@@ -69,7 +69,7 @@ def test_per_source_pending_cap() -> None:
     assert guard.admit(conn(), "10.0.0.1", 0.0).refused is None
 
 
-def test_full_total_evicts_the_oldest_of_the_largest_source_never_a_smaller_one() -> None:
+def test_full_total_evicts_the_oldest_of_sources_at_least_as_large_never_a_smaller_one() -> None:
     guard: FloodGuard[int] = FloodGuard(FloodLimits(max_pending=4, max_pending_per_source=3,
                                                     connections_per_minute=0))
     a = [conn() for _ in range(3)]
@@ -95,6 +95,11 @@ def test_full_total_evicts_the_oldest_of_the_largest_source_never_a_smaller_one(
     # ...and an evicted source that comes back evicts the next oldest, not the newest (legit).
     assert guard2.admit(conn(), "10.0.1.0", 11.0).evicted == flood[1]
     assert legit in guard2
+    # A host and a client behind one NAT address: its second connection gets in too.
+    assert guard2.admit(conn(), "10.0.9.9", 12.0).evicted == flood[2]
+    assert legit in guard2 and guard2.pending_from("10.0.9.9") == 2
+    # ...but a third would put it two above the others: refused.
+    assert guard2.admit(conn(), "10.0.9.9", 13.0).refused == REFUSED_PENDING_TOTAL
 
 
 def test_first_message_deadline() -> None:
