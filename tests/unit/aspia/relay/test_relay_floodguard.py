@@ -166,3 +166,38 @@ def test_connection_caps_total_and_per_source() -> None:
                 stream[1].close()
             await _until(lambda: drained(lst))
     _run(main)
+
+
+def test_many_real_sessions_from_one_address_are_not_rate_limited() -> None:
+    """A NAT address opening many sessions: connections with a valid key get their token back."""
+    async def main() -> None:
+        async with listener(guard=FloodLimits(connections_per_minute=4)) as lst:
+            lst.pool.max_peer_count = 10
+            for _ in range(8):  # 16 connections from 127.0.0.1, four times the per-minute rate
+                await legit_pair(lst)
+                await _until(lambda: not lst.sessions)
+                lst.keys.extend(lst.pool.session_ended())  # type: ignore[attr-defined]
+            assert lst.refused == 0
+            await _until(lambda: drained(lst))
+    _run(main)
+
+
+def test_max_peer_count_caps_keyed_connections_not_the_flood() -> None:
+    async def main() -> None:
+        async with listener() as lst:
+            lst.pool.max_peer_count = 1
+            silent = [await connect(lst, "127.0.0.5") for _ in range(3)]  # unkeyed: the guard's business
+            await _until(lambda: lst.accepted == 3)
+            assert lst.refused == 0
+            key = lst.keys.pop()  # type: ignore[attr-defined]
+            creds = router_common_pb2.RelayCredentials(host="127.0.0.1", port=port(lst),
+                                                       key=key.to_proto(), secret=secret())
+            host, client = await peer(creds), await peer(creds)
+            await _until(lambda: len(lst.sessions) == 1)
+            late = await connect(lst)
+            assert await closed_by_relay(late)
+            assert lst.refusals == {"peer_count": 1}
+            for stream in (*silent, host, client, late):
+                stream[1].close()
+            await _until(lambda: drained(lst))
+    _run(main)
