@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,16 @@ def run_flood(port: int, silent: int, slow: int, addresses: int, reconnect: floa
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _flood_loop(port, silent, slow, addresses, reconnect, trickle, ramp, lambda: stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _flood_loop(port: int, silent: int, slow: int, addresses: int, reconnect: float, trickle: float,
+                ramp: float, stopped: Callable[[], bool]) -> FloodCounts:
     sel = selectors.DefaultSelector()
     slots = [_Slot(source_address(i % addresses), i >= silent) for i in range(silent + slow)]
     due: list[tuple[float, int]] = []
@@ -104,7 +113,7 @@ def run_flood(port: int, silent: int, slow: int, addresses: int, reconnect: floa
             counts.closed_by_relay += 1
             heapq.heappush(due, (time.monotonic() + reconnect, i))
 
-    while not stop:
+    while not stopped():
         now = time.monotonic()
         while due and due[0][0] <= now:
             _, i = heapq.heappop(due)
