@@ -282,7 +282,8 @@ class PeerListener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving what we have
-                log.error("Cannot accept a peer connection: %s", exc)
+                self._log_throttled(logging.ERROR, self.loop.time(), "Cannot accept a peer connection: %s",
+                                    exc)
                 return
             sock.setblocking(False)
             self.accepted += 1
