@@ -175,10 +175,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def relay_sample(pid: int) -> dict[str, int]:
-    from relaybench.procstat import rss_kib
+def relay_sample(pid: int) -> dict[str, float]:
+    """The relay's resident memory, open descriptors and CPU seconds used so far."""
+    from relaybench.procstat import cpu_seconds, rss_kib
 
-    return {"rss_kib": rss_kib([pid]), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+    return {"rss_kib": rss_kib([pid]), "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "cpu_s": round(cpu_seconds([pid]), 2), "at": round(time.monotonic(), 2)}
 
 
 def pairings(opener: Any, count: int) -> dict[str, Any]:
@@ -192,14 +194,14 @@ def pairings(opener: Any, count: int) -> dict[str, Any]:
         try:
             a, b = opener.open_pair()
         except Exception as exc:  # a failed pairing is a figure, not a crash
-            failures.append(f"{type(exc).__name__}: {exc}")
+            failures.append(f"offers or relay connect: {type(exc).__name__}: {exc}")
             continue
         try:
             a.sendall(b"!")
             recv_exact(b, 1)
             times.append(time.perf_counter() - started)
         except Exception as exc:
-            failures.append(f"{type(exc).__name__}: {exc}")
+            failures.append(f"first byte through the relay: {type(exc).__name__}: {exc}")
         finally:
             a.close()
             b.close()

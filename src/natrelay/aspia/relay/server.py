@@ -64,6 +64,7 @@ from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 log = logging.getLogger("natrelay.aspia.relay")
 
 ACCEPTS_PER_WAKEUP = 64
+"""At most; fewer when the pending cap is small (see :meth:`PeerListener._accepts_per_wakeup`)."""
 LISTEN_BACKLOG = 1024
 
 # Reasons beyond the flood guard's own (engine/floodguard.py), as counted in refusals/guard_closes.
@@ -210,6 +211,11 @@ class PeerListener:
         # refused at once (total and by reason), and closed later by a guard rule (by reason).
         self.accepted = 0
         self.refused = 0
+        # Under a flood each accepted connection can evict an older unauthenticated one. Accepting
+        # at most a quarter of the pending cap per wakeup guarantees that a connection admitted in
+        # one loop iteration is still there when its PeerToRelay is read in the next.
+        cap = config.guard.max_pending
+        self._accepts_per_wakeup = max(1, min(ACCEPTS_PER_WAKEUP, cap // 4)) if cap else ACCEPTS_PER_WAKEUP
         self.refusals: Counter[str] = Counter()
         self.guard_closes: Counter[str] = Counter()
 
@@ -276,7 +282,7 @@ class PeerListener:
         listener = self._listener
         if listener is None:
             return
-        for _ in range(ACCEPTS_PER_WAKEUP):
+        for _ in range(self._accepts_per_wakeup):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -295,6 +301,9 @@ class PeerListener:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending.reader = PeerToRelayReader(self.config.max_message)
             self.loop.add_reader(pending.fd, self._on_readable, pending)
+            # A real peer writes its PeerToRelay right after connecting: it is often here already,
+            # and reading it now takes the connection out of the flood guard's reach at once.
+            self._on_readable(pending)
             self._arm_timer()
 
     def _admit(self, pending: _Pending) -> bool:
