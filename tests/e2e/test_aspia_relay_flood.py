@@ -11,6 +11,7 @@ past the first-message deadline), and its descriptors return to the baseline.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -129,7 +130,8 @@ def legit_transfer(creds: router_common_pb2.RelayCredentials) -> None:
 def guard_summary(relay: Process) -> dict[str, int]:
     """The latest flood-guard summary from the relay's log, as reason -> count."""
     lines = [line for line in relay.log().splitlines() if "Flood guard since start" in line]
-    assert lines, relay.log()[-2000:]
+    if not lines:
+        return {}
     counts = {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", lines[-1])}
     return counts
 
@@ -172,3 +174,76 @@ def test_silent_flood_does_not_block_pairing_and_leaves_no_descriptor(
         for sock in socks:
             sock.close()
         assert relay.stop() == 0
+
+
+def test_trickling_peers_are_closed_at_the_first_message_deadline(env: Setup) -> None:
+    """A byte every half second never completes a PeerToRelay: closed after PeerFirstMessageTimeout."""
+    relay = start_relay(env.tmp / "relay", env.router_setup, TIMERS, MaxPeerCount="4",
+                        PeerFirstMessageTimeout="2")
+    socks: list[socket.socket] = []
+    try:
+        wait_registered(relay, env.router, 4)
+        port = int(json.loads((env.tmp / "relay" / "relay.json").read_text())["PeerPort"])
+        socks = flood(port, [f"127.0.2.{i}" for i in range(2, 12)], 1)
+        started = time.monotonic()
+        trickle = b"\x00\x00\x01\x00" + b"x" * 64
+        shut: set[int] = set()
+        for step in range(len(trickle)):
+            for i, sock in enumerate(socks):
+                if i not in shut:
+                    try:
+                        sock.sendall(trickle[step:step + 1])
+                    except OSError:
+                        shut.add(i)
+            if len(shut) == len(socks) or time.monotonic() - started > 15:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        assert all_closed_by_relay(socks, timeout=10) == len(socks)
+        assert 1.5 <= elapsed < 15
+        wait_for(lambda: guard_summary(relay).get("first_message_timeout") == len(socks), 10,
+                 "the deadline closes counted")
+    finally:
+        for sock in socks:
+            sock.close()
+        assert relay.stop() == 0
+
+
+def test_sessions_end_at_the_maximum_lifetime(env: Setup) -> None:
+    timers = {"NATRELAY_ASPIA_RELAY_TIMERS": "reconnect=0.5,guard_report=0.5,session_lifetime=2"}
+    relay = start_relay(env.tmp / "relay", env.router_setup, timers, MaxPeerCount="2")
+    try:
+        wait_registered(relay, env.router, 2)
+        creds, *standins = get_offers(env.router)
+        host = socket.create_connection((creds.host, creds.port), timeout=20)
+        client = socket.create_connection((creds.host, creds.port), timeout=20)
+        host.sendall(build_peer_to_relay(creds))
+        client.sendall(build_peer_to_relay(creds) + b"hello")
+        assert recv_exact(host, 5) == b"hello"
+        started = time.monotonic()
+        for sock in (host, client):  # busy, not idle: only the lifetime ends it
+            sock.settimeout(10)
+        while time.monotonic() - started < 10:
+            try:
+                client.sendall(b".")
+                if host.recv(1) == b"":
+                    break
+            except OSError:
+                break
+            time.sleep(0.1)
+        assert 1.5 <= time.monotonic() - started < 10
+        relay.wait_log("session lifetime of 2 s reached")
+        wait_for(lambda: guard_summary(relay).get("session_lifetime") == 1, 10, "the lifetime close counted")
+        for sock in (host, client, *standins):
+            sock.close()
+    finally:
+        assert relay.stop() == 0
+
+
+def test_invalid_guard_fields_stop_the_relay_with_the_field_and_range(env: Setup) -> None:
+    relay = start_relay(env.tmp / "relay", env.router_setup, TIMERS, MaxPendingPeers="-1",
+                        MaxBytesBeforeAuth="10")
+    assert relay.proc.wait(30) == 78
+    log = relay.log()
+    assert "MaxPendingPeers" in log and "0 (no cap) to 1000000" in log
+    assert "MaxBytesBeforeAuth" in log and "64 to 1048580" in log
