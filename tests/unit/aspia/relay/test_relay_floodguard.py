@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
 
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.aspia.relay.keypool import KeyPool
@@ -201,3 +204,20 @@ def test_max_peer_count_caps_keyed_connections_not_the_flood() -> None:
                 stream[1].close()
             await _until(lambda: drained(lst))
     _run(main)
+
+
+def test_refusals_are_logged_at_debug_with_the_address_and_throttled(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        async with listener(guard=FloodLimits(max_pending_per_source=1, connections_per_minute=0)) as lst:
+            flood = [await connect(lst, "127.0.0.6") for _ in range(200)]
+            await _until(lambda: lst.accepted == 200)
+            assert lst.refusals == {"pending_per_ip": 199}
+            for stream in flood:
+                stream[1].close()
+            await _until(lambda: drained(lst))
+    with caplog.at_level(logging.DEBUG, logger="natrelay.aspia.relay"):
+        _run(main)
+    refused = [r for r in caplog.records if "refused: pending_per_ip" in r.getMessage()]
+    assert refused and all(r.levelno == logging.DEBUG and "127.0.0.6:" in r.getMessage() for r in refused)
+    assert len(refused) <= 40  # 10 a second, however many connections
