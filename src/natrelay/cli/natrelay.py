@@ -7,7 +7,6 @@ import sys
 
 from natrelay import __version__
 from natrelay.cli import aspia_peer, offset_peer, serve, service
-from natrelay.engine.stdio import reserve_standard_fds
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import glue_key_values
 
@@ -28,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    reserve_standard_fds()  # before anything opens a descriptor that could take 0, 1 or 2
     raw = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(glue_key_values(raw, ("--to", "--allow")))
     try:

@@ -6,7 +6,7 @@ this. The rules, which ``--help`` documents as exit statuses:
 * **0** only when both directions completed: all of stdin was sent and its end passed on, the
   other side's end of stream arrived, and everything received was written to stdout and flushed
   (the program does not exit with data still in a pipe buffer or a writer thread). The other side
-  closing while we wait for more input also counts: nothing read was lost.
+  closing before our input ended counts only if we had sent nothing: then nothing can be lost.
 * **1** when the relayed connection could not carry the transfer to its end: it broke, the relay
   or the other peer went away, or the other side aborted. One line on stderr says what and how
   many bytes went each way.
@@ -121,12 +121,14 @@ class Transfer:
                         return await self._failed(std, pumps, task.exception())
                 pending -= done
                 if gone in done and up in pending:
-                    # The other side closed after ending its stream, while we wait for input.
+                    # The connection ended after the other side's end of stream, before ours. The
+                    # stream layer has no acknowledgements: if we had sent anything, whether it was
+                    # all read is unknown (the relay may have died), so that is not a success.
                     if gone.exception() is not None:
                         return await self._failed(std, pumps, gone.exception())
-                    if self._up.waiting_for_input:
+                    if self._up.waiting_for_input and self.sent == 0:
                         return self._result(EXIT_OK)
-                    return self._broken("the other side closed before all of our input was sent")
+                    return self._broken("the relayed connection closed before our input ended")
             self.tunnel_writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(gone), CLOSE_WAIT)
@@ -149,6 +151,9 @@ class Transfer:
             abort_stream(self.tunnel_writer, f"the other side failed: {describe(exc)}")
             return self._result(EXIT_LOCAL_IO, f"{describe(exc)} (sent {self.sent} bytes, "
                                                f"received {self.received} bytes)")
+        # Both directions usually fail together; the reader's error says why (the carrier's
+        # reason, or the other side's abort), the writer's only "Connection lost".
+        exc = self.tunnel_reader.exception() or exc
         abort_stream(self.tunnel_writer, describe(exc))
         await self._flush(std)
         return self._broken(describe(exc))

@@ -62,10 +62,11 @@ def reserve_standard_fds() -> None:
         if new != fd:
             os.dup2(new, fd)
             os.close(new)
-    if sys.stdin is None:
-        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
-    if sys.stderr is None:
-        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    with contextlib.suppress(OSError):
+        if sys.stdin is None:
+            sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+        if sys.stderr is None:
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def check_stdout() -> None:

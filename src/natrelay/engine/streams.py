@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 
 from natrelay.engine.tunnel import TunnelTransport
 
@@ -60,8 +62,13 @@ def abort_stream(writer: asyncio.StreamWriter, reason: str) -> None:
     transport = writer.transport
     if isinstance(transport, TunnelTransport):
         transport.abort_with_reason(reason)
-    else:
-        transport.abort()
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.type == socket.SOCK_STREAM:
+        # Closing a socket sends FIN (a clean end) unless told to linger 0 s: then it is a reset.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def describe(exc: BaseException) -> str:
