@@ -230,7 +230,7 @@ def test_strelay_startup_errors_exit_nonzero(tmp_path: Path) -> None:
     assert in_use.returncode == 1 and "cannot listen" in in_use.stderr
     bad = subprocess.run([*tool("strelay"), "--idfile", str(ident), "--laddr", "localhost:1"],
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 1 and "localhost" in bad.stderr
+    assert bad.returncode == 2 and "localhost" in bad.stderr  # a usage error, as --help says
 
 
 def test_listener_reconnects_after_relay_restart(tmp_path: Path) -> None:

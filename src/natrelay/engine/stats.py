@@ -22,10 +22,18 @@ class RelayStats:
     tunnels_active: int = 0
     bytes_forwarded: int = 0
     closes: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Connections refused by a limit, by the limit's code (``Refusal.code``): exact, unlike the
+    refusal log lines, which are summed up per interval."""
 
     def closed(self, reason: str) -> None:
         """Count one connection close under ``reason``."""
         self.closes[reason] += 1
+
+    def refused_by(self, code: str) -> None:
+        """Count one connection refused by the limit ``code``."""
+        self.refused += 1
+        self.refusals[code] += 1
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy for logs and status output."""
@@ -38,4 +46,5 @@ class RelayStats:
             "tunnels_active": self.tunnels_active,
             "bytes_forwarded": self.bytes_forwarded,
             "closes": dict(self.closes),
+            "refusals": dict(self.refusals),
         }
