@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -380,3 +381,41 @@ def test_listener_refused_by_the_per_address_cap_is_told_so(tight_relay: Relay, 
     finally:
         end(first)
     assert "per-IP listener limit reached (1) for 127.0.0.1" in relay.log()
+
+
+# ------------------------------------------------------------- descriptor limit
+def test_connection_cap_fits_the_descriptor_limit(tmp_path: Path) -> None:
+    """Under a 256-descriptor limit, 420 silent connections are refused by the cap, not by EMFILE.
+
+    Past the descriptor limit accept() fails and the loop stops accepting everyone for a while;
+    strelay lowers its connection cap to fit instead (with a warning), so the flood is refused,
+    counted, and the relay serves again as soon as it leaves.
+    """
+    relay = start_relay(tmp_path / "relay", "--log-level", "info", "--max-connections", "100000",
+                        preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    addresses = [f"127.0.3.{n}" for n in range(1, 61)]
+
+    async def scenario() -> None:
+        base_fds = relay.fd_count()
+        writers: list[asyncio.StreamWriter] = []
+        for ip in addresses:
+            for _ in range(7):
+                with contextlib.suppress(OSError):
+                    _, w = await asyncio.open_connection("127.0.0.1", relay.port, local_addr=(ip, 0))
+                    writers.append(w)
+        await asyncio.to_thread(wait_for, lambda: refusals(relay).get("connections", 0) > 0, 30,
+                                "refusals at the connection cap")
+        for w in writers:
+            w.close()
+        await asyncio.to_thread(wait_for, lambda: relay.fd_count() <= base_fds, 40,
+                                "the relay's descriptors to return")
+        _r, w, _ = await linked("127.0.0.1", relay.port, read_ticket(relay.ticket).public_key, Listen())
+        w.close()
+
+    try:
+        asyncio.run(scenario())
+        log = relay.log()
+        assert "does not fit the open file limit 256; using 192" in log
+        assert "Too many open files" not in log and "out of system resource" not in log
+    finally:
+        stop_relay(relay)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 
 from natrelay import __version__
 from natrelay.engine.limits import Limits
-from natrelay.engine.resources import raise_nofile_limit
+from natrelay.engine.resources import fd_budget, raise_nofile_limit
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_encode, read_identity_seed
@@ -140,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"strelay: error: {exc}", file=sys.stderr)
         return 1
-    for weak in limits.weak_spots():
-        log.warning("limits: %s; two source addresses could fill it", weak)
     config = RelayConfig(limits=limits, max_frame=args.max_frame, handshake_timeout=args.handshake_timeout)
 
     async def serve(stop: asyncio.Event) -> int:
         old, new = raise_nofile_limit()
         log.debug("open file limit raised from %d to %d", old, new)
-        server = OffsetRelayServer(identity, config)
+        fitted = fit_to_descriptors(config, fd_budget())
+        for weak in fitted.limits.weak_spots():
+            log.warning("limits: %s; two source addresses could fill it", weak)
+        server = OffsetRelayServer(identity, fitted)
         try:
             addrs = await server.start(host, port)
         except OSError as exc:
@@ -167,6 +169,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(serve, use_uvloop=not args.no_uvloop)
+
+
+#: Descriptors kept free of connections: the listening sockets, the log, the event loop's own.
+FD_RESERVE = 64
+
+
+def fit_to_descriptors(config: RelayConfig, budget: int) -> RelayConfig:
+    """Lower the connection cap to what the descriptor limit can hold, with a warning.
+
+    Why: past the limit, accept() fails with EMFILE and the event loop stops accepting anyone
+    for a while, so a flood would lock out every legitimate client instead of being refused.
+    """
+    if budget <= 0:
+        return config
+    room = max(budget - FD_RESERVE, 1)
+    wanted = config.limits.max_connections
+    if wanted and wanted <= room:
+        return config
+    shown = "unlimited" if not wanted else str(wanted)
+    log.warning("limits: --max-connections %s does not fit the open file limit %d; using %d", shown,
+                budget, room)
+    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, max_connections=room))
 
 
 async def _report_stats(server: OffsetRelayServer, interval: float) -> None:
