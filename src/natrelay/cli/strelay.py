@@ -160,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("listening on %s", shown)
         log.info("public key %s", b64url_encode(identity.public_key))
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.stats.snapshot()))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.status()))
         reporter = asyncio.create_task(_report_stats(server, args.stats_interval))
         await stop.wait()
         reporter.cancel()
-        log.info("stopping; %s", server.stats.snapshot())
+        log.info("stopping; %s", server.status())
         await server.close()
         return 0
 
@@ -199,7 +199,7 @@ async def _report_stats(server: OffsetRelayServer, interval: float) -> None:
         return
     while True:
         await asyncio.sleep(interval)
-        log.info("stats %s", server.stats.snapshot())
+        log.info("stats %s", server.status())
 
 
 if __name__ == "__main__":

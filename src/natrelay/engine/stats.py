@@ -15,8 +15,11 @@ class RelayStats:
     """Process-wide counters of one relay server instance."""
 
     accepted: int = 0
+    """TCP connections accepted by the listening socket, refused or not."""
     refused: int = 0
+    """Connections refused by a limit, on arrival or later (a Listen over a listener cap)."""
     active: int = 0
+    """Connections holding a slot right now (never counts one refused on arrival)."""
     handshakes_done: int = 0
     tunnels_opened: int = 0
     tunnels_active: int = 0

@@ -344,6 +344,10 @@ class OffsetRelayServer:
         if when is not None:
             self._refusal_timer = self.loop.call_at(when, self._flush_refusals)
 
+    def status(self) -> dict[str, object]:
+        """The counters and the gauges, for the stats log line (and status output)."""
+        return {**self.stats.snapshot(), "gauges": self.gauges()}
+
     def gauges(self) -> dict[str, int]:
         """Every quantity that must return to zero when the load leaves (for tests and metrics)."""
         adm, pairing = self.admission, self.pairing
