@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("open file limit raised from %d to %d", old, new)
         fitted = fit_to_descriptors(config, fd_budget())
         for weak in fitted.limits.weak_spots():
-            log.warning("limits: %s; two source addresses could fill it", weak)
+            log.warning("limits: %s", weak)
         server = OffsetRelayServer(identity, fitted)
         try:
             addrs = await server.start(host, port)

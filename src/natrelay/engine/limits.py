@@ -55,15 +55,17 @@ class Limits:
                 raise ValueError(f"{f.name} must be >= 0 (0 = unlimited), got {value}")
 
     def weak_spots(self) -> list[str]:
-        """Per-source caps that let two sources fill a total (for a start-up warning)."""
+        """Caps that leave no room for everyone else under a total (for a start-up warning)."""
         pairs = (("max_per_ip", "max_connections"), ("max_handshakes_per_ip", "max_handshakes"),
                  ("max_listeners_per_ip", "max_listeners"), ("max_listeners", "max_connections"))
         found = []
         for part, whole in pairs:
             p, w = getattr(self, part), getattr(self, whole)
-            if w and (not p or (2 * p >= w if part.endswith("_per_ip") else p >= w)):
+            per_source = part.endswith("_per_ip")
+            if w and (not p or (2 * p >= w if per_source else p >= w)):
                 shown = "unlimited" if not p else str(p)
-                found.append(f"{part} ({shown}) leaves no room under {whole} ({w})")
+                who = "two source addresses" if per_source else "listeners alone"
+                found.append(f"{part} ({shown}) leaves no room under {whole} ({w}): {who} could fill it")
         return found
 
 

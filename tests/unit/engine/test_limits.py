@@ -112,5 +112,9 @@ def test_weak_spots_name_the_caps_that_two_sources_fill() -> None:
     weak = Limits(max_connections=100, max_per_ip=50, max_handshakes=10, max_handshakes_per_ip=0).weak_spots()
     assert any(w.startswith("max_per_ip (50)") for w in weak)
     assert any(w.startswith("max_handshakes_per_ip (unlimited)") for w in weak)
+    assert all(w.endswith("two source addresses could fill it") for w in weak if "_per_ip " in w)
+    (listeners,) = Limits(max_connections=1000, max_listeners=1000).weak_spots()
+    assert listeners.startswith("max_listeners (1000)")
+    assert listeners.endswith("listeners alone could fill it")
     assert Limits(max_connections=0, max_per_ip=0, max_handshakes=0, max_handshakes_per_ip=0,
                   max_listeners=0, max_listeners_per_ip=0).weak_spots() == []
