@@ -188,9 +188,13 @@ def fit_to_descriptors(config: RelayConfig, budget: int) -> RelayConfig:
     if wanted and wanted <= room:
         return config
     shown = "unlimited" if not wanted else str(wanted)
-    log.warning("limits: --max-connections %s does not fit the open file limit %d; using %d", shown,
-                budget, room)
-    return dataclasses.replace(config, limits=dataclasses.replace(config.limits, max_connections=room))
+    limits = dataclasses.replace(config.limits, max_connections=room)
+    listeners = limits.max_listeners
+    if not listeners or listeners > room // 2:  # keep half the connections for tunnels
+        limits = dataclasses.replace(limits, max_listeners=max(room // 2, 1))
+    log.warning("limits: --max-connections %s does not fit the open file limit %d; using %d "
+                "(and at most %d listeners)", shown, budget, room, limits.max_listeners)
+    return dataclasses.replace(config, limits=limits)
 
 
 async def _report_stats(server: OffsetRelayServer, interval: float) -> None:
