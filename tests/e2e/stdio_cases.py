@@ -110,6 +110,14 @@ class Service:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port where connections are refused: bound (so nobody else takes it) but not listening."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        yield int(s.getsockname()[1])
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

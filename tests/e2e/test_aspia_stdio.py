@@ -36,6 +36,7 @@ from tests.e2e.stdio_cases import (
     Service,
     check_transfer,
     no_leftover_peers,
+    refusing_port,
     services,
     stdin_data,
     wait_for,
@@ -142,16 +143,14 @@ def test_signals_end_the_client_promptly_mid_transfer_and_idle(bed: Bed, sig: si
 
 def test_host_that_cannot_reach_its_service_fails_the_client_with_the_reason(tmp_path: Path,
                                                                              bed: Bed) -> None:
-    dead = Service("echo")
-    port = dead.port
-    dead.close()
-    host, host_id = start_host(tmp_path, bed.setup, port)
-    try:
-        outcome = PeerRun(bed.client_argv(host_id), tmp_path, "file", "file", env=aspia_env()).finish(90)
-        assert outcome.code == 1, outcome.stderr
-        assert "cannot reach its service" in outcome.stderr
-    finally:
-        host.kill()
+    with refusing_port() as port:
+        host, host_id = start_host(tmp_path, bed.setup, port)
+        try:
+            outcome = PeerRun(bed.client_argv(host_id), tmp_path, "file", "file", env=aspia_env()).finish(90)
+            assert outcome.code == 1, outcome.stderr
+            assert "cannot reach its service" in outcome.stderr
+        finally:
+            host.kill()
 
 
 def test_killed_relay_fails_the_client_promptly(tmp_path: Path) -> None:

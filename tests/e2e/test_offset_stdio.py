@@ -30,6 +30,7 @@ from tests.e2e.stdio_cases import (
     Service,
     check_transfer,
     no_leftover_peers,
+    refusing_port,
     services,
     sha,
     stdin_data,
@@ -163,9 +164,11 @@ def test_closed_stdout_is_refused_with_status_3(bed: Bed) -> None:
 
 def test_unreachable_service_is_a_failure_with_the_reason(tmp_path: Path, bed: Bed) -> None:
     ident, key = make_identity(tmp_path, "dead-end")
-    dead = Service("echo")
-    port = dead.port
-    dead.close()  # nothing listens there any more
+    with refusing_port() as port:
+        _expose_unreachable(bed, ident, key, port, tmp_path)
+
+
+def _expose_unreachable(bed: Bed, ident: Path, key: str, port: int, tmp_path: Path) -> None:
     listener = peer("offset", "listen", "--idfile", str(ident), "--relay", str(bed.relay.ticket),
                     "--expose", f"127.0.0.1:{port}", "--allow-any", stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
