@@ -271,3 +271,47 @@ def test_bench_client_works_against_ours(tmp_path: Path, relay: RelayProcess) ->
         assert opener.retries == 0
     finally:
         opener.close()
+
+
+def test_natrelay_serve_runs_the_syncthing_relay_and_prints_its_url(tmp_path: Path) -> None:
+    from tests.e2e.offset_env import tool
+
+    port = free_port()
+    out_path = tmp_path / "serve.out"
+    with open(out_path, "wb") as out:
+        serve = subprocess.Popen([*tool("natrelay"), "serve", "--data-dir", str(tmp_path / "data"),
+                                  "--offset-port", str(free_port()), "--no-aspia",
+                                  "--syncthing-port", str(port)],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "Stop with Ctrl-C" in out_path.read_text() or serve.poll() is not None, 30,
+                 "natrelay serve to start")
+        text = out_path.read_text()
+        from natrelay.syncthing.deviceid import format_device_id
+        from natrelay.syncthing.tls import ensure_identity
+
+        relay_id = format_device_id(ensure_identity(tmp_path / "data" / "syncthing").device_id)
+        assert f"relay URL: relay://127.0.0.1:{port}/?id={relay_id}" in text, text
+        a, b = Device(tmp_path, "a", port), Device(tmp_path, "b", port)
+        conn, answer = a.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        s, c = pair(a, conn, b)
+        _exchange(s, c)
+        for x in (s, c, conn):
+            x.close()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(20) == 0, out_path.read_text()
+
+
+def test_our_device_ids_are_syncthings(tmp_path: Path) -> None:
+    """The ID we compute from a certificate Syncthing generated is the one Syncthing prints."""
+    if shutil.which("syncthing") is None:
+        pytest.skip("syncthing is not installed")
+    from natrelay.syncthing.deviceid import format_device_id
+    from natrelay.syncthing.tls import ensure_identity_files
+    from tests.e2e.syncthing_env import make_syncthing
+
+    st = make_syncthing(tmp_path, "x")
+    ident = ensure_identity_files(st.home / "cert.pem", st.home / "key.pem")
+    assert format_device_id(ident.device_id) == st.device_id
