@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -315,3 +316,76 @@ def test_our_device_ids_are_syncthings(tmp_path: Path) -> None:
     st = make_syncthing(tmp_path, "x")
     ident = ensure_identity_files(st.home / "cert.pem", st.home / "key.pem")
     assert format_device_id(ident.device_id) == st.device_id
+
+
+def _fd_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_limits_timeouts_and_no_leaks(tmp_path: Path) -> None:
+    """RelayFull past -max-sessions; a partner that never comes frees the waiting side after the
+    message timeout; failed TLS handshakes and refused joins leave no descriptor behind."""
+    relay = start_relay(tmp_path / "relay", "-max-sessions", "1", "-message-timeout", "2s")
+    try:
+        a, b, c = (Device(tmp_path, n, relay.port) for n in "abc")
+        conn, answer = a.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        s, cl = pair(a, conn, b)
+        other, answer = c.join()
+        assert answer == xdr.RelayFull()
+        other.close()
+        assert b.connect_to(a.device_id) == xdr.RelayFull()
+        s.close()
+        cl.close()
+        wait_for(lambda: relay.status()["numActiveSessions"] == 0, 30, "the session to end")
+        # Counted from here: the engine keeps the finished session's pipe as a spare.
+        before = _fd_count(relay.proc.pid)
+        # A partner that never joins: the waiting side is closed after the message timeout.
+        inv_b = b.connect_to(a.device_id)
+        assert isinstance(inv_b, xdr.SessionInvitation)
+        wait_invitation(conn)
+        lonely, answer = b.session(inv_b)
+        assert answer == xdr.RESPONSE_SUCCESS
+        lonely.settimeout(30)
+        t0 = time.monotonic()
+        assert lonely.recv(1) == b""
+        assert time.monotonic() - t0 >= 1.0
+        lonely.close()
+        # Broken TLS handshakes and silent connections.
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", relay.port)) as x:
+                x.sendall(b"\x16\x03\x01\x00\x05hello-not-tls")
+                x.settimeout(30)
+                with contextlib.suppress(ConnectionResetError):
+                    x.recv(100)
+        conn.close()
+        wait_for(lambda: relay.status()["numConnections"] == 0, 30, "protocol connections to close")
+        wait_for(lambda: _fd_count(relay.proc.pid) <= before, 30, "descriptors to come back")
+        assert relay.status()["numPendingSessionKeys"] == 0
+    finally:
+        relay.stop()
+
+
+def test_global_rate_limit_holds_all_sessions_together(tmp_path: Path) -> None:
+    """Two sessions share -global-rate (a lower bound on time: load can only make it slower)."""
+    rate = 256 * 1024
+    relay = start_relay(tmp_path / "relay", "-global-rate", str(rate))
+    try:
+        a, b = Device(tmp_path, "a", relay.port), Device(tmp_path, "b", relay.port)
+        conn, _ = a.join()
+        size = 2 * rate  # 4 * rate in total: 2 * rate of burst, then about 2 s at the limit
+        pairs = [pair(a, conn, b) for _ in range(2)]
+        started = time.monotonic()
+        threads = [threading.Thread(target=_exchange, args=(s, c, size)) for s, c in pairs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        elapsed = time.monotonic() - started
+        assert elapsed >= 1.5, f"{2 * size} bytes at {rate} B/s global took only {elapsed:.2f} s"
+        for s, c in pairs:
+            s.close()
+            c.close()
+        conn.close()
+    finally:
+        relay.stop()

@@ -251,7 +251,8 @@ class SyncthingRelay:
 
     def _over_limit(self) -> bool:
         limit = self._descriptor_limit
-        if limit and self.admission.connections + 2 * self.table.active >= limit:
+        # Every open connection counts once: protocol, waiting and forwarded session sockets.
+        if limit and self.admission.connections >= limit:
             return True
         cap = self.options.max_sessions
         return bool(cap and self.table.active >= cap)
