@@ -316,8 +316,8 @@ class SyncthingRelay:
                 await self.loop.connect_accepted_socket(
                     lambda: _ProtocolConn(self, item.address, item.ip), sock=sock, ssl=self.tls,
                     ssl_handshake_timeout=self.options.config.message_timeout)
-            except (TimeoutError, OSError, ssl.SSLError) as exc:
-                log.info("TLS handshake with %s failed: %s", item.address, exc)
+            except Exception as exc:  # any failure of a stranger's handshake: log, clean up, carry on
+                log.info("TLS handshake with %s failed: %s", item.address, exc or type(exc).__name__)
                 self._handshake_done()
                 self._connection_gone(item.ip)
                 sock.close()
