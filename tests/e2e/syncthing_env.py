@@ -50,12 +50,12 @@ class RelayProcess:
             assert code == 0, f"relay exited {code}:\n{self.log()}"
 
 
-def start_relay(directory: Path, *extra: str) -> RelayProcess:
+def start_relay(directory: Path, *extra: str, prefix: tuple[str, ...] = ()) -> RelayProcess:
     directory.mkdir(parents=True, exist_ok=True)
     port, status_port = free_port(), free_port()
     out = directory / "relay.out"
     with open(out, "wb") as f:
-        proc = subprocess.Popen([*tool("natrelay"), "syncthing-relay", f"-listen=127.0.0.1:{port}",
+        proc = subprocess.Popen([*prefix, *tool("natrelay"), "syncthing-relay", f"-listen=127.0.0.1:{port}",
                                  "-keys", str(directory / "keys"), f"--status-srv=127.0.0.1:{status_port}",
                                  *extra], stdout=f, stderr=subprocess.STDOUT)
     try:

@@ -389,3 +389,45 @@ def test_global_rate_limit_holds_all_sessions_together(tmp_path: Path) -> None:
         conn.close()
     finally:
         relay.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
+def test_out_of_descriptors_pauses_accepting_then_recovers(tmp_path: Path) -> None:
+    """With 64 descriptors, 80 silent connections exhaust them: the relay neither crashes nor spins on
+    its readable listener, answers joins with RelayFull while over its limit, and serves again after."""
+    relay = start_relay(tmp_path / "relay", "-message-timeout", "60s", prefix=("prlimit", "--nofile=64:64"))
+    hogs: list[socket.socket] = []
+    try:
+        for _ in range(80):
+            hogs.append(socket.create_connection(("127.0.0.1", relay.port)))
+        time.sleep(1)
+        cpu0 = _cpu_seconds(relay.proc.pid)
+        time.sleep(3)
+        assert _cpu_seconds(relay.proc.pid) - cpu0 < 0.3, "the relay spins while out of descriptors"
+        assert relay.proc.poll() is None
+        for h in hogs:
+            h.close()
+        hogs.clear()
+        a = Device(tmp_path, "a", relay.port)
+
+        def joined() -> bool:
+            try:
+                sock, answer = a.join()
+            except OSError:
+                return False
+            sock.close()
+            return answer == xdr.RESPONSE_SUCCESS
+
+        wait_for(joined, 60, "a join to succeed again")
+        assert "pausing accepts" in relay.log()
+    finally:
+        for h in hogs:
+            h.close()
+        relay.stop()

@@ -37,6 +37,8 @@ log = logging.getLogger("natrelay.syncthing")
 
 TLS_HANDSHAKE_BYTE = 0x16
 ACCEPTS_PER_WAKEUP = 64
+#: After accept() fails (out of descriptors), wait this long before accepting again.
+ACCEPT_PAUSE = 1.0
 LISTEN_BACKLOG = 1024
 #: A protocol connection whose peer does not read its few small messages is dropped past this.
 MAX_WRITE_BUFFER = 64 * 1024
@@ -268,7 +270,10 @@ class SyncthingRelay:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving what we have
-                log.error("Cannot accept a connection: %s", exc)
+                log.error("Cannot accept a connection: %s; pausing accepts for %g s", exc, ACCEPT_PAUSE)
+                # The listener stays readable: without a pause the loop would spin on it.
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
             sock.setblocking(False)
             with contextlib.suppress(OSError):
@@ -280,6 +285,10 @@ class SyncthingRelay:
             self._incoming.schedule(item, self.loop.time() + self.options.config.message_timeout)
             self.loop.add_reader(item.fd, self._on_first_byte, item)
         self._rearm()
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.loop.add_reader(self._listener.fileno(), self._on_accept)
 
     def _on_first_byte(self, item: _Peeking) -> None:
         try:
@@ -462,9 +471,10 @@ class SyncthingRelay:
             buckets.append(self._global_bucket)
         if buckets:
             self._throttles[s] = SessionThrottle(self.loop, fwd, buckets)
-        log.debug("Session %s <-> %s started (%s, %s); %d active", format_device_id(s.server_id),
-                  format_device_id(s.client_id), paired.server.address, paired.client.address,
-                  self.table.active)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Session %s <-> %s started (%s, %s); %d active", format_device_id(s.server_id),
+                      format_device_id(s.client_id), paired.server.address, paired.client.address,
+                      self.table.active)
 
     def _session_closed(self, fwd: ForwardSession, reason: str) -> None:
         s = fwd.context
@@ -499,7 +509,9 @@ class SyncthingRelay:
             if isinstance(action, Send):
                 action.conn.send(action.message)
             elif isinstance(action, Close):
-                log.debug("%s (%s): closing: %s", action.conn.address, action.conn._name(), action.reason)
+                if log.isEnabledFor(logging.DEBUG):  # device IDs are formatted only when logged
+                    log.debug("%s (%s): closing: %s", action.conn.address, action.conn._name(),
+                              action.reason)
                 action.conn.close()
             elif isinstance(action, EndSession):
                 self._end_session(action.session, action.reason)

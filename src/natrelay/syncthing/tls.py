@@ -117,7 +117,10 @@ def _request_any_client_cert(ctx: ssl.SSLContext) -> None:
 def server_context(identity: RelayIdentity) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Devices never resume relay sessions (strelaysrv disables tickets too); TLS 1.3 would otherwise
+    # still mint tickets on every handshake.
     ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
     try:
         ctx.load_cert_chain(identity.cert_path, identity.key_path)
     except (OSError, ssl.SSLError) as exc:
