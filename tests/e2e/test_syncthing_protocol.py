@@ -431,3 +431,35 @@ def test_out_of_descriptors_pauses_accepting_then_recovers(tmp_path: Path) -> No
         for h in hogs:
             h.close()
         relay.stop()
+
+
+def test_pings_keep_a_device_joined_and_silence_ends_it(tmp_path: Path) -> None:
+    relay = start_relay(tmp_path / "relay", "-ping-interval", "1s", "-network-timeout", "3s")
+    try:
+        a, b = Device(tmp_path, "a", relay.port), Device(tmp_path, "b", relay.port)
+        live, answer = a.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        silent, answer = b.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        live.settimeout(10)
+        pings = 0
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            msg = read_message(live)
+            assert msg == xdr.Ping()
+            pings += 1
+            send(live, xdr.Pong())
+        assert pings >= 3
+        # b never answered: closed after the network timeout, while a is still joined.
+        silent.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while True:
+                msg_or_end = silent.recv(4096)
+                if not msg_or_end:
+                    break
+        assert b.connect_to(a.device_id) != xdr.RESPONSE_NOT_FOUND
+        assert a.connect_to(b.device_id) == xdr.RESPONSE_NOT_FOUND
+        live.close()
+        silent.close()
+    finally:
+        relay.stop()

@@ -62,6 +62,8 @@ class Close(Generic[C]):
 
     conn: C
     reason: str
+    abort: bool = False
+    """Drop without flushing: the peer is silent, flushing to it would only hold resources."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class ProtocolRelay(Generic[C]):
             if state is None or state.closing:
                 continue
             if now >= state.last_rx + cfg.network_timeout:
-                actions += self._close(conn, state, f"silent for {cfg.network_timeout:g} s")
+                actions += self._close(conn, state, f"silent for {cfg.network_timeout:g} s", abort=True)
                 continue
             if now >= state.next_ping:
                 if not state.joined:
@@ -219,13 +221,17 @@ class ProtocolRelay(Generic[C]):
             actions.append(Send(conn, to_server))
         return actions
 
-    def _close(self, conn: C, state: _Conn, reason: str, last: xdr.Message | None = None) -> list[Action[C]]:
+    def _close(self, conn: C, state: _Conn, reason: str, last: xdr.Message | None = None, *,
+               abort: bool = False) -> list[Action[C]]:
+        """Send ``last``, close, and forget the connection now: its device may join again at once,
+        even while the TLS shutdown of the old connection is still under way."""
         state.closing = True
         self._wheel.cancel(conn)
         out: list[Action[C]] = []
         if last is not None:
             out.append(Send(conn, last))
-        out.append(Close(conn, reason))
+        out.append(Close(conn, reason, abort))
+        out += self.closed(conn)
         return out
 
     def _arm(self, conn: C, state: _Conn) -> None:

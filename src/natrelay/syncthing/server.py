@@ -512,7 +512,10 @@ class SyncthingRelay:
                 if log.isEnabledFor(logging.DEBUG):  # device IDs are formatted only when logged
                     log.debug("%s (%s): closing: %s", action.conn.address, action.conn._name(),
                               action.reason)
-                action.conn.close()
+                if action.abort:
+                    action.conn._abort()
+                else:
+                    action.conn.close()
             elif isinstance(action, EndSession):
                 self._end_session(action.session, action.reason)
 
