@@ -111,6 +111,18 @@ def _request_any_client_cert(ctx: ssl.SSLContext) -> None:
     ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not ssl_ctx:
         raise TLSSetupError("cannot find OpenSSL's context behind the SSLContext")
+    # Make sure the pointer really is this context before writing through it: OpenSSL must report
+    # the very options and verify mode the ssl module reports.
+    try:
+        get_options, get_mode = lib.SSL_CTX_get_options, lib.SSL_CTX_get_verify_mode
+    except AttributeError as exc:
+        raise TLSSetupError(f"cannot reach OpenSSL to request client certificates: {exc}") from exc
+    get_options.argtypes = [ctypes.c_void_p]
+    get_options.restype = ctypes.c_uint64
+    get_mode.argtypes = [ctypes.c_void_p]
+    get_mode.restype = ctypes.c_int
+    if get_options(ssl_ctx) != int(ctx.options) or get_mode(ssl_ctx) != _SSL_VERIFY_PEER:
+        raise TLSSetupError("OpenSSL's context does not match the SSLContext; refusing to patch it")
     set_verify(ssl_ctx, _SSL_VERIFY_PEER, _ACCEPT_ANY)
 
 
