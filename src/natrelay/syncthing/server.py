@@ -21,7 +21,6 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import cast
 
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.limits import Admission, Limits
@@ -29,7 +28,8 @@ from natrelay.engine.ratelimit import SessionThrottle, TokenBucket
 from natrelay.engine.session import ForwardSession
 from natrelay.engine.timers import TimerWheel
 from natrelay.syncthing import xdr
-from natrelay.syncthing.deviceid import device_id_of, format_device_id
+from natrelay.syncthing.deviceid import format_device_id
+from natrelay.syncthing.protocol_conn import ProtocolConn
 from natrelay.syncthing.relay import Action, Close, EndSession, ProtocolRelay, RelayConfig, Send
 from natrelay.syncthing.sessions import AlreadyConnected, NotFound, Paired, Session, SessionTable, Waiting
 
@@ -40,8 +40,6 @@ ACCEPTS_PER_WAKEUP = 64
 #: After accept() fails (out of descriptors), wait this long before accepting again.
 ACCEPT_PAUSE = 1.0
 LISTEN_BACKLOG = 1024
-#: A protocol connection whose peer does not read its few small messages is dropped past this.
-MAX_WRITE_BUFFER = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,79 +87,6 @@ class _SessionConn:
         self.watching = False
 
 
-class _ProtocolConn(asyncio.Protocol):
-    """One TLS protocol-mode connection, carried by asyncio's SSL transport."""
-
-    def __init__(self, server: SyncthingRelay, address: str, ip: str) -> None:
-        self.server = server
-        self.address = address
-        self.ip = ip
-        self.transport: asyncio.Transport | None = None
-        self.decoder = xdr.Decoder()
-        self.device_id = b""
-        self.opened = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's SSL transport is not an asyncio.Transport subclass but has its methods.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        self.server._handshake_done()
-        ssl_object = transport.get_extra_info("ssl_object")
-        cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not cert:
-            log.info("Protocol connection from %s without a client certificate: closed", self.address)
-            transport.abort()
-            return
-        self.device_id = device_id_of(cert)
-        self.opened = True
-        self.server.relay.opened(self, self.device_id, self.server.loop.time())
-        self.server._rearm()
-
-    def data_received(self, data: bytes) -> None:
-        if not self.opened:
-            return
-        try:
-            messages = self.decoder.feed(data)
-        except xdr.XdrError as exc:
-            log.info("%s (%s): malformed message: %s", self.address, self._name(), exc)
-            self._abort()
-            return
-        server = self.server
-        for msg in messages:
-            server._execute(server.relay.received(self, msg, server.loop.time()))
-        server._rearm()
-
-    def eof_received(self) -> bool | None:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server._connection_gone(self.ip)
-        if self.opened:
-            self.opened = False
-            self.server._execute(self.server.relay.closed(self))
-            self.server._rearm()
-
-    def send(self, msg: xdr.Message) -> None:
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        t.write(xdr.encode(msg))
-        if t.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            log.info("%s (%s) does not read: closed", self.address, self._name())
-            t.abort()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    def _name(self) -> str:
-        return format_device_id(self.device_id) if self.device_id else "no certificate"
-
-
 class SyncthingRelay:
     """A strelaysrv-compatible relay on the running loop."""
 
@@ -173,7 +98,7 @@ class SyncthingRelay:
         self.engine = engine if engine is not None else ForwardEngine(self.loop)
         cfg = options.config
         self.table: SessionTable[_SessionConn] = SessionTable(cfg.message_timeout)
-        self.relay: ProtocolRelay[_ProtocolConn] = ProtocolRelay(
+        self.relay: ProtocolRelay[ProtocolConn] = ProtocolRelay(
             cfg, self.table, os.urandom, self._over_limit)
         self.admission = Admission(Limits(max_connections=0, max_per_ip=0, max_handshakes=512))
         self._incoming: TimerWheel[_Peeking | _SessionConn] = TimerWheel()
@@ -323,7 +248,7 @@ class SyncthingRelay:
         async def handshake() -> None:
             try:
                 await self.loop.connect_accepted_socket(
-                    lambda: _ProtocolConn(self, item.address, item.ip), sock=sock, ssl=self.tls,
+                    lambda: ProtocolConn(self, item.address, item.ip), sock=sock, ssl=self.tls,
                     ssl_handshake_timeout=self.options.config.message_timeout)
             except Exception as exc:  # any failure of a stranger's handshake: log, clean up, carry on
                 log.info("TLS handshake with %s failed: %s", item.address, exc or type(exc).__name__)
@@ -504,7 +429,7 @@ class SyncthingRelay:
                 self._drop(c, reason)
 
     # ------------------------------------------------------------ actions and time
-    def _execute(self, actions: list[Action[_ProtocolConn]]) -> None:
+    def _execute(self, actions: list[Action[ProtocolConn]]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 action.conn.send(action.message)
