@@ -114,7 +114,7 @@ class Pump:
     drops its registration first and continues from ``call_soon``.
     """
 
-    __slots__ = ("ab", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "reading",
+    __slots__ = ("ab", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "paused", "reading",
                  "session", "src", "src_fd", "writing", "yielded")
 
     def __init__(self, session: ForwardSession, src: socket.socket, dst: socket.socket, ab: bool,
@@ -132,6 +132,9 @@ class Pump:
         self.reading = False
         self.writing = False
         self.yielded = False
+        # Set by a rate limit: no reading (held bytes still drain), so the peer's TCP window
+        # closes, exactly as with backpressure; bytes never pass through Python for it.
+        self.paused = False
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -185,7 +188,22 @@ class Pump:
         if not self.writing:
             self._finish()
 
+    def pause(self) -> None:
+        self.paused = True
+        self._want_read(False)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        if self.session.is_closed or self.eof or self.writing or self.reading or self.yielded:
+            return
+        # Data may be waiting: read from call_soon like a yielded pump (see the class docstring).
+        self.yielded = True
+        self.session.loop.call_soon(self._on_budget)
+
     def _want_read(self, on: bool) -> None:
+        on = on and not self.paused
         if on != self.reading:
             self.reading = on
             if on:
@@ -202,12 +220,15 @@ class Pump:
                 self.session.loop.remove_writer(self.dst_fd)
 
     def _on_readable(self) -> None:
-        if not self.session.is_closed:
+        if self.paused:
+            self._want_read(False)
+        elif not self.session.is_closed:
             self._after_in(self._pump_in())
 
     def _on_budget(self) -> None:
         self.yielded = False
-        if not self.session.is_closed and not self.eof and not self.writing and not self.reading:
+        if (not self.session.is_closed and not self.eof and not self.writing and not self.reading
+                and not self.paused):
             self._after_in(self._pump_in())
 
     def _after_in(self, outcome: int) -> None:
@@ -240,7 +261,7 @@ class Pump:
         self._want_write(False)
         if self.eof:
             self._finish()
-        else:
+        elif not self.paused:
             self._after_in(self._pump_in())
 
     def _send_backlog(self) -> bool | None:
@@ -270,6 +291,9 @@ class Pump:
             totals.a_to_b += n
         else:
             totals.b_to_a += n
+        meter = session.meter
+        if meter is not None:
+            meter(session, n)
 
     def _finish(self) -> None:
         try:
@@ -297,7 +321,7 @@ class ForwardSession:
 
     __slots__ = ("_ab", "_ba", "_closed_fut", "_drain_reason", "_on_close", "a", "b", "close_error",
                  "close_reason", "close_side", "context", "engine", "idle_timeout", "last_activity",
-                 "loop", "method", "started_at")
+                 "loop", "meter", "method", "started_at")
 
     def __init__(
         self,
@@ -326,6 +350,8 @@ class ForwardSession:
         self.close_side: Side | None = None
         self._closed_fut: asyncio.Future[str] | None = None
         self._drain_reason: str | None = None
+        #: Called with every delivered byte count when set (rate limits); ``None`` costs nothing.
+        self.meter: Callable[[ForwardSession, int], None] | None = None
         self._ab: Pump
         self._ba: Pump
 
@@ -380,6 +406,21 @@ class ForwardSession:
         self._ab.drain()
         if not self.is_closed:
             self._ba.drain()
+
+    def pause_reading(self) -> None:
+        """Stop reading both peers (bytes already read still drain); for rate limits."""
+        self._ab.pause()
+        self._ba.pause()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        if not self.is_closed:
+            self._ab.resume()
+            self._ba.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._ab.paused
 
     def close(self, reason: str = CLOSED, *, abort: bool = False) -> None:
         """Close both sockets now; held bytes are dropped.
