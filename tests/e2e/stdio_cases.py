@@ -14,6 +14,7 @@ import hashlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -79,6 +80,10 @@ class Service:
                 record.received += data
                 if self.mode == "echo":
                     conn.sendall(data)
+                if self.mode == "reset" and len(record.received) >= RESET_AFTER:
+                    reset(conn)
+                    record.ended = "reset by the service"
+                    return
                 if self.slow:
                     time.sleep(0.01)
             if sender is not None:
@@ -116,6 +121,44 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind((HOST, 0))
         yield int(s.getsockname()[1])
+
+
+RESET_AFTER = 100_000
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset, as a crashing program's kernel would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def forward_exchange(port: int, data: bytes, *, reset_after: int | None = None) -> tuple[bytes, str]:
+    """Through a ``--listen`` forwarder: send ``data`` (or reset after ``reset_after`` bytes); what came
+    back, and how the connection ended for us ("eof" or "reset: ...")."""
+    sock = socket.create_connection((HOST, port), timeout=30)
+    got = bytearray()
+    if reset_after is not None:
+        sock.sendall(data[:reset_after])
+        time.sleep(0.5)
+        reset(sock)
+        return b"", "we reset"
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+        ended = "eof"
+    except OSError as exc:
+        ended = f"reset: {exc}"
+    sender.join(10)
+    sock.close()
+    return bytes(got), ended
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -23,6 +23,7 @@ from tests.e2e.aspia_env import (
     add_router_user,
     aspia_env,
     create_router,
+    start_process,
     start_relay,
     start_router,
     tool,
@@ -35,9 +36,11 @@ from tests.e2e.stdio_cases import (
     PeerRun,
     Service,
     check_transfer,
+    forward_exchange,
     no_leftover_peers,
     refusing_port,
     services,
+    sha,
     stdin_data,
     wait_for,
 )
@@ -64,13 +67,16 @@ class Bed:
     host_ids: dict[str, int]
     relay: Process
 
-    def client_argv(self, host_id: int, loop: str = "uvloop") -> list[str]:
+    def client_args(self, host_id: int, loop: str = "uvloop") -> list[str]:
         pw = write_secret(self.tmp / "router-pw", ROUTER_PASSWORD)
         host_pw = write_secret(self.tmp / "host-pw-client", HOST_PASSWORD)
-        return [*tool("natrelay"), "aspia", "client", "--router", self.setup.address(), "--router-key",
+        return ["aspia", "client", "--router", self.setup.address(), "--router-key",
                 self.setup.public_key, "--user", ROUTER_USER, "--password-file", str(pw),
                 "--host-id", str(host_id), "--host-user", HOST_USER, "--host-password-file", str(host_pw),
                 "--timeout", "20", *LOOP_FLAGS[loop]]
+
+    def client_argv(self, host_id: int, loop: str = "uvloop") -> list[str]:
+        return [*tool("natrelay"), *self.client_args(host_id, loop)]
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +186,37 @@ def test_killed_relay_fails_the_client_promptly(tmp_path: Path) -> None:
         for p in reversed(procs):
             p.kill()
         service.close()
+
+
+def test_forwarding_turns_a_reset_on_either_side_into_a_reset_on_the_other(tmp_path: Path, bed: Bed) -> None:
+    """``client --listen`` and ``host --expose``: a mid-transfer reset is never passed on as an end."""
+    reset_service = Service("reset")
+    home = tmp_path / "reset-host"
+    home.mkdir()
+    host, reset_host_id = start_host(home, bed.setup, reset_service.port)
+    forwarders: list[Process] = []
+    try:
+        for host_id in (bed.host_ids["echo"], reset_host_id):
+            with refusing_port() as port:
+                pass  # a free port number for the forwarder
+            args = [*bed.client_args(host_id), "--listen", f"127.0.0.1:{port}"]
+            forwarder = start_process("natrelay", args, tmp_path / f"forwarder-{host_id}.log")
+            forwarders.append(forwarder)
+            forwarder.wait_log("listening on", timeout=60)
+            if host_id == reset_host_id:
+                _, ended = forward_exchange(port, PAYLOAD)  # the service resets after 100 kB
+                assert ended.startswith("reset"), ended
+            else:
+                echo = bed.services["echo"]
+                index = len(echo.records)
+                forward_exchange(port, PAYLOAD, reset_after=200_000)  # we reset mid-transfer
+                record = echo.wait_record(index)
+                assert record.ended is not None and record.ended.startswith("reset"), record.ended
+                back, ended = forward_exchange(port, PAYLOAD)  # and the forwarder still works
+                assert ended == "eof" and sha(back) == sha(PAYLOAD)
+        codes = [f.stop() for f in forwarders]
+        assert codes == [0] * len(codes), codes
+    finally:
+        for p in [*forwarders, host]:
+            p.kill()
+        reset_service.close()

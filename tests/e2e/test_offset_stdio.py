@@ -29,6 +29,7 @@ from tests.e2e.stdio_cases import (
     PeerRun,
     Service,
     check_transfer,
+    forward_exchange,
     no_leftover_peers,
     refusing_port,
     services,
@@ -278,3 +279,41 @@ def test_relay_killed_mid_transfer_fails_both_peers_promptly(tmp_path: Path) -> 
         assert b.code == 1 and "bytes" in b.stderr, b.stderr
     finally:
         relay.stop()
+
+
+def test_forwarding_turns_a_reset_on_either_side_into_a_reset_on_the_other(tmp_path: Path, bed: Bed) -> None:
+    """``connect --listen`` and ``listen --expose``: a mid-transfer reset is never passed on as an end."""
+    reset_service = Service("reset")
+    ident, key = make_identity(tmp_path, "resetting")
+    listener = peer("offset", "listen", "--idfile", str(ident), "--relay", str(bed.relay.ticket),
+                    "--expose", f"127.0.0.1:{reset_service.port}", "--allow-any",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    forwarders = []
+    try:
+        wait_listening(bed.relay, key)
+        for target in (bed.keys["echo"], key):
+            with refusing_port() as port:
+                pass  # a free port number for the forwarder
+            log = tmp_path / f"forwarder-{len(forwarders)}.log"
+            with open(log, "wb") as err:
+                forwarders.append(peer("offset", "connect", "--idfile", str(bed.ident), "--relay",
+                                       str(bed.relay.ticket), "--to", target, "--listen",
+                                       f"127.0.0.1:{port}", stdout=subprocess.DEVNULL, stderr=err))
+            # Not by connecting: a probe would itself be forwarded to the service.
+            wait_for(lambda f=log: "forwarding 127.0.0.1" in f.read_text(), 30, "the forwarder to listen")
+            if target == key:
+                _, ended = forward_exchange(port, PAYLOAD)  # the service resets after 100 kB
+                assert ended.startswith("reset"), ended
+            else:
+                echo = bed.services["echo"]
+                index = len(echo.records)
+                forward_exchange(port, PAYLOAD, reset_after=200_000)  # we reset mid-transfer
+                record = echo.wait_record(index)
+                assert record.ended is not None and record.ended.startswith("reset"), record.ended
+                back, ended = forward_exchange(port, PAYLOAD)  # and the forwarder still works
+                assert ended == "eof" and sha(back) == sha(PAYLOAD)
+    finally:
+        codes = stop_all([*forwarders, listener])
+        reset_service.close()
+    assert codes == [0] * len(codes), codes
+
