@@ -432,7 +432,7 @@ ROUTER_GUARD_FIELDS: Final = (
      "relay keys the router holds per relay; more are dropped"),
     ("ClientRequestsPerMinute", "client_requests_per_minute", 20, 0, 1_000_000,
      "connection requests per minute per client account; 0 = no limit"),
-    ("HostRequestsPerMinute", "host_requests_per_minute", 20, 0, 1_000_000,
+    ("HostRequestsPerMinute", "host_requests_per_minute", 60, 0, 1_000_000,
      "connection requests per minute to one host ID; 0 = no limit"),
     ("HostIdRequestsPerMinute", "host_id_requests_per_minute", 10, 0, 1_000_000,
      "new host IDs per minute per source address; 0 = no limit"),
@@ -473,7 +473,7 @@ class RouterConfig(_SettingsFile):
     login_timeout: int = 10
     max_keys_per_relay: int = 1000
     client_requests_per_minute: int = 20
-    host_requests_per_minute: int = 20
+    host_requests_per_minute: int = 60
     host_id_requests_per_minute: int = 10
     unused_host_id_days: int = 7
 

@@ -64,10 +64,14 @@ RELAY_KEYS_OVER_CAP = "relay_keys_over_cap"
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Per-minute rates (0 = no limit); each bucket holds a quarter minute's worth as its burst."""
+    """Per-minute rates (0 = no limit); each bucket holds a quarter minute's worth as its burst.
+
+    The per-host rate is above the per-account one, so one account cannot use up a host's
+    allowance and lock other accounts out of that host.
+    """
 
     client_per_minute: int = 20
-    host_per_minute: int = 20
+    host_per_minute: int = 60
     new_host_ids_per_minute: int = 10
     max_keys_per_relay: int = 1000
 
