@@ -8,9 +8,15 @@ for the flood guard; refusals of the session core are in the router's log).
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +37,10 @@ from tests.e2e.aspia_env import (
     RouterSetup,
     StandIn,
     add_router_user,
+    aspia_env,
     create_router,
     start_router,
+    tool,
     wait_for,
 )
 from tests.e2e.test_aspia_router import peer_msg, relay_keys
@@ -43,12 +51,13 @@ Resp = router_peer_pb2.HostIdResponse
 
 
 class SourcedStandIn(StandIn):
-    """A :class:`StandIn` whose connection comes from ``source`` (any 127.0.0.x)."""
+    """A :class:`StandIn` whose connection comes from ``source`` (any 127.0.0.x), to ``target``."""
 
-    def __init__(self, port: int, config: ClientConfig, source: str, timeout: float = 30) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=timeout, source_address=(source, 0))
+    def __init__(self, port: int, config: ClientConfig, source: str, timeout: float = 30,
+                 target: str = HOST) -> None:
+        self.sock = socket.create_connection((target, port), timeout=timeout, source_address=(source, 0))
         self.channel = Channel(ClientHandshake(config, time.monotonic()), now=time.monotonic())
-        self.inbox = __import__("collections").deque()
+        self.inbox = deque()
         self._flush()
         try:
             while not self.channel.established:
@@ -169,12 +178,11 @@ def test_relays_from_addresses_outside_the_white_list_are_refused(tmp_path: Path
     setup = create_router(tmp_path, RelayWhiteList="127.0.0.1")
     r = start_router(setup)
     try:
-        with pytest.raises((ConnectionError, OSError)):
+        with pytest.raises(ConnectionError):
             fake = anonymous_from(setup, RELAY, "127.0.0.2")
             pool = router_relay_pb2.RelayKeyPool(peer_host="127.0.0.2", peer_port=7777, key=relay_keys(50))
             fake.send(make_envelope(router_relay_pb2.RelayToRouter, "key_pool", pool))
-            assert fake.closed_by_router()
-            raise ConnectionError("closed")
+            fake.nothing_for(10)  # raises ConnectionError once the router has closed it
         r.wait_log("Refused relay session from 127.0.0.2")
         assert "added 50 keys" not in r.log()
         anonymous_from(setup, RELAY, "127.0.0.1").close()
@@ -227,3 +235,109 @@ def test_host_id_flood_is_rate_limited(router: Router) -> None:
     router.wait_log("more than 10 per minute from this address")
     flooder.close()
     honest.close()
+
+
+# ------------------------------------------- a relay from a real non-loopback address
+# "Loopback only" admits all of 127.0.0.0/8, so the default policy needs a source address that
+# is not loopback: two network namespaces the test creates, joined by a veth pair; the router
+# runs in one, the fake relay connects from the other. Nothing leaves the machine.
+NS_ROUTER_IP, NS_RELAY_IP = "10.213.77.1", "10.213.77.2"
+FAKE_RELAY = """
+import sys
+from natrelay.aspia.handshake import ClientConfig, Identify
+from natrelay.aspia.messages import make_envelope
+from natrelay.aspia.proto import router_relay_pb2
+from tests.e2e.test_aspia_router import relay_keys
+from tests.e2e.test_aspia_router_guard import SourcedStandIn
+port, key, source, target = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+config = ClientConfig(session_type=8, identify=Identify.ANONYMOUS, server_public_key=bytes.fromhex(key))
+try:
+    relay = SourcedStandIn(port, config, source, target=target)
+    pool = router_relay_pb2.RelayKeyPool(peer_host=source, peer_port=7777, key=relay_keys(50))
+    relay.send(make_envelope(router_relay_pb2.RelayToRouter, "key_pool", pool))
+    # nothing_for: True while the connection stays open (closed_by_router counts a timeout as closed)
+    print("registered" if relay.nothing_for(3) else "refused")
+except (ConnectionError, OSError) as exc:
+    print("refused", exc, file=sys.stderr)
+    print("refused")
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    tag = f"nrg{os.getpid() % 100000}"
+    router_ns, relay_ns = f"{tag}r", f"{tag}p"
+    try:
+        _ip("netns", "add", router_ns)
+        _ip("netns", "add", relay_ns)
+        _ip("link", "add", f"{tag}a", "type", "veth", "peer", "name", f"{tag}b")
+        _ip("link", "set", f"{tag}a", "netns", router_ns)
+        _ip("link", "set", f"{tag}b", "netns", relay_ns)
+        for ns, dev, addr in ((router_ns, f"{tag}a", NS_ROUTER_IP), (relay_ns, f"{tag}b", NS_RELAY_IP)):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        for ns in (router_ns, relay_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr!r}")
+    try:
+        yield router_ns, relay_ns
+    finally:
+        for ns in (router_ns, relay_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def _fake_relay(ns: str, setup: RouterSetup) -> str:
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FAKE_RELAY, str(setup.port),
+                           setup.public_key, NS_RELAY_IP, NS_ROUTER_IP],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+def _router_in(ns: str, setup: RouterSetup) -> subprocess.Popen[bytes]:
+    log = setup.directory / "router.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *tool("aspia_router"), *setup.args()],
+                                stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, env=aspia_env())
+    wait_for(lambda: "Listening on" in log.read_text() or proc.poll() is not None, 30, "the router")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("the router did not stop on SIGTERM") from None
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, "refused"),  # the default: loopback only
+    ({"RelayWhiteList": NS_RELAY_IP}, "registered"),
+    ({"RelayAllowAnyAddress": "true"}, "registered"),  # the original's behaviour, on request
+])
+def test_a_relay_from_a_non_loopback_address(namespaces: tuple[str, str], tmp_path: Path,
+                                             settings: dict[str, str], expected: str) -> None:
+    router_ns, relay_ns = namespaces
+    setup = create_router(tmp_path, ListenInterface="", **settings)
+    proc = _router_in(router_ns, setup)
+    try:
+        outcome = _fake_relay(relay_ns, setup)
+        log = (setup.directory / "router.log").read_text()
+        assert outcome == expected, log
+        assert ("Refused relay session from " + NS_RELAY_IP in log) is (expected == "refused")
+    finally:
+        assert _stop(proc) == 0

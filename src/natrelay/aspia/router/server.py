@@ -332,6 +332,12 @@ class RouterServer:
             more = f" ({skipped} more like it not logged)" if skipped else ""
             log.debug("Refused connection from %s: %s%s", ip, flood.describe(reason, self.guard.limits), more)
 
+    def counters(self) -> dict[str, Any]:
+        """The flood guard's counts and every refusal by reason (guard and session core), exact."""
+        counts: dict[str, Any] = dict(self.guard.status())
+        counts["refused"] = {**self.guard.refused, **self.core.refused}
+        return counts
+
     def housekeeping(self) -> None:
         """Hourly: expire host IDs issued but never used, forget idle rate-limit state."""
         now = self.wall_time()
@@ -435,7 +441,7 @@ class RouterServer:
         command = request.get("command")
         if command == "status":
             status = self.core.status(self.wall_time())
-            status["guard"] = self.guard.status()
+            status["guard"] = self.counters()
             return {"ok": True, "status": status}
         if command == "disconnect":
             actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
