@@ -430,10 +430,10 @@ ROUTER_GUARD_FIELDS: Final = (
      "seconds from the user name to a finished password login"),
     ("MaxKeysPerRelay", "max_keys_per_relay", 1000, 1, 1_000_000,
      "relay keys the router holds per relay; more are dropped"),
-    ("ClientRequestsPerMinute", "client_requests_per_minute", 20, 0, 1_000_000,
-     "connection requests per minute per client account; 0 = no limit"),
-    ("HostRequestsPerMinute", "host_requests_per_minute", 60, 0, 1_000_000,
-     "connection requests per minute to one host ID; 0 = no limit"),
+    ("ClientRequestsPerMinute", "client_requests_per_minute", 60, 0, 1_000_000,
+     "connection requests per minute per client account (half of it at once); 0 = no limit"),
+    ("HostRequestsPerMinute", "host_requests_per_minute", 120, 0, 1_000_000,
+     "connection requests per minute to one host ID (half of it at once); 0 = no limit"),
     ("HostIdRequestsPerMinute", "host_id_requests_per_minute", 10, 0, 1_000_000,
      "new host IDs per minute per source address; 0 = no limit"),
     ("UnusedHostIdExpiryDays", "unused_host_id_days", 7, 0, 36_500,
@@ -472,8 +472,8 @@ class RouterConfig(_SettingsFile):
     auth_timeout: int = 20
     login_timeout: int = 10
     max_keys_per_relay: int = 1000
-    client_requests_per_minute: int = 20
-    host_requests_per_minute: int = 60
+    client_requests_per_minute: int = 60
+    host_requests_per_minute: int = 120
     host_id_requests_per_minute: int = 10
     unused_host_id_days: int = 7
 

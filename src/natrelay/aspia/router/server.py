@@ -98,11 +98,14 @@ class RouterOptions:
                              max_keys_per_relay=c.max_keys_per_relay)
 
 
-def relay_allowed(config: RouterConfig, ip: str) -> bool:
-    """RelayWhiteList if set; else any address if RelayAllowAnyAddress; else loopback only.
+def relay_allowed(config: RouterConfig, ip: str, local_ip: str = "") -> bool:
+    """RelayWhiteList if set; else any address if RelayAllowAnyAddress; else this machine only.
 
-    "Loopback" is the whole 127.0.0.0/8 and ::1 (a relay bound to 127.0.0.2 is on this machine),
-    never the machine's other addresses: a relay elsewhere needs the white list.
+    "This machine" is loopback (all of 127.0.0.0/8 and ::1: a relay bound to 127.0.0.2 is local)
+    and a connection whose source is the very address it arrived at (``local_ip``): a relay on
+    the router's machine that connects to the machine's public address, as ``natrelay serve
+    --host`` sets it up. TCP's handshake keeps others from using that source. A relay elsewhere
+    needs the white list.
     """
     if config.relay_white_list:
         return address_allowed(config.relay_white_list, ip)
@@ -114,12 +117,17 @@ def relay_allowed(config: RouterConfig, ip: str) -> bool:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return addr.is_loopback
+    return addr.is_loopback or (bool(local_ip) and ip == local_ip)
 
 
-def peer_ip(transport: asyncio.BaseTransport) -> str:
+def local_ip(transport: asyncio.BaseTransport) -> str:
+    """The address the connection arrived at, in :func:`peer_ip`'s form."""
+    return peer_ip(transport, "sockname")
+
+
+def peer_ip(transport: asyncio.BaseTransport, which: str = "peername") -> str:
     """The peer's IP as the original prints it: dotted IPv4 also for v4-mapped IPv6 (§6.2 step 4)."""
-    peer = transport.get_extra_info("peername")
+    peer = transport.get_extra_info(which)
     if not peer:
         return ""
     try:
@@ -137,6 +145,7 @@ class RouterConnection(ChannelProtocol):
     def __init__(self, server: RouterServer) -> None:
         self.server = server
         self.ip = ""
+        self.local_ip = ""
         self.session_id: int | None = None
         self.is_relay = False
         self.admitted = False
@@ -178,6 +187,7 @@ class RouterConnection(ChannelProtocol):
     def on_connected(self) -> bool:
         assert self.transport is not None
         self.ip = peer_ip(self.transport)
+        self.local_ip = local_ip(self.transport)
         refusal = self.server.guard.admit(self.ip, self.loop.time())
         if refusal is None:
             self.admitted = self.pending = True
@@ -222,8 +232,9 @@ class RouterConnection(ChannelProtocol):
                       result.session_type, self.ip, result.user_name)
             self.abort("not a router session type")
             return
-        if kind is SessionKind.RELAY and not relay_allowed(self.server.options.config, self.ip):
-            log.error("Refused relay session from %s: relays may register only from loopback unless "
+        config = self.server.options.config
+        if kind is SessionKind.RELAY and not relay_allowed(config, self.ip, self.local_ip):
+            log.error("Refused relay session from %s: relays may register only from this machine unless "
                       "RelayWhiteList lists the address (or RelayAllowAnyAddress is true)", self.ip)
             self.abort("relay address not allowed")
             return
@@ -425,7 +436,8 @@ class RouterServer:
                             "pairings; list your relays in RelayWhiteList")
             else:
                 log.warning("RelayWhiteList is empty: relays may register only from this machine "
-                            "(loopback); list remote relays' addresses in RelayWhiteList, or set "
+                            "(loopback, or the router's own address); list remote relays' addresses "
+                            "in RelayWhiteList, or set "
                             "RelayAllowAnyAddress to true for the original's behaviour")
         self.housekeeping()
         if self.options.admin_socket is not None:

@@ -64,20 +64,22 @@ RELAY_KEYS_OVER_CAP = "relay_keys_over_cap"
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Per-minute rates (0 = no limit); each bucket holds a quarter minute's worth as its burst.
+    """Per-minute rates (0 = no limit); each bucket holds half a minute's worth as its burst.
 
-    The per-host rate is above the per-account one, so one account cannot use up a host's
-    allowance and lock other accounts out of that host.
+    The burst must cover honest use: ``natrelay aspia client --listen`` asks once per local
+    connection, and a browser or a test opens twenty at once. The per-host rate is above the
+    per-account one, so one account cannot use up a host's allowance and lock other accounts
+    out of that host.
     """
 
-    client_per_minute: int = 20
-    host_per_minute: int = 60
+    client_per_minute: int = 60
+    host_per_minute: int = 120
     new_host_ids_per_minute: int = 10
     max_keys_per_relay: int = 1000
 
 
 def _buckets(per_minute: int) -> KeyedBuckets[object]:
-    return KeyedBuckets(per_minute, max(1, per_minute // 4))
+    return KeyedBuckets(per_minute, max(1, per_minute // 2))
 
 
 class SessionKind(enum.IntEnum):

@@ -115,6 +115,7 @@ def test_negative_limits_are_refused() -> None:
 
 
 @pytest.mark.parametrize(("ip", "white", "any_address", "allowed"), [
+    ("192.0.2.8", "", False, True),  # the router's own address (local_ip below)
     ("127.0.0.1", "", False, True),
     ("127.0.0.2", "", False, True),  # the whole loopback network is this machine
     ("::1", "", False, True),
@@ -127,4 +128,4 @@ def test_negative_limits_are_refused() -> None:
 def test_relay_policy(ip: str, white: str, any_address: bool, allowed: bool) -> None:
     listed = tuple(_plain_ip(ipaddress.ip_address(a)) for a in white.split(";") if a)
     config = RouterConfig(relay_white_list=listed, relay_any_address=any_address)
-    assert relay_allowed(config, ip) is allowed
+    assert relay_allowed(config, ip, local_ip="192.0.2.8") is allowed
