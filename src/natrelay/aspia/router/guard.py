@@ -68,20 +68,26 @@ class GuardLimits:
 
 
 class LogLimiter:
-    """At most one line per reason per ``interval``; says how many were left out meanwhile."""
+    """At most ``burst`` lines per reason per ``interval``; says how many were left out meanwhile.
 
-    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+    Reasons are a fixed set of names chosen by the code, never addresses, so the table is small.
+    """
+
+    def __init__(self, interval: float = LOG_INTERVAL, burst: int = 5) -> None:
         self.interval = interval
-        self._last: dict[str, float] = {}
+        self.burst = burst
+        self._window: dict[str, tuple[float, int]] = {}
         self._skipped: Counter[str] = Counter()
 
     def allow(self, reason: str, now: float) -> int | None:
         """None: stay quiet. Otherwise log now, mentioning the returned number of skipped lines."""
-        last = self._last.get(reason)
-        if last is not None and now - last < self.interval:
+        start, count = self._window.get(reason, (now, 0))
+        if now - start >= self.interval or now < start:
+            start, count = now, 0
+        if count >= self.burst:
             self._skipped[reason] += 1
             return None
-        self._last[reason] = now
+        self._window[reason] = (start, count + 1)
         return self._skipped.pop(reason, 0)
 
 

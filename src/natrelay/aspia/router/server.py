@@ -167,9 +167,12 @@ class RouterConnection(ChannelProtocol):
             if refusal is not None:
                 self.login_refused = True
                 # Error level, not debug: a legitimate user may be the one refused, and the
-                # operator must see why; the guard's counter has it too.
-                log.error("Refused login of %r from %s: too many password logins in progress (%s)", name,
-                          self.ip, flood.describe(refusal, guard.limits))
+                # operator must see why; rate-limited, and the guard's counter has every one.
+                skipped = guard.log.allow("login refused", self.loop.time())
+                if skipped is not None:
+                    more = f" ({skipped} more not logged)" if skipped else ""
+                    log.error("Refused login of %r from %s: too many password logins in progress (%s)%s",
+                              name, self.ip, flood.describe(refusal, guard.limits), more)
                 raise AspiaProtocolError("too many logins in progress", ErrorCode.ACCESS_DENIED)
             self.in_login = True
             if guard.limits.login_timeout:
@@ -291,6 +294,12 @@ class RouterConnection(ChannelProtocol):
             self._explain_failed_handshake(reason)
 
     def _explain_failed_handshake(self, reason: str) -> None:
+        # Rate-limited: a flood of connections that time out must not become a flood of lines.
+        skipped = self.server.guard.log.allow("handshake failed", self.loop.time())
+        if skipped is None:
+            return
+        if skipped:
+            log.error("%d more failed handshakes were not logged", skipped)
         handshake = self.handshake
         error = self.link.error if self.link is not None else None
         # Keys were installed and the peer then walked away (or sent what our key cannot open).

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+from pathlib import Path
 
 import pytest
 
 from natrelay.aspia.router import guard as flood
+from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits, LogLimiter
 from natrelay.aspia.router.ratelimit import KeyedBuckets, TokenBucket
-from natrelay.aspia.router.server import relay_allowed
+from natrelay.aspia.router.server import RouterOptions, RouterServer, relay_allowed
 from natrelay.ops.aspia_config import RouterConfig, _plain_ip
 
 
@@ -102,11 +105,12 @@ def test_the_reserve_is_for_addresses_without_a_login() -> None:
 
 
 def test_log_limiter_says_how_many_it_skipped() -> None:
-    limiter = LogLimiter(10.0)
-    assert limiter.allow("r", 0.0) == 0
+    limiter = LogLimiter(10.0, burst=2)
+    assert limiter.allow("r", 0.0) == 0 and limiter.allow("r", 0.5) == 0
     assert limiter.allow("r", 1.0) is None and limiter.allow("r", 2.0) is None
     assert limiter.allow("other", 2.0) == 0
     assert limiter.allow("r", 10.0) == 2
+    assert limiter.allow("r", 10.1) == 0 and limiter.allow("r", 10.2) is None
 
 
 def test_negative_limits_are_refused() -> None:
@@ -129,3 +133,29 @@ def test_relay_policy(ip: str, white: str, any_address: bool, allowed: bool) -> 
     listed = tuple(_plain_ip(ipaddress.ip_address(a)) for a in white.split(";") if a)
     config = RouterConfig(relay_white_list=listed, relay_any_address=any_address)
     assert relay_allowed(config, ip, local_ip="192.0.2.8") is allowed
+
+
+def test_housekeeping_expires_unused_host_ids_after_the_configured_days(tmp_path: Path) -> None:
+    path = tmp_path / "router.db3"
+    RouterDatabase.create(path)
+    db = RouterDatabase.open(path)
+    day = 86400.0
+    for host_id, issued in ((db.add_host(b"old"), 0.0), (db.add_host(b"new"), 9 * day)):
+        db.touch_host(host_id, issued, new=True)
+    kept = db.add_host(b"from the original")  # no activity row: never expires
+
+    async def run(days: int) -> None:
+        config = RouterConfig(private_key=bytes(range(32)), unused_host_id_days=days)
+        server = RouterServer(RouterOptions(config=config, database=path), db)
+        server._wall_offset = 10 * day - server.loop.time()  # "now" is day 10
+        try:
+            server.housekeeping()
+        finally:
+            await server.close()
+
+    asyncio.run(run(0))  # 0: never
+    assert db.find_host(b"old") is not None
+    asyncio.run(run(7))
+    assert db.find_host(b"old") is None and db.find_host(b"new") == 2
+    assert db.find_host(b"from the original") == kept
+    db.close()
