@@ -348,3 +348,19 @@ def test_a_relay_from_a_non_loopback_address(namespaces: tuple[str, str], tmp_pa
         assert ("Refused relay session from " in log) is (expected == "refused")
     finally:
         assert _stop(proc) == 0
+
+
+def test_bytes_before_authentication_are_capped(router: Router) -> None:
+    # A legal-looking 60 KB hello (below the handshake's own 64 KB cap), sent in part: the
+    # router stops reading at 16 KB and closes; a normal peer meanwhile is served.
+    frame = encode_user_frame(bytes(60_000))
+    source = ("127.0.0.11", 0)
+    with socket.create_connection((HOST, router.setup.port), timeout=30, source_address=source) as s:
+        try:
+            s.sendall(frame[:20_000])
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    wait_for(lambda: guard_status(router)["refused"]["bytes_before_auth"] == 1, 30, "the bytes cap")
+    anonymous_from(router.setup, HOST_SESSION, "127.0.0.12").close()
+    wait_for(lambda: guard_status(router)["connections"] == 0, 30, "every connection to be released")
