@@ -15,6 +15,7 @@ become a log flood).
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
@@ -67,6 +68,21 @@ class GuardLimits:
                 raise ValueError(f"{name} must be >= 0 (0 = no cap), got {value}")
 
 
+def address_key(ip: str) -> str:
+    """What per-address limits count: the IPv4 address, or the /64 network of an IPv6 one.
+
+    One IPv6 subscriber routinely holds a whole /64 (2**64 addresses), so per-address caps keyed
+    on the full address would not limit anyone there.
+    """
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return ip
+
+
 class LogLimiter:
     """At most ``burst`` lines per reason per ``interval``; says how many were left out meanwhile.
 
@@ -115,6 +131,7 @@ class FloodGuard:
     # ---------------------------------------------------------- connections
     def admit(self, ip: str, now: float) -> str | None:
         """A new connection from ``ip``: None (admitted, pending) or the reason it is refused."""
+        ip = address_key(ip)
         lim = self.limits
         reason: str | None = None
         if lim.max_connections and self.connections >= lim.max_connections:
@@ -140,12 +157,12 @@ class FloodGuard:
     def authenticated(self, ip: str) -> None:
         """The connection finished its handshake: it no longer holds a pending slot."""
         self.pending -= 1
-        _decrement(self._pending_ip, ip)
+        _decrement(self._pending_ip, address_key(ip))
 
     def release(self, ip: str, *, pending: bool) -> None:
         """An admitted connection closed; ``pending`` if it never authenticated."""
         self.connections -= 1
-        _decrement(self._per_ip, ip)
+        _decrement(self._per_ip, address_key(ip))
         if pending:
             self.authenticated(ip)
 
@@ -168,6 +185,7 @@ class FloodGuard:
         only to addresses with no login in progress, so a few addresses holding half-open
         logins leave room for everyone else.
         """
+        ip = address_key(ip)
         lim = self.limits
         held = self._login_ip[ip]
         reason: str | None = None
@@ -186,10 +204,11 @@ class FloodGuard:
 
     def end_login(self, ip: str) -> None:
         self.logins -= 1
-        _decrement(self._login_ip, ip)
+        _decrement(self._login_ip, address_key(ip))
 
     def per_ip(self, ip: str) -> tuple[int, int, int]:
         """Connections, pending connections and logins of ``ip`` (for tests and status)."""
+        ip = address_key(ip)
         return self._per_ip.get(ip, 0), self._pending_ip.get(ip, 0), self._login_ip.get(ip, 0)
 
     def prune(self, now: float) -> None:

@@ -42,7 +42,7 @@ from natrelay.aspia.messages import (
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
 from natrelay.aspia.router.db import DatabaseError, RouterDatabase
-from natrelay.aspia.router.guard import LogLimiter
+from natrelay.aspia.router.guard import LogLimiter, address_key
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
 from natrelay.aspia.router.ratelimit import KeyedBuckets
 
@@ -231,7 +231,7 @@ class RouterCore:
         response = _HostIdResponse()
         try:
             if request.type == _HostIdRequest.NEW_ID:
-                if not self._host_id_rate.allow(session.address, now):
+                if not self._host_id_rate.allow(address_key(session.address), now):
                     self._limited(HOST_ID_RATE, now, "Host session %d (%s): new host ID refused: more "
                                   "than %d per minute from this address", session.session_id,
                                   session.address, self.limits.new_host_ids_per_minute)

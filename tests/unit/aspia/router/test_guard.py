@@ -78,6 +78,16 @@ def test_total_and_per_ip_connection_caps_and_exact_counts() -> None:
     assert guard.refused[flood.CONNECTIONS] == 1 and guard.refused[flood.CONNECTIONS_PER_IP] == 1
 
 
+def test_ipv6_addresses_count_per_64_network() -> None:
+    guard = FloodGuard(GuardLimits(max_pending_per_ip=2, connections_per_minute_per_ip=0))
+    assert guard.admit("2001:db8:1:2::1", 0) is None and guard.admit("2001:db8:1:2:ffff::9", 0) is None
+    assert guard.admit("2001:db8:1:2::77", 0) == flood.PENDING_PER_IP
+    assert guard.admit("2001:db8:1:3::1", 0) is None  # the next /64 is someone else
+    guard.release("2001:db8:1:2::1", pending=True)
+    assert guard.per_ip("2001:db8:1:2::abcd") == (1, 1, 0)
+    assert flood.address_key("10.1.2.3") == "10.1.2.3"
+
+
 def test_bytes_before_auth() -> None:
     guard = FloodGuard(GuardLimits(max_bytes_before_auth=100))
     assert not guard.too_many_bytes(100)
