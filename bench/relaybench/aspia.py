@@ -46,6 +46,8 @@ HOST_SESSION = 4
 CLIENT_SESSION = 2
 LOGIN_PATIENCE = 45.0
 """Seconds an opener keeps retrying a login the router refused for too many logins at once."""
+BENCH_UNLIMITED = ("NewConnectionsPerMinutePerIp", "MaxPendingConnectionsPerIp", "ClientRequestsPerMinute",
+                   "HostRequestsPerMinute", "HostIdRequestsPerMinute")
 
 
 def _ensure_importable() -> str | None:
@@ -169,7 +171,7 @@ class AspiaOpener(Opener):
                                                 router_peer_pb2.ConnectionRequest(host_id=self._host_id)))
         client_config = ClientConfig(session_type=CLIENT_SESSION, username=USER,
                                      password=self._password.encode(), server_public_key=self._router_key)
-        # The router admits only a few password logins at once per address (4), and all the
+        # The router admits only a few password logins at once per address (2), and all the
         # concurrent openers log in together: one that is turned away waits and tries again.
         deadline = time.monotonic() + LOGIN_PATIENCE
         pause = 0.02
@@ -255,7 +257,11 @@ class AspiaSubject(Subject):
         self._router_args = ["--config", str(config), "--data-dir", str(d / "lib")]
         self._run([*_cli("aspia_router"), "--create-config", *self._router_args], env)
         self._router_port = free_port()
-        update_settings(config, {"Port": str(self._router_port), "ListenInterface": LOOPBACK})
+        # The bench is the router's only user and measures pairing capacity, not the router's
+        # flood guard: every opener logs in, takes a host ID and pairs as fast as it can from one
+        # address, so the per-address and per-account limits are off here.
+        update_settings(config, {"Port": str(self._router_port), "ListenInterface": LOOPBACK,
+                                 **{key: "0" for key in BENCH_UNLIMITED}})
         self._router_key = bytes.fromhex((config.parent / "router.pub").read_text().strip())
         self._password = secrets.token_hex(12)
         pw = d / "bench.password"

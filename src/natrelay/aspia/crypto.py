@@ -198,6 +198,19 @@ class X25519KeyPair:
         return h256(shared)
 
 
+def usable_public_key(public: bytes) -> bool:
+    """Whether an X25519 exchange with ``public`` yields a secret (False for low-order points
+    such as all zeros, which ``cryptography`` refuses): lets a CLI reject a bad key up front
+    with a clear message instead of failing in the middle of a connection."""
+    if len(public) != X25519_KEY_SIZE:
+        return False
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def seal_relay_secret(
     relay_public_key: bytes, iv: bytes, secret: bytes, random_bytes: RandomBytes = default_random
 ) -> tuple[bytes, bytes]:

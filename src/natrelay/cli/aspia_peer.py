@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from natrelay.aspia.crypto import usable_public_key
 from natrelay.aspia.peer.client import AspiaClient, ClientSettings
 from natrelay.aspia.peer.host import HOST_RETRY_INTERVAL, AspiaHost, HostSettings
 from natrelay.aspia.peer.relay_link import PeerError
@@ -87,7 +88,11 @@ def parse_router_key(text: str) -> bytes:
     digits = re.sub(r"[\s:]", "", text)
     if not _HEX_KEY.fullmatch(digits):
         raise ValueError(f"--router-key must be 64 hex digits (the content of router.pub), got {text!r}")
-    return bytes.fromhex(digits)
+    key = bytes.fromhex(digits)
+    if not usable_public_key(key):
+        raise ValueError(f"--router-key {text!r} is not a usable X25519 public key (all zeros or another "
+                         "low-order point); copy it from the router's router.pub")
+    return key
 
 
 def parse_host_id(text: str) -> int:

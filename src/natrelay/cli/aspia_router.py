@@ -228,6 +228,11 @@ def format_status(status: dict[str, Any]) -> str:
         times = f"{_duration(s['duration']):>9} {_duration(s['idle']):>9}"
         lines.append(f"  {s['id']:<8} {s['host_id']:>8}  {s['client_address']:<22} {s['host_address']:<22} "
                      f"{s['user']:<16} {s['bytes']:>12} {times}")
+    guard = status.get("guard")
+    if guard:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(guard["refused"].items()) if v) or "none"
+        lines.append(f"Connections {guard['connections']} ({guard['pending']} not authenticated, "
+                     f"{guard['logins']} logging in), accepted {guard['accepted']}; refused: {refused}")
     return "\n".join(lines)
 
 

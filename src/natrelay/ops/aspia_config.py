@@ -25,6 +25,7 @@ the programs without touching ``/etc``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import logging
@@ -34,7 +35,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
@@ -449,7 +450,7 @@ class RelayConfig(_SettingsFile):
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"
-_ROUTER_FIELDS: Final = (
+_ROUTER_ORIGINAL_FIELDS: Final = (
     FieldInfo("ListenInterface", "empty for all interfaces, or an IP address of this machine"),
     FieldInfo("Port", f"{_PORT}; default 8060"),
     FieldInfo("PrivateKey", "64 hexadecimal digits (a 32-byte X25519 private key)", required=True),
@@ -457,8 +458,44 @@ _ROUTER_FIELDS: Final = (
     FieldInfo("ClientWhiteList", _WHITE_LIST),
     FieldInfo("HostWhiteList", _WHITE_LIST),
     FieldInfo("AdminWhiteList", _WHITE_LIST),
-    FieldInfo("RelayWhiteList", _WHITE_LIST),
+    FieldInfo("RelayWhiteList", _WHITE_LIST + " (empty: loopback only, see RelayAllowAnyAddress)"),
 )
+# Router guard fields (issues 8 and 9): unknown to the original, which ignores them. Each is an
+# unsigned integer with a default; 0 turns a cap off where the text says so. --create-config and
+# to_settings() write them only when they differ from the default, so files stay the original's.
+ROUTER_GUARD_FIELDS: Final = (
+    # key, attribute, default, low, high, what it is
+    ("MaxConnections", "max_connections", 10_000, 0, 1_000_000, "connections in total; 0 = no cap"),
+    ("MaxConnectionsPerIp", "max_connections_per_ip", 256, 0, 1_000_000,
+     "connections per source address; 0 = no cap"),
+    ("NewConnectionsPerMinutePerIp", "connections_per_minute_per_ip", 60, 0, 1_000_000,
+     "new connections per minute per source address (also the burst); 0 = no limit"),
+    ("MaxPendingConnections", "max_pending", 512, 0, 1_000_000,
+     "connections not authenticated yet, in total; 0 = no cap"),
+    ("MaxPendingConnectionsPerIp", "max_pending_per_ip", 8, 0, 1_000_000,
+     "connections not authenticated yet, per source address; 0 = no cap"),
+    ("MaxBytesBeforeAuth", "max_bytes_before_auth", 16_384, 0, 1 << 30,
+     "bytes a connection may send before it has authenticated; 0 = no cap"),
+    ("AuthTimeout", "auth_timeout", 20, 1, 600, "seconds a connection may take to authenticate"),
+    ("LoginTimeout", "login_timeout", 10, 1, 600,
+     "seconds from the user name to a finished password login"),
+    ("MaxKeysPerRelay", "max_keys_per_relay", 1000, 1, 1_000_000,
+     "relay keys the router holds per relay; more are dropped"),
+    ("ClientRequestsPerMinute", "client_requests_per_minute", 60, 0, 1_000_000,
+     "connection requests per minute per client account (half of it at once); 0 = no limit"),
+    ("HostRequestsPerMinute", "host_requests_per_minute", 120, 0, 1_000_000,
+     "connection requests per minute to one host ID (half of it at once); 0 = no limit"),
+    ("HostIdRequestsPerMinute", "host_id_requests_per_minute", 10, 0, 1_000_000,
+     "new host IDs per minute per source address; 0 = no limit"),
+    ("UnusedHostIdExpiryDays", "unused_host_id_days", 7, 0, 36_500,
+     "days after which a host ID that was issued but never used again is deleted; 0 = never"),
+)
+_ROUTER_FIELDS: Final = _ROUTER_ORIGINAL_FIELDS + tuple(
+    FieldInfo(key, f"{what}; an integer from {low} to {high}, default {default}")
+    for key, _attr, default, low, high, what in ROUTER_GUARD_FIELDS
+) + (FieldInfo("RelayAllowAnyAddress", "true or false (or 1 or 0); default false: with an empty "
+               "RelayWhiteList only relays on this machine (loopback) may register; true: any "
+               "address, as the original does"),)
 
 
 @dataclass(frozen=True)
@@ -476,6 +513,20 @@ class RouterConfig(_SettingsFile):
     host_white_list: tuple[IPAddress, ...] = ()
     admin_white_list: tuple[IPAddress, ...] = ()
     relay_white_list: tuple[IPAddress, ...] = ()
+    relay_any_address: bool = False
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    connections_per_minute_per_ip: int = 60
+    max_pending: int = 512
+    max_pending_per_ip: int = 8
+    max_bytes_before_auth: int = 16_384
+    auth_timeout: int = 20
+    login_timeout: int = 10
+    max_keys_per_relay: int = 1000
+    client_requests_per_minute: int = 60
+    host_requests_per_minute: int = 120
+    host_id_requests_per_minute: int = 10
+    unused_host_id_days: int = 7
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -483,7 +534,9 @@ class RouterConfig(_SettingsFile):
 
     @classmethod
     def _from_reader(cls, reader: _Reader) -> Self:
-        return cls(
+        guard: dict[str, Any] = {attr: reader.uint(key, default, low, high)
+                                 for key, attr, default, low, high, _what in ROUTER_GUARD_FIELDS}
+        return dataclasses.replace(cls(
             listen_interface=reader.interface("ListenInterface"),
             port=reader.uint("Port", 8060, 1, 65535),
             private_key=reader.hex_bytes("PrivateKey", 32),
@@ -492,7 +545,8 @@ class RouterConfig(_SettingsFile):
             host_white_list=reader.ip_list("HostWhiteList"),
             admin_white_list=reader.ip_list("AdminWhiteList"),
             relay_white_list=reader.ip_list("RelayWhiteList"),
-        )
+            relay_any_address=reader.boolean("RelayAllowAnyAddress", False),
+        ), **guard)
 
     def to_settings(self) -> dict[str, str]:
         return {
@@ -504,4 +558,7 @@ class RouterConfig(_SettingsFile):
             "PrivateKey": self.private_key.hex().upper(),
             "RelayWhiteList": _ip_list_text(self.relay_white_list),
             "SeedKey": self.seed_key.hex().upper(),
+            **{key: str(getattr(self, attr)) for key, attr, default, _low, _high, _what in ROUTER_GUARD_FIELDS
+               if getattr(self, attr) != default},
+            **({"RelayAllowAnyAddress": "true"} if self.relay_any_address else {}),
         }

@@ -151,7 +151,11 @@ def describe_router_failure(link: RouterLink, exc: ChannelClosedError | TimeoutE
     if error is not None:
         return f"the router at {where} broke the protocol: {error}"
     if link.bytes_from_router and user is not None:
-        # It answered our hello, then hung up on the first message sealed with its key.
-        return (f"the router at {where} closed the connection when we used its key: --router-key "
-                f"does not match the router's router.pub [{exc.reason}]")
+        # It answered our hello, then hung up on our user name, the first message sealed with
+        # its key. On the wire that is the same whether the key is wrong or the router refused
+        # the login for load (its login limits, issue 8), so say both rather than guess.
+        return (f"the router at {where} closed the connection when we sent the user name: either it "
+                f"is refusing password logins for now (too many in progress; try again shortly) or "
+                f"--router-key does not match the router's router.pub; its log says which "
+                f"[{exc.reason}]")
     return f"the router at {where} closed the connection during authentication [{exc.reason}]"

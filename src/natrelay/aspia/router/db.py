@@ -31,6 +31,12 @@ _SCHEMA: Final = (
     'CREATE TABLE "hosts" ("id" INTEGER UNIQUE, "key" BLOB NOT NULL UNIQUE, '
     'PRIMARY KEY("id" AUTOINCREMENT))',
 )
+# Ours, not the original's (which ignores tables it does not know): when each host ID was issued
+# and whether it was ever presented again, so IDs handed to anonymous requests and never used
+# can expire (issue 8: host-ID floods grew router.db3 without limit). IDs without a row here
+# (written by the original) never expire.
+_ACTIVITY_TABLE: Final = ('CREATE TABLE IF NOT EXISTS "host_activity" ("id" INTEGER PRIMARY KEY, '
+                          '"issued" REAL NOT NULL, "used" INTEGER NOT NULL DEFAULT 0)')
 _USER_COLUMNS: Final = ("id", "name", "group", "salt", "verifier", "sessions", "flags")
 _HOST_COLUMNS: Final = ("id", "key")
 MAX_NAME_LENGTH: Final = 64
@@ -118,6 +124,8 @@ class RouterDatabase:
                 f"{path}: not a router database (tables 'users' and 'hosts' missing or with other columns)"
             )
         conn.execute("PRAGMA busy_timeout = 2000")
+        with contextlib.suppress(sqlite3.Error):  # a read-only file still serves; nothing expires
+            conn.execute(_ACTIVITY_TABLE)
         return cls(conn, path)
 
     @classmethod
@@ -222,6 +230,41 @@ class RouterDatabase:
         if row is None or not isinstance(row[0], int) or row[0] <= 0:
             return None
         return int(row[0])
+
+    def touch_host(self, host_id: int, now: float, *, new: bool) -> bool:
+        """Record that host ``host_id`` was just issued (``new``) or presented again (used).
+
+        Best effort (False on failure): the bookkeeping must never cost a host its answer.
+        """
+        try:
+            if new:
+                self._conn.execute(
+                    'INSERT OR REPLACE INTO host_activity ("id","issued","used") VALUES (?,?,0)',
+                    (host_id, now))
+            else:
+                self._conn.execute('UPDATE host_activity SET "used" = 1 WHERE "id" = ? AND "used" = 0',
+                                   (host_id,))
+        except sqlite3.Error:
+            return False
+        return True
+
+    def expire_unused_hosts(self, issued_before: float) -> int:
+        """Delete host IDs issued before ``issued_before`` and never presented since; returns how many."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._conn.execute(
+                    'DELETE FROM hosts WHERE id IN (SELECT "id" FROM host_activity WHERE "used" = 0 '
+                    'AND "issued" < ?)', (issued_before,))
+                self._conn.execute('DELETE FROM host_activity WHERE "used" = 0 AND "issued" < ?',
+                                   (issued_before,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot expire unused host IDs: {exc}") from None
+        return int(cur.rowcount)
 
 
 def _i32(value: int) -> int:

@@ -12,6 +12,16 @@ per source address, and a login beyond the cap is refused at its first SRP step,
 expensive arithmetic. The cap counts only SRP logins: anonymous relay and host handshakes are
 cheap, and idle connections that never start a login must not lock relays and hosts out. Fake
 verifiers are cached per name, so repeating a probe costs no extra verifier computation.
+
+Every connection also passes the flood guard (:mod:`natrelay.aspia.router.guard`): new
+connections per minute per address, connections and unauthenticated connections in total and
+per address, bytes before authentication, a short deadline to authenticate and a shorter one
+for a started password login (half-open logins from a few addresses used to lock every password
+login out for a minute). Refusals are counted by reason and logged at debug level, rate-limited.
+
+Relays may register only from loopback unless RelayWhiteList lists addresses or the operator
+sets RelayAllowAnyAddress (the original's behaviour): a relay receives every pairing's sealed
+secrets, so "anyone with the public key" is not a safe default.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +43,24 @@ from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelProtocol
 from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
+from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
-from natrelay.aspia.router.db import RouterDatabase
-from natrelay.aspia.router.sessions import Actions, SessionKind
+from natrelay.aspia.router.db import DatabaseError, RouterDatabase
+from natrelay.aspia.router.guard import FloodGuard, GuardLimits
+from natrelay.aspia.router.sessions import Actions, RequestLimits, SessionKind
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
-from natrelay.engine.limits import Admission, Limits
 from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
 
 log = logging.getLogger("natrelay.aspia.router")
 
 ANONYMOUS_SESSIONS = SessionKind.HOST | SessionKind.RELAY
 DEFAULT_MAX_LOGINS = 16
-DEFAULT_MAX_LOGINS_PER_IP = 4
+DEFAULT_MAX_LOGINS_PER_IP = 2
 FAKE_USER_CACHE = 1024
+HOUSEKEEPING_INTERVAL = 3600.0
+"""Seconds between expiring unused host IDs and pruning rate-limit state."""
 
 
 @dataclass(frozen=True)
@@ -58,17 +71,63 @@ class RouterOptions:
     database: Path
     admin_socket: Path | None = None
     public_key_hex: str = ""
-    limits: Limits = field(default_factory=Limits)
-    """Connections in total, per IP, and handshakes of any kind in progress."""
     max_logins: int = DEFAULT_MAX_LOGINS
     """SRP (password) logins in progress at once."""
     max_logins_per_ip: int = DEFAULT_MAX_LOGINS_PER_IP
-    auth_timeout: float = HANDSHAKE_TIMEOUT
+    guard: GuardLimits | None = None
+    """Overrides the flood-guard limits router.json sets (tests)."""
+
+    def guard_limits(self) -> GuardLimits:
+        if self.guard is not None:
+            return self.guard
+        c = self.config
+        return GuardLimits(
+            max_connections=c.max_connections, max_connections_per_ip=c.max_connections_per_ip,
+            connections_per_minute_per_ip=c.connections_per_minute_per_ip, max_pending=c.max_pending,
+            max_pending_per_ip=c.max_pending_per_ip, max_bytes_before_auth=c.max_bytes_before_auth,
+            pending_timeout=min(float(c.auth_timeout), HANDSHAKE_TIMEOUT), max_logins=self.max_logins,
+            max_logins_per_ip=self.max_logins_per_ip,
+            login_reserve=min(GuardLimits.login_reserve, self.max_logins // 4),
+            login_timeout=float(c.login_timeout))
+
+    def request_limits(self) -> RequestLimits:
+        c = self.config
+        return RequestLimits(client_per_minute=c.client_requests_per_minute,
+                             host_per_minute=c.host_requests_per_minute,
+                             new_host_ids_per_minute=c.host_id_requests_per_minute,
+                             max_keys_per_relay=c.max_keys_per_relay)
 
 
-def peer_ip(transport: asyncio.BaseTransport) -> str:
+def relay_allowed(config: RouterConfig, ip: str, local_ip: str = "") -> bool:
+    """RelayWhiteList if set; else any address if RelayAllowAnyAddress; else this machine only.
+
+    "This machine" is loopback (all of 127.0.0.0/8 and ::1: a relay bound to 127.0.0.2 is local)
+    and a connection whose source is the very address it arrived at (``local_ip``): a relay on
+    the router's machine that connects to the machine's public address, as ``natrelay serve
+    --host`` sets it up. TCP's handshake keeps others from using that source. A relay elsewhere
+    needs the white list.
+    """
+    if config.relay_white_list:
+        return address_allowed(config.relay_white_list, ip)
+    if config.relay_any_address:
+        return True
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback or (bool(local_ip) and ip == local_ip)
+
+
+def local_ip(transport: asyncio.BaseTransport) -> str:
+    """The address the connection arrived at, in :func:`peer_ip`'s form."""
+    return peer_ip(transport, "sockname")
+
+
+def peer_ip(transport: asyncio.BaseTransport, which: str = "peername") -> str:
     """The peer's IP as the original prints it: dotted IPv4 also for v4-mapped IPv6 (§6.2 step 4)."""
-    peer = transport.get_extra_info("peername")
+    peer = transport.get_extra_info(which)
     if not peer:
         return ""
     try:
@@ -86,11 +145,14 @@ class RouterConnection(ChannelProtocol):
     def __init__(self, server: RouterServer) -> None:
         self.server = server
         self.ip = ""
+        self.local_ip = ""
         self.session_id: int | None = None
         self.is_relay = False
-        self.in_handshake = False
         self.admitted = False
+        self.pending = False
+        self.bytes_before_auth = 0
         self.in_login = False
+        self.login_deadline: float | None = None
         self.login_refused = False
         self.attempted_user: str | None = None
         self.handshake: ServerHandshake | None = None
@@ -100,49 +162,66 @@ class RouterConnection(ChannelProtocol):
         # Called at SrpIdentify, just before the expensive part of an SRP login.
         self.attempted_user = name
         if not self.in_login:
-            refusal = self.server.logins.admit(self.ip)
+            guard = self.server.guard
+            refusal = guard.begin_login(self.ip)
             if refusal is not None:
                 self.login_refused = True
-                log.error("Refused login of %r from %s: too many password logins in progress (%s)", name,
-                          self.ip, refusal.replace("connection", "login"))
+                # Error level, not debug: a legitimate user may be the one refused, and the
+                # operator must see why; rate-limited, and the guard's counter has every one.
+                skipped = guard.log.allow("login refused", self.loop.time())
+                if skipped is not None:
+                    more = f" ({skipped} more not logged)" if skipped else ""
+                    log.error("Refused login of %r from %s: too many password logins in progress (%s)%s",
+                              name, self.ip, flood.describe(refusal, guard.limits), more)
                 raise AspiaProtocolError("too many logins in progress", ErrorCode.ACCESS_DENIED)
             self.in_login = True
+            if guard.limits.login_timeout:
+                self.login_deadline = self.loop.time() + guard.limits.login_timeout
         return self.server.lookup_user(name)
 
     def _make_channel(self, now: float) -> Channel:
         opts = self.server.options
         config = ServerConfig(private_key=opts.config.private_key, seed_key=opts.config.seed_key,
                               anonymous_sessions=int(ANONYMOUS_SESSIONS), users=self._lookup,
-                              timeout=opts.auth_timeout)
+                              timeout=self.server.guard.limits.pending_timeout or HANDSHAKE_TIMEOUT)
         self.handshake = ServerHandshake(config, now)
         return Channel(self.handshake, now=now, keepalive=True)
 
     def on_connected(self) -> bool:
         assert self.transport is not None
         self.ip = peer_ip(self.transport)
-        admission = self.server.admission
-        refusal = admission.admit(self.ip)
+        self.local_ip = local_ip(self.transport)
+        refusal = self.server.guard.admit(self.ip, self.loop.time())
         if refusal is None:
-            self.admitted = True
-            refusal = admission.begin_handshake()
-            if refusal is None:
-                self.in_handshake = True
-                with contextlib.suppress(OSError):
-                    sock = self.transport.get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return True
-        log.error("Refused connection from %s: %s", self.ip, refusal)
-        self.abort(refusal)
+            self.admitted = self.pending = True
+            with contextlib.suppress(OSError):
+                sock = self.transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return True
+        self.login_refused = True  # nothing to explain later: the refusal is logged here
+        self.server.refusal(refusal, self.ip)
+        self.abort(f"refused: {refusal}")
         return False
 
     def _end_handshake(self) -> None:
-        if self.in_handshake:
-            self.in_handshake = False
-            self.server.admission.end_handshake()
+        if self.pending:
+            self.pending = False
+            self.server.guard.authenticated(self.ip)
         if self.in_login:
             self.in_login = False
-            self.server.logins.release(self.ip)
+            self.login_deadline = None
+            self.server.guard.end_login(self.ip)
+
+    def extra_deadline(self) -> float | None:
+        return self.login_deadline
+
+    def on_extra_timer(self, now: float) -> None:
+        # A login that stalls after its user name holds a scarce slot: end it early.
+        if self.login_deadline is not None and not self.closing:
+            self.login_refused = True
+            self.server.refusal(flood.LOGIN_DEADLINE, self.ip, counted=False)
+            self.abort(f"refused: {flood.LOGIN_DEADLINE}")
 
     def on_established(self) -> None:
         self._end_handshake()
@@ -155,6 +234,12 @@ class RouterConnection(ChannelProtocol):
             log.error("Refused session type %d from %s (user %r): not a router session type",
                       result.session_type, self.ip, result.user_name)
             self.abort("not a router session type")
+            return
+        config = self.server.options.config
+        if kind is SessionKind.RELAY and not relay_allowed(config, self.ip, self.local_ip):
+            log.error("Refused relay session from %s: relays may register only from this machine unless "
+                      "RelayWhiteList lists the address (or RelayAllowAnyAddress is true)", self.ip)
+            self.abort("relay address not allowed")
             return
         white_list = self.server.white_list(kind)
         if not address_allowed(white_list, self.ip):
@@ -172,6 +257,13 @@ class RouterConnection(ChannelProtocol):
                  self.ip, user, result.peer_version)
 
     def data_received(self, data: bytes) -> None:
+        if self.pending:
+            self.bytes_before_auth += len(data)
+            if self.server.guard.too_many_bytes(self.bytes_before_auth):
+                self.login_refused = True
+                self.server.refusal(flood.BYTES_BEFORE_AUTH, self.ip)
+                self.abort(f"refused: {flood.BYTES_BEFORE_AUTH}")
+                return
         link = self.link
         ignored = link.ignored_messages if link is not None else 0
         super().data_received(data)
@@ -189,7 +281,7 @@ class RouterConnection(ChannelProtocol):
         self._end_handshake()
         if self.admitted:
             self.admitted = False
-            self.server.admission.release(self.ip)
+            self.server.guard.release(self.ip, pending=False)
         if self.session_id is not None:
             self.server.connections.pop(self.session_id, None)
             session = self.server.core.sessions.get(self.session_id)
@@ -202,6 +294,12 @@ class RouterConnection(ChannelProtocol):
             self._explain_failed_handshake(reason)
 
     def _explain_failed_handshake(self, reason: str) -> None:
+        # Rate-limited: a flood of connections that time out must not become a flood of lines.
+        skipped = self.server.guard.log.allow("handshake failed", self.loop.time())
+        if skipped is None:
+            return
+        if skipped:
+            log.error("%d more failed handshakes were not logged", skipped)
         handshake = self.handshake
         error = self.link.error if self.link is not None else None
         # Keys were installed and the peer then walked away (or sent what our key cannot open).
@@ -226,13 +324,11 @@ class RouterServer:
 
     def __init__(self, options: RouterOptions, db: RouterDatabase) -> None:
         self.options = options
-        self.core = Router(db)
+        self.core = Router(db, limits=options.request_limits())
         self.loop = asyncio.get_running_loop()
         self.timers: WheelDriver[Any] = make_wheel(self.loop)
-        self.admission = Admission(options.limits)
-        # The same exact counting, applied to SRP logins in progress instead of connections.
-        self.logins = Admission(Limits(max_connections=options.max_logins,
-                                       max_per_ip=options.max_logins_per_ip))
+        self.guard = FloodGuard(options.guard_limits())
+        self._housekeeping: asyncio.TimerHandle | None = None
         self.connections: dict[int, RouterConnection] = {}
         self._fakes: OrderedDict[str, UserRecord] = OrderedDict()
         self._server: asyncio.Server | None = None
@@ -246,6 +342,38 @@ class RouterServer:
 
     def wall_time(self) -> float:
         return self.loop.time() + self._wall_offset
+
+    def refusal(self, reason: str, ip: str, *, counted: bool = True) -> None:
+        """Count (unless the guard already did) and log a refused connection, rate-limited."""
+        if not counted:
+            self.guard.count(reason)
+        skipped = self.guard.log.allow(reason, self.loop.time())
+        if skipped is not None and log.isEnabledFor(logging.DEBUG):
+            more = f" ({skipped} more like it not logged)" if skipped else ""
+            log.debug("Refused connection from %s: %s%s", ip, flood.describe(reason, self.guard.limits), more)
+
+    def counters(self) -> dict[str, Any]:
+        """The flood guard's counts and every refusal by reason (guard and session core), exact."""
+        counts: dict[str, Any] = dict(self.guard.status())
+        counts["refused"] = {**self.guard.refused, **self.core.refused}
+        return counts
+
+    def housekeeping(self) -> None:
+        """Hourly: expire host IDs issued but never used, forget idle rate-limit state."""
+        now = self.wall_time()
+        self.guard.prune(self.loop.time())
+        self.core.prune(now)
+        days = self.options.config.unused_host_id_days
+        if days:
+            try:
+                dropped = self.core.expire_unused_host_ids(now - days * 86400.0, now)
+            except DatabaseError as exc:
+                log.error("Cannot expire unused host IDs: %s", exc)
+            else:
+                if dropped:
+                    log.info("Deleted %d host IDs issued more than %d days ago and never used since",
+                             dropped, days)
+        self._housekeeping = self.loop.call_later(HOUSEKEEPING_INTERVAL, self.housekeeping)
 
     def white_list(self, kind: SessionKind) -> tuple[IPAddress, ...]:
         config = self.options.config
@@ -310,6 +438,17 @@ class RouterServer:
             self.sockets.append((str(name[0]), int(name[1])))
         where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sockets)
         log.info("Listening on %s", where)
+        if not config.relay_white_list:
+            if config.relay_any_address:
+                log.warning("RelayAllowAnyAddress is true and RelayWhiteList is empty: any address "
+                            "holding the router's public key can register as a relay and receive "
+                            "pairings; list your relays in RelayWhiteList")
+            else:
+                log.warning("RelayWhiteList is empty: relays may register only from this machine "
+                            "(loopback, or the router's own address); list remote relays' addresses "
+                            "in RelayWhiteList, or set "
+                            "RelayAllowAnyAddress to true for the original's behaviour")
+        self.housekeeping()
         if self.options.admin_socket is not None:
             self._admin = AdminSocketServer(self.options.admin_socket, self._admin_request)
             try:
@@ -322,7 +461,9 @@ class RouterServer:
     def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
-            return {"ok": True, "status": self.core.status(self.wall_time())}
+            status = self.core.status(self.wall_time())
+            status["guard"] = self.counters()
+            return {"ok": True, "status": status}
         if command == "disconnect":
             actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
             if error is not None:
@@ -332,6 +473,8 @@ class RouterServer:
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     async def close(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self._server is not None:
             self._server.close()
         if self._admin is not None:

@@ -8,12 +8,20 @@ requested, never done inline, so a handler never tears down the session it is ru
 
 Every request gets an answer where the original would go silent on an internal failure
 (§12 bug 10): a host-ID request that cannot be served is answered ``UNKNOWN``.
+
+Request limits (issue 8), token buckets fed with the ``now`` of each call: connection requests
+per client account and per target host (one account could drain the key pool and make the
+host open dozens of relay connections), new host IDs per source address (anonymous requests
+grew ``router.db3`` without limit), and the keys held per relay. A refused connection request
+is answered ``ACCESS_DENIED``, a refused host-ID request ``UNKNOWN``; each refusal is counted in
+:attr:`RouterCore.refused` under a fixed reason name.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -34,7 +42,9 @@ from natrelay.aspia.messages import (
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
 from natrelay.aspia.router.db import DatabaseError, RouterDatabase
+from natrelay.aspia.router.guard import LogLimiter, address_key
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
+from natrelay.aspia.router.ratelimit import KeyedBuckets
 
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -43,6 +53,33 @@ SECRET_RANDOM_SIZE = 16
 _Offer = router_peer_pb2.ConnectionOffer
 _HostIdRequest = router_peer_pb2.HostIdRequest
 _HostIdResponse = router_peer_pb2.HostIdResponse
+
+
+# Reason names of RouterCore.refused (stable: they become metric labels).
+CLIENT_RATE = "client_request_rate"
+HOST_RATE = "host_request_rate"
+HOST_ID_RATE = "host_id_rate"
+RELAY_KEYS_OVER_CAP = "relay_keys_over_cap"
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Per-minute rates (0 = no limit); each bucket holds half a minute's worth as its burst.
+
+    The burst must cover honest use: ``natrelay aspia client --listen`` asks once per local
+    connection, and a browser or a test opens twenty at once. The per-host rate is above the
+    per-account one, so one account cannot use up a host's allowance and lock other accounts
+    out of that host.
+    """
+
+    client_per_minute: int = 60
+    host_per_minute: int = 120
+    new_host_ids_per_minute: int = 10
+    max_keys_per_relay: int = 1000
+
+
+def _buckets(per_minute: int) -> KeyedBuckets[object]:
+    return KeyedBuckets(per_minute, max(1, per_minute // 2))
 
 
 class SessionKind(enum.IntEnum):
@@ -102,9 +139,18 @@ def _valid_key(key: router_common_pb2.RelayKey) -> bool:
 class RouterCore:
     """All router sessions, the host-ID map and the key pool; no I/O, no clocks of its own."""
 
-    def __init__(self, db: RouterDatabase, random_bytes: RandomBytes = crypto.default_random) -> None:
+    def __init__(self, db: RouterDatabase, random_bytes: RandomBytes = crypto.default_random,
+                 limits: RequestLimits = RequestLimits()) -> None:
         self.db = db
         self.pool = KeyPool()
+        self.limits = limits
+        self._client_rate = _buckets(limits.client_per_minute)
+        self._host_rate = _buckets(limits.host_per_minute)
+        self._host_id_rate = KeyedBuckets[object](limits.new_host_ids_per_minute,
+                                                  limits.new_host_ids_per_minute)
+        self.refused: Counter[str] = Counter({CLIENT_RATE: 0, HOST_RATE: 0, HOST_ID_RATE: 0,
+                                              RELAY_KEYS_OVER_CAP: 0})
+        self._log_limit = LogLimiter()
         self.sessions: dict[int, RouterSession] = {}
         self._random = random_bytes
         self._next_id = 1
@@ -146,9 +192,9 @@ class RouterCore:
             return actions
         try:
             if session.kind is SessionKind.HOST:
-                self._from_host(session, payload, actions)
+                self._from_host(session, payload, actions, now)
             elif session.kind is SessionKind.CLIENT:
-                self._from_client(session, payload, actions)
+                self._from_client(session, payload, actions, now)
             elif session.kind is SessionKind.RELAY:
                 self._from_relay(session, payload, now)
             else:
@@ -163,7 +209,7 @@ class RouterCore:
         log.info("Unhandled message from admin session %d", session.session_id)
 
     # ----------------------------------------------------------------- host
-    def _from_host(self, session: RouterSession, payload: bytes, actions: Actions) -> None:
+    def _from_host(self, session: RouterSession, payload: bytes, actions: Actions, now: float) -> None:
         envelope = parse(router_peer_pb2.PeerToRouter, payload)
         found = first_present(envelope, ROUTER_FROM_HOST)
         if found is None:
@@ -177,17 +223,24 @@ class RouterCore:
                     del self._host_index[body.host_id]
             return
         assert isinstance(body, _HostIdRequest), name
-        response = self._host_id(session, body, actions)
+        response = self._host_id(session, body, actions, now)
         actions.reply(session.session_id, _to_peer("host_id_response", response))
 
     def _host_id(self, session: RouterSession, request: _HostIdRequest,
-                 actions: Actions) -> _HostIdResponse:
+                 actions: Actions, now: float) -> _HostIdResponse:
         response = _HostIdResponse()
         try:
             if request.type == _HostIdRequest.NEW_ID:
+                if not self._host_id_rate.allow(address_key(session.address), now):
+                    self._limited(HOST_ID_RATE, now, "Host session %d (%s): new host ID refused: more "
+                                  "than %d per minute from this address", session.session_id,
+                                  session.address, self.limits.new_host_ids_per_minute)
+                    response.error_code = _HostIdResponse.UNKNOWN
+                    return response
                 key = self._random(HOST_KEY_SIZE)
                 key_hash = crypto.h512(key)
-                self.db.add_host(key_hash)
+                new_id = self.db.add_host(key_hash)
+                self.db.touch_host(new_id, now, new=True)
                 response.key = key
             elif request.type == _HostIdRequest.EXISTING_ID:
                 key_hash = crypto.h512(request.key)
@@ -196,6 +249,8 @@ class RouterCore:
                 response.error_code = _HostIdResponse.UNKNOWN
                 return response
             host_id = self.db.find_host(key_hash)
+            if host_id is not None and request.type == _HostIdRequest.EXISTING_ID:
+                self.db.touch_host(host_id, now, new=False)
         except DatabaseError as exc:
             log.error("Host session %d: %s", session.session_id, exc)
             response.ClearField("key")
@@ -225,7 +280,7 @@ class RouterCore:
         return response
 
     # --------------------------------------------------------------- client
-    def _from_client(self, session: RouterSession, payload: bytes, actions: Actions) -> None:
+    def _from_client(self, session: RouterSession, payload: bytes, actions: Actions, now: float) -> None:
         envelope = parse(router_peer_pb2.PeerToRouter, payload)
         found = first_present(envelope, ROUTER_FROM_CLIENT)
         if found is None:
@@ -239,16 +294,51 @@ class RouterCore:
             actions.reply(session.session_id, reply)
             return
         assert isinstance(body, router_peer_pb2.ConnectionRequest)
-        self._connect(session, body.host_id, actions)
+        self._connect(session, body.host_id, actions, now)
 
-    def _connect(self, client: RouterSession, host_id: int, actions: Actions) -> None:
+    def _limited(self, reason: str, now: float, message: str, *args: object) -> None:
+        """Count a refusal and log it at most once per interval per reason."""
+        self.refused[reason] += 1
+        skipped = self._log_limit.allow(reason, now)
+        if skipped is not None:
+            more = f" ({skipped} more like it not logged)" if skipped else ""
+            log.warning(message + more, *args)
+
+    def _rate_limited(self, client: RouterSession, host_id: int, now: float) -> bool:
+        if not self._client_rate.allow(client.user_name, now):
+            self._limited(CLIENT_RATE, now, "Connection request of user %r (client %d, %s) to host %d "
+                          "refused: more than %d per minute for this account", client.user_name,
+                          client.session_id, client.address, host_id, self.limits.client_per_minute)
+            return True
+        if not self._host_rate.allow(host_id, now):
+            self._limited(HOST_RATE, now, "Connection request of user %r (client %d) to host %d refused: "
+                          "more than %d per minute to this host", client.user_name, client.session_id,
+                          host_id, self.limits.host_per_minute)
+            return True
+        return False
+
+    def prune(self, now: float) -> None:
+        """Forget rate-limit buckets that are full again (no state); call now and then."""
+        for buckets in (self._client_rate, self._host_rate, self._host_id_rate):
+            buckets.prune(now)
+
+    def expire_unused_host_ids(self, issued_before: float, now: float) -> int:
+        """Delete host IDs issued before ``issued_before`` and never used since (online ones are used)."""
+        for host_id in list(self._host_index):
+            self.db.touch_host(host_id, now, new=False)
+        return self.db.expire_unused_hosts(issued_before)
+
+    def _connect(self, client: RouterSession, host_id: int, actions: Actions, now: float) -> None:
         host = self.host_session(host_id)
         if host is None:
             log.info("Client %d (%s, user %r) asked for host %d, which is not connected",
                      client.session_id, client.address, client.user_name, host_id)
             self._refuse(client, _Offer.PEER_NOT_FOUND, actions)
             return
-        taken = self.pool.take(self._usable_relay)
+        if self._rate_limited(client, host_id, now):
+            self._refuse(client, _Offer.ACCESS_DENIED, actions)
+            return
+        taken = self.pool.take(self._usable_relay, now)
         if taken is None:
             log.error("Key pool empty: no connection for client %d (user %r) to host %d: %s",
                       client.session_id, client.user_name, host_id, self.empty_pool_reason())
@@ -333,7 +423,12 @@ class RouterCore:
             log.error("Relay %d (%s) has not announced a peer address (PeerAddress/PeerPort); its keys "
                       "cannot be handed out", session.session_id, session.address)
         session.keys_received += len(keys)
-        self.pool.add(session.session_id, keys)
+        dropped = self.pool.add(session.session_id, keys, self.limits.max_keys_per_relay)
+        if dropped:
+            self._limited(RELAY_KEYS_OVER_CAP, now, "Relay %d (%s) holds more than MaxKeysPerRelay (%d) "
+                          "keys; its %d oldest were dropped", session.session_id, session.address,
+                          self.limits.max_keys_per_relay, dropped)
+            self.refused[RELAY_KEYS_OVER_CAP] += dropped - 1  # count keys, not lines
         log.info("Relay %d (%s, peers at %s:%d) added %d keys; it now has %d in the pool",
                  session.session_id, session.address, session.peer_host, session.peer_port, len(keys),
                  self.pool.count(session.session_id))

@@ -60,3 +60,13 @@ def test_client_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 1 and "--host-id" in err
     code, err = run([*base, "--router-key", KEY, "--host-id", "1", "--listen", "nowhere"], capsys)
     assert code == 1 and "--listen" in err
+
+
+@pytest.mark.parametrize("key", ["00" * 32, "01" + "00" * 31])
+def test_a_low_order_router_key_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   key: str) -> None:
+    (tmp_path / "pw").write_text("x\n")
+    code, err = run(["aspia", "client", "--router", "127.0.0.1:1", "--user", "alice", "--password-file",
+                     str(tmp_path / "pw"), "--router-key", key, "--host-id", "1"], capsys)
+    assert code == 1 and "not a usable X25519 public key" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

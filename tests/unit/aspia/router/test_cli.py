@@ -70,7 +70,10 @@ def test_status_table_shows_every_figure() -> None:
                       "user": "bob", "bytes": 123456, "duration": 61, "idle": 5}],
         "pool_size": 97,
     }
+    status["guard"] = {"connections": 5, "pending": 1, "logins": 0, "accepted": 9,
+                       "refused": {"rate_per_ip": 3, "logins": 0}}
     table = format_status(status)
+    assert "Connections 5 (1 not authenticated, 0 logging in), accepted 9; refused: rate_per_ip 3" in table
     for text in ("127.0.0.1:8070", "97", "1:02:05", "(not announced)", "1.4", "10.0.0.2", "10.0.0.3", "bob",
                  "123456", "0:01:01", "0:00:05", "StatisticsEnabled"):
         assert text in table

@@ -1,0 +1,171 @@
+"""The router's flood guard, token buckets and relay policy, with fake time (issues 8 and 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from natrelay.aspia.router import guard as flood
+from natrelay.aspia.router.db import RouterDatabase
+from natrelay.aspia.router.guard import FloodGuard, GuardLimits, LogLimiter
+from natrelay.aspia.router.ratelimit import KeyedBuckets, TokenBucket
+from natrelay.aspia.router.server import RouterOptions, RouterServer, relay_allowed
+from natrelay.ops.aspia_config import RouterConfig, _plain_ip
+
+
+def test_token_bucket_allows_the_burst_then_the_rate() -> None:
+    bucket = TokenBucket.full(3, 1.0, 0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.take(0.5)
+    assert bucket.take(1.0)
+    assert not bucket.take(1.0)
+    assert not bucket.take(-100.0)  # a clock stepping back mints nothing
+    assert bucket.take(5.0) and bucket.take(5.0) and bucket.take(5.0) and not bucket.take(5.0)
+
+
+def test_keyed_buckets_are_per_key_bounded_and_pruned() -> None:
+    buckets: KeyedBuckets[str] = KeyedBuckets(per_minute=60, burst=2, max_keys=3)
+    assert buckets.allow("a", 0) and buckets.allow("a", 0) and not buckets.allow("a", 0)
+    assert buckets.allow("b", 0)  # another key is not affected
+    for key in "cde":
+        buckets.allow(key, 0)
+    assert len(buckets) == 3
+    assert buckets.prune(100.0) == 3 and len(buckets) == 0
+    off: KeyedBuckets[str] = KeyedBuckets(per_minute=0, burst=0)
+    assert all(off.allow("x", 0) for _ in range(1000)) and len(off) == 0
+
+
+def test_connection_rate_per_ip_is_counted_and_recovers() -> None:
+    guard = FloodGuard(GuardLimits(connections_per_minute_per_ip=3, max_pending_per_ip=0))
+    for _ in range(3):
+        assert guard.admit("10.0.0.1", 0.0) is None
+        guard.release("10.0.0.1", pending=True)
+    assert guard.admit("10.0.0.1", 0.0) == flood.RATE
+    assert guard.admit("10.0.0.2", 0.0) is None  # others unaffected
+    assert guard.admit("10.0.0.1", 20.0) is None  # one token back after 20 s at 3/min
+    assert guard.refused[flood.RATE] == 1
+
+
+def test_pending_caps_leave_room_for_other_addresses() -> None:
+    guard = FloodGuard(GuardLimits(max_pending=10, max_pending_per_ip=3, connections_per_minute_per_ip=0))
+    for ip in ("10.0.0.1", "10.0.0.2"):
+        for _ in range(3):
+            assert guard.admit(ip, 0) is None
+        assert guard.admit(ip, 0) == flood.PENDING_PER_IP
+    assert guard.admit("10.0.0.3", 0) is None  # two addresses cannot fill the total
+    guard.authenticated("10.0.0.1")  # an authenticated connection frees its pending slot
+    assert guard.admit("10.0.0.1", 0) is None
+    assert (guard.connections, guard.pending) == (8, 7)
+    assert guard.per_ip("10.0.0.1") == (4, 3, 0)
+
+
+def test_total_and_per_ip_connection_caps_and_exact_counts() -> None:
+    guard = FloodGuard(GuardLimits(max_connections=3, max_connections_per_ip=2, max_pending=0,
+                                   max_pending_per_ip=0, connections_per_minute_per_ip=0))
+    assert guard.admit("a", 0) is None and guard.admit("a", 0) is None
+    assert guard.admit("a", 0) == flood.CONNECTIONS_PER_IP
+    assert guard.admit("b", 0) is None
+    assert guard.admit("c", 0) == flood.CONNECTIONS
+    guard.authenticated("a")
+    guard.release("a", pending=False)
+    guard.release("a", pending=True)
+    guard.release("b", pending=True)
+    assert (guard.connections, guard.pending, guard.accepted) == (0, 0, 3)
+    assert guard.per_ip("a") == (0, 0, 0)
+    assert guard.refused[flood.CONNECTIONS] == 1 and guard.refused[flood.CONNECTIONS_PER_IP] == 1
+
+
+def test_ipv6_addresses_count_per_64_network() -> None:
+    guard = FloodGuard(GuardLimits(max_pending_per_ip=2, connections_per_minute_per_ip=0))
+    assert guard.admit("2001:db8:1:2::1", 0) is None and guard.admit("2001:db8:1:2:ffff::9", 0) is None
+    assert guard.admit("2001:db8:1:2::77", 0) == flood.PENDING_PER_IP
+    assert guard.admit("2001:db8:1:3::1", 0) is None  # the next /64 is someone else
+    guard.release("2001:db8:1:2::1", pending=True)
+    assert guard.per_ip("2001:db8:1:2::abcd") == (1, 1, 0)
+    assert flood.address_key("10.1.2.3") == "10.1.2.3"
+
+
+def test_bytes_before_auth() -> None:
+    guard = FloodGuard(GuardLimits(max_bytes_before_auth=100))
+    assert not guard.too_many_bytes(100)
+    assert guard.too_many_bytes(101) and guard.refused[flood.BYTES_BEFORE_AUTH] == 1
+
+
+def test_half_open_logins_from_a_few_addresses_leave_room() -> None:
+    guard = FloodGuard(GuardLimits(max_logins=16, max_logins_per_ip=2, login_reserve=4))
+    attackers = [f"10.0.0.{i}" for i in range(1, 7)]
+    taken = sum(guard.begin_login(ip) is None for ip in attackers for _ in range(5))
+    assert taken == 12  # 2 per address, the second one only while the reserve is untouched
+    assert guard.begin_login("192.0.2.1") is None  # a legitimate login still gets in
+    for ip in attackers:
+        guard.end_login(ip)
+        guard.end_login(ip)
+    assert guard.logins == 1 and guard.refused[flood.LOGINS_PER_IP] == 18
+
+
+def test_the_reserve_is_for_addresses_without_a_login() -> None:
+    guard = FloodGuard(GuardLimits(max_logins=4, max_logins_per_ip=4, login_reserve=2))
+    assert guard.begin_login("a") is None and guard.begin_login("a") is None
+    assert guard.begin_login("a") == flood.LOGIN_RESERVE
+    assert guard.begin_login("b") is None and guard.begin_login("c") is None
+    assert guard.begin_login("d") == flood.LOGINS
+
+
+def test_log_limiter_says_how_many_it_skipped() -> None:
+    limiter = LogLimiter(10.0, burst=2)
+    assert limiter.allow("r", 0.0) == 0 and limiter.allow("r", 0.5) == 0
+    assert limiter.allow("r", 1.0) is None and limiter.allow("r", 2.0) is None
+    assert limiter.allow("other", 2.0) == 0
+    assert limiter.allow("r", 10.0) == 2
+    assert limiter.allow("r", 10.1) == 0 and limiter.allow("r", 10.2) is None
+
+
+def test_negative_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_pending"):
+        GuardLimits(max_pending=-1)
+
+
+@pytest.mark.parametrize(("ip", "white", "any_address", "allowed"), [
+    ("192.0.2.8", "", False, True),  # the router's own address (local_ip below)
+    ("127.0.0.1", "", False, True),
+    ("127.0.0.2", "", False, True),  # the whole loopback network is this machine
+    ("::1", "", False, True),
+    ("::ffff:127.0.0.1", "", False, True),
+    ("10.0.0.5", "", False, False),
+    ("10.0.0.5", "", True, True),
+    ("10.0.0.5", "10.0.0.5", False, True),
+    ("127.0.0.1", "10.0.0.5", True, False),  # a white list is exact, even for loopback
+])
+def test_relay_policy(ip: str, white: str, any_address: bool, allowed: bool) -> None:
+    listed = tuple(_plain_ip(ipaddress.ip_address(a)) for a in white.split(";") if a)
+    config = RouterConfig(relay_white_list=listed, relay_any_address=any_address)
+    assert relay_allowed(config, ip, local_ip="192.0.2.8") is allowed
+
+
+def test_housekeeping_expires_unused_host_ids_after_the_configured_days(tmp_path: Path) -> None:
+    path = tmp_path / "router.db3"
+    RouterDatabase.create(path)
+    db = RouterDatabase.open(path)
+    day = 86400.0
+    for host_id, issued in ((db.add_host(b"old"), 0.0), (db.add_host(b"new"), 9 * day)):
+        db.touch_host(host_id, issued, new=True)
+    kept = db.add_host(b"from the original")  # no activity row: never expires
+
+    async def run(days: int) -> None:
+        config = RouterConfig(private_key=bytes(range(32)), unused_host_id_days=days)
+        server = RouterServer(RouterOptions(config=config, database=path), db)
+        server._wall_offset = 10 * day - server.loop.time()  # "now" is day 10
+        try:
+            server.housekeeping()
+        finally:
+            await server.close()
+
+    asyncio.run(run(0))  # 0: never
+    assert db.find_host(b"old") is not None
+    asyncio.run(run(7))
+    assert db.find_host(b"old") is None and db.find_host(b"new") == 2
+    assert db.find_host(b"from the original") == kept
+    db.close()
