@@ -32,7 +32,8 @@ class Counters(Protocol):
 
 
 def size(n: float) -> str:
-    return str(tqdm.format_sizeof(n, suffix="B", divisor=1024))
+    """Bytes in SI units (tqdm writes "MB" for its prefixes, so the divisor must be 1000)."""
+    return str(tqdm.format_sizeof(n, suffix="B", divisor=1000))
 
 
 class RateMeter:
@@ -67,7 +68,7 @@ class ProgressLine:
     def __init__(self, counters: Counters, stream: TextIO | None = None) -> None:
         self.counters = counters
         self.meter = RateMeter(time.monotonic())
-        self.bar = tqdm(total=None, file=stream or sys.stderr, bar_format="{postfix}", leave=False,
+        self.bar = tqdm(total=None, file=stream or sys.stderr, bar_format="{desc}", leave=False,
                         dynamic_ncols=True, mininterval=0)
 
     def render(self) -> str:
@@ -78,7 +79,7 @@ class ProgressLine:
                 f"{tqdm.format_interval(now - self.meter.start)}")
 
     def update(self) -> None:
-        self.bar.set_postfix_str(self.render(), refresh=True)
+        self.bar.set_description_str(self.render(), refresh=True)
 
     async def run(self) -> None:
         """Redraw until cancelled, then clear the line."""
