@@ -295,10 +295,10 @@ class StandIn:
         try:
             while True:
                 self._pump()
+        except TimeoutError:  # first: a timeout is an OSError too, and means "still open"
+            return False
         except (ConnectionError, OSError):
             return True
-        except TimeoutError:
-            return False
 
     def close(self) -> None:
         self.sock.close()
