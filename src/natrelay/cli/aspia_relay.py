@@ -24,6 +24,7 @@ from natrelay.aspia.relay.app import (
     TimersError,
     serve_relay,
 )
+from natrelay.aspia.router.db import DatabaseError
 from natrelay.ops.aspia_config import (
     EXIT_CONFIG_ERROR,
     RELAY_CONFIG_NAME,
@@ -33,6 +34,10 @@ from natrelay.ops.aspia_config import (
     default_config_path,
 )
 from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.http.aspia_sources import AspiaRelaySource
+from natrelay.ops.http.auth import open_accounts
+from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.runtime import run
 
 log = logging.getLogger("natrelay.aspia.relay")
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Relay service", "starts the Relay service", "stops the Relay service"),
                             strict=True):
         p.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
+    add_http_arguments(p)
     p.add_argument("--no-uvloop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-V", "--version", action="version",
                    version=f"{PROG} {__version__} (Aspia 2.7.0 protocol)")
@@ -117,8 +123,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        http = http_options(args, config.http_listen or None)
+    except HttpConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+
     async def serve(stop: asyncio.Event) -> int:
-        return await serve_relay(config, stop, source=str(path), timers=timers)
+        if http is None:
+            return await serve_relay(config, stop, source=str(path), timers=timers)
+        db = None
+        try:
+            accounts = None
+            if http.users is not None:
+                accounts, db = open_accounts(http.users)
+            web = HttpServer(http, version=__version__, title="Aspia relay", authenticator=accounts)
+            url = await web.start()
+        except (OSError, HttpConfigError, DatabaseError) as exc:
+            if db is not None:
+                db.close()
+            log.critical("Unable to start HTTP: %s", exc)
+            print(f"{PROG}: cannot start HTTP on {http.host}:{http.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
+        try:
+            return await serve_relay(config, stop, source=str(path), timers=timers,
+                                     on_ready=lambda listener, link: web.add_source(
+                                         AspiaRelaySource(listener, link)))
+        finally:
+            await web.close()
+            if db is not None:
+                db.close()
 
     return run(serve, use_uvloop=not args.no_uvloop)
 

@@ -38,6 +38,10 @@ from natrelay.aspia.router.sessions import SessionKind
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
 from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.http.aspia_sources import AspiaRouterSource
+from natrelay.ops.http.auth import RouterAccounts
+from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.jsonsettings import update_settings, write_file_atomically
 from natrelay.ops.runtime import run
 
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="password logins in progress at once; more are refused (default %(default)s)")
     p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
                    help="the same, per source address (default %(default)s)")
+    add_http_arguments(p, users=False)
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -258,6 +263,10 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             log.critical("%s", line)
             print(f"{PROG}: {line}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    try:
+        http = http_options(args, config.http_listen or None)
+    except HttpConfigError as exc:
+        return fail(str(exc), 2)
     if not config.seed_key:
         seed = secrets.token_bytes(64)
         try:
@@ -288,8 +297,16 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             log.critical("Unable to start the router: %s", exc)
             return fail(f"cannot start: {exc}")
         log.info("Router started; public key %s", public_hex)
+        try:
+            web = await _start_http(http, server, db)
+        except (OSError, HttpConfigError) as exc:
+            await server.close()
+            log.critical("Unable to start HTTP: %s", exc)
+            return fail(f"cannot start HTTP: {exc}")
         await stop.wait()
         log.info("Stopping")
+        if web is not None:
+            await web.close()
         await server.close()
         return 0
 
@@ -297,6 +314,18 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         return run(main)
     finally:
         db.close()
+
+
+async def _start_http(options: HttpOptions | None, server: RouterServer,
+                      db: RouterDatabase) -> HttpServer | None:
+    """The HTTP surface, its logins checked against this router's administrators."""
+    if options is None:
+        return None
+    web = HttpServer(options, version=__version__, title="Aspia router", sources=[AspiaRouterSource(server)],
+                     authenticator=RouterAccounts(db))
+    url = await web.start()
+    print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
+    return web
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import signal
 import sys
 
 from natrelay import __version__
+from natrelay.aspia.router.db import DatabaseError
 from natrelay.engine.limits import Limits
 from natrelay.engine.resources import raise_nofile_limit
 from natrelay.offset import constants as C
@@ -16,6 +17,10 @@ from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_encode, read_identity_seed
 from natrelay.offset.server import OffsetRelayServer, RelayConfig
 from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.http.auth import open_accounts
+from natrelay.ops.http.offset_source import OffsetSource
+from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import extract_attached, run
 
@@ -57,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log the relay's counters (connections, tunnels, closes by reason) this often; "
                         "0 = never; SIGUSR1 logs them at once (default %(default)s)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    add_http_arguments(p)
     return p
 
 
@@ -80,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"strelay: error: {exc}", file=sys.stderr)
         return 1
     config = RelayConfig(limits=limits, max_frame=args.max_frame)
+    try:
+        http = http_options(args)
+    except HttpConfigError as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 2
 
     async def serve(stop: asyncio.Event) -> int:
         old, new = raise_nofile_limit()
@@ -94,12 +105,32 @@ def main(argv: list[str] | None = None) -> int:
             shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
             log.info("listening on %s", shown)
         log.info("public key %s", b64url_encode(identity.public_key))
+        web: HttpServer | None = None
+        db = None
+        if http is not None:
+            try:
+                accounts = None
+                if http.users is not None:
+                    accounts, db = open_accounts(http.users)
+                web = HttpServer(http, version=__version__, title="strelay", sources=[OffsetSource(server)],
+                                 authenticator=accounts)
+                await web.start()
+            except (OSError, HttpConfigError, DatabaseError) as exc:
+                print(f"strelay: error: cannot start HTTP on {args.http}: {exc}", file=sys.stderr)
+                await server.close()
+                if db is not None:
+                    db.close()
+                return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.stats.snapshot()))
         reporter = asyncio.create_task(_report_stats(server, args.stats_interval))
         await stop.wait()
         reporter.cancel()
         log.info("stopping; %s", server.stats.snapshot())
+        if web is not None:
+            await web.close()
+        if db is not None:
+            db.close()
         await server.close()
         return 0
 

@@ -39,6 +39,7 @@ from natrelay.engine.session import (
     Pump,
 )
 from natrelay.engine.splice import DEFAULT_PIPE_SIZE, PipePool, SplicePump, splice_available
+from natrelay.engine.stats import DURATION_BUCKETS, Histogram
 
 __all__ = ["ForwardEngine", "Method", "PortablePump", "Totals", "start_forwarding"]
 
@@ -60,6 +61,8 @@ class Totals:
     started: int = 0
     closed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    """Lifetimes of the sessions that ended, in seconds (for the metrics' histogram)."""
 
     @property
     def active(self) -> int:
@@ -285,6 +288,7 @@ class ForwardEngine:
         totals = self.totals
         totals.closed += 1
         totals.reasons[reason] = totals.reasons.get(reason, 0) + 1
+        totals.durations.observe(self.time() - session.started_at)
         if self._close_when_empty and not self._sessions:
             self._shutdown()
 

@@ -77,3 +77,14 @@ class Admission:
     def per_ip(self, ip: str) -> int:
         """Live connections from ``ip``."""
         return self._per_ip.get(ip, 0)
+
+
+def refusal_label(reason: str) -> str:
+    """The metric label for a refusal text from :class:`Admission` (no addresses, no numbers)."""
+    if reason.startswith("per-IP"):
+        return "per_ip_limit"
+    if reason.startswith("connection limit"):
+        return "connection_limit"
+    if reason.startswith("concurrent handshake"):
+        return "handshake_limit"
+    return "other"

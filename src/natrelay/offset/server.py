@@ -16,7 +16,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.limits import Admission, Limits, refusal_label
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -83,6 +83,11 @@ class RelayConnection(LinkProtocol):
         self._init_deadline: float | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self.connect_at: float | None = None
+        """When this node sent Connect (loop time): it is the connector of its tunnel."""
+        self.spliced_at = 0.0
+        self.bytes_out = 0
+        """Bytes this end sent into its tunnel (what the dashboard shows per session)."""
 
     # ----------------------------------------------------------- admission
     def on_connected(self) -> bool:
@@ -97,7 +102,10 @@ class RelayConnection(LinkProtocol):
             reason = server.admission.begin_handshake()
             self._in_handshake = reason is None
         if reason is not None:
-            server.stats.refused += 1
+            if self._admitted:  # refused at the handshake cap: give the slot back, never counted active
+                self._admitted = False
+                server.admission.release(self.ip)
+            server.stats.refuse(refusal_label(reason))
             log.info("refused connection from %s: %s", self.ip, reason)
             self.abort(f"refused: {reason}")
             return False
@@ -154,6 +162,7 @@ class RelayConnection(LinkProtocol):
             self.server.apply(pairing.listen(self.conn_id, key))
         elif isinstance(init, Connect):
             self.state = State.PENDING
+            self.connect_at = self.loop.time()
             log.debug("conn %d: %s connects to %s", self.conn_id, short_key(key),
                       short_key(init.public_key))
             self.server.apply(pairing.connect(self.conn_id, key, init.public_key, self.loop.time()))
@@ -172,13 +181,21 @@ class RelayConnection(LinkProtocol):
         peer = self.peer
         if peer is None or peer.closing:
             return
-        self.server.stats.bytes_forwarded += sum(map(len, payloads))
+        moved = sum(map(len, payloads))
+        self.bytes_out += moved
+        stats = self.server.stats
+        stats.bytes_forwarded += moved
+        if self.connect_at is not None:
+            stats.bytes_to_acceptor += moved
+        else:
+            stats.bytes_to_connector += moved
         peer.send_many(payloads)
 
     def splice(self, peer: RelayConnection) -> None:
         """Become one end of a tunnel; hand over anything buffered while pending."""
         self.peer = peer
         self.state = State.TUNNEL
+        self.spliced_at = self.loop.time()
         if self._pending:
             pending, self._pending, self._pending_bytes = self._pending, [], 0
             self._forward(pending)
@@ -203,6 +220,8 @@ class RelayConnection(LinkProtocol):
     # --------------------------------------------------------------- close
     def on_closed(self, reason: str) -> None:
         server = self.server
+        if self._in_handshake:
+            server.stats.handshake_failures[_reason_class(reason)] += 1
         self._end_handshake()
         if self._admitted:
             self._admitted = False
@@ -215,6 +234,7 @@ class RelayConnection(LinkProtocol):
             peer, self.peer = self.peer, None
             if peer is not None:  # the first end to go ends the tunnel; the second finds no peer
                 server.stats.tunnels_active -= 1
+                server.stats.session_durations.observe(self.loop.time() - self.spliced_at)
                 peer.peer = None
                 peer.close("the other end of the tunnel closed")
         self._pending.clear()
@@ -281,6 +301,8 @@ class OffsetRelayServer:
                     continue
                 self.stats.tunnels_opened += 1
                 self.stats.tunnels_active += 1
+                if connector.connect_at is not None:
+                    self.stats.pairing_latency.observe(self.loop.time() - connector.connect_at)
                 acceptor.splice(connector)
                 connector.splice(acceptor)
         self._arm_half_tunnels()

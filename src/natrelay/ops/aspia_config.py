@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Final, Self
 
+from natrelay.ops.addresses import AddressError, parse_listen_address
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
     SettingsDocument,
@@ -239,6 +240,17 @@ class _Reader:
             return ()
         return tuple(_plain_ip(ip) for _, ip in parsed if ip is not None)
 
+    def listen(self, key: str) -> str:
+        """``HOST:PORT`` to listen on (an IP address, ``[IPv6]:PORT`` or a bare port), '' for off."""
+        raw = self._raw(key)
+        if raw:
+            try:
+                parse_listen_address(raw)
+            except AddressError as exc:
+                self._fail(key, str(exc))
+                return ""
+        return raw
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -331,6 +343,8 @@ class _SettingsFile:
 
 
 _PORT = "an integer from 1 to 65535"
+_HTTP_LISTEN = ("natrelay only, ignored by Aspia: empty (no HTTP) or HOST:PORT for /metrics, /status "
+                "and the dashboard, e.g. 127.0.0.1:9070")
 _RELAY_FIELDS: Final = (
     FieldInfo("RouterAddress", "host name or IP address of the Router", required=True),
     FieldInfo("RouterPort", f"{_PORT}; default 8060"),
@@ -344,6 +358,7 @@ _RELAY_FIELDS: Final = (
     FieldInfo("MaxPeerCount", "an integer from 0 to 4294967295; default 100"),
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
+    FieldInfo("HttpListen", _HTTP_LISTEN),
 )
 
 
@@ -362,6 +377,7 @@ class RelayConfig(_SettingsFile):
     max_peer_count: int = 100
     statistics_enabled: bool = False
     statistics_interval: int = 5
+    http_listen: str = ""
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
@@ -380,6 +396,7 @@ class RelayConfig(_SettingsFile):
             max_peer_count=reader.uint("MaxPeerCount", 100, 0, 2**32 - 1),
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
+            http_listen=reader.listen("HttpListen"),
         )
 
     def to_settings(self) -> dict[str, str]:
@@ -394,7 +411,7 @@ class RelayConfig(_SettingsFile):
             "RouterPublicKey": self.router_public_key.hex().upper(),
             "StatisticsEnabled": "true" if self.statistics_enabled else "false",
             "StatisticsInterval": str(self.statistics_interval),
-        }
+        } | ({"HttpListen": self.http_listen} if self.http_listen else {})
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"
@@ -407,6 +424,7 @@ _ROUTER_FIELDS: Final = (
     FieldInfo("HostWhiteList", _WHITE_LIST),
     FieldInfo("AdminWhiteList", _WHITE_LIST),
     FieldInfo("RelayWhiteList", _WHITE_LIST),
+    FieldInfo("HttpListen", _HTTP_LISTEN),
 )
 
 
@@ -425,6 +443,7 @@ class RouterConfig(_SettingsFile):
     host_white_list: tuple[IPAddress, ...] = ()
     admin_white_list: tuple[IPAddress, ...] = ()
     relay_white_list: tuple[IPAddress, ...] = ()
+    http_listen: str = ""
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -441,6 +460,7 @@ class RouterConfig(_SettingsFile):
             host_white_list=reader.ip_list("HostWhiteList"),
             admin_white_list=reader.ip_list("AdminWhiteList"),
             relay_white_list=reader.ip_list("RelayWhiteList"),
+            http_listen=reader.listen("HttpListen"),
         )
 
     def to_settings(self) -> dict[str, str]:
@@ -453,4 +473,4 @@ class RouterConfig(_SettingsFile):
             "PrivateKey": self.private_key.hex().upper(),
             "RelayWhiteList": _ip_list_text(self.relay_white_list),
             "SeedKey": self.seed_key.hex().upper(),
-        }
+        } | ({"HttpListen": self.http_listen} if self.http_listen else {})

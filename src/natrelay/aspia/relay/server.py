@@ -38,6 +38,7 @@ from natrelay.aspia.relay.pairing import PENDING_TIMEOUT, Paired, Pairing, PeerI
 from natrelay.aspia.relay.stats import SessionSnapshot
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.session import ForwardSession
+from natrelay.engine.stats import RelayStats
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 
 log = logging.getLogger("natrelay.aspia.relay")
@@ -63,7 +64,7 @@ class PeerListenerConfig:
 class _Pending:
     """An accepted peer connection that has not paired yet."""
 
-    __slots__ = ("address", "fd", "reader", "sock", "watching")
+    __slots__ = ("accepted_at", "address", "fd", "reader", "sock", "watching")
 
     def __init__(self, sock: socket.socket, address: str) -> None:
         self.sock = sock
@@ -71,6 +72,7 @@ class _Pending:
         self.address = address
         self.reader: PeerToRelayReader | None = None
         self.watching = False
+        self.accepted_at = 0.0
 
 
 @dataclass(slots=True)
@@ -143,6 +145,8 @@ class PeerListener:
         self._timer_at: float | None = None
         self.started_at = self.loop.time()
         self.refused = 0
+        self.stats = RelayStats()
+        """Pairing latency, and peers closed before pairing by reason (``handshake_failures``)."""
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> tuple[str, int]:
@@ -212,7 +216,9 @@ class PeerListener:
                 log.error("Cannot accept a peer connection: %s", exc)
                 return
             sock.setblocking(False)
+            self.stats.accepted += 1
             pending = _Pending(sock, _address(addr))
+            pending.accepted_at = self.loop.time()
             # Two connections per session MaxPeerCount allows, paired or not: nothing legitimate
             # needs more, since every pending peer holds one of the pool's keys.
             open_now = len(self.pairing) + 2 * len(self.sessions)
@@ -284,6 +290,7 @@ class PeerListener:
             self.loop.remove_reader(pending.fd)
         pending.sock.close()
         if reason is not None:
+            self.stats.handshake_failures[pending_failure_label(reason)] += 1
             log.info("Peer %s: %s", pending.address, reason)
 
     # --------------------------------------------------------------- pairing
@@ -293,6 +300,7 @@ class PeerListener:
             pending.reader = None
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(pending.fd)
+        self.stats.pairing_latency.observe(self.loop.time() - first.accepted_at)
         session = ActiveSession(next(self._session_ids), paired.key_id, paired.info,
                                 (first.address, second.address))
         self.sessions[session.session_id] = session
@@ -351,3 +359,12 @@ class PeerListener:
             self._close_pending(pending, f"not paired within {self.config.pending_timeout:g} s", forget=False)
         self._arm_timer()
 
+
+
+def pending_failure_label(reason: str) -> str:
+    """The metric label for why a peer was closed before pairing (no addresses, no numbers)."""
+    for prefix, label in (("refused", "refused"), ("closed before", "closed_early"),
+                          ("left while", "left_waiting"), ("not paired", "pending_timeout")):
+        if reason.startswith(prefix):
+            return label
+    return "socket_error"

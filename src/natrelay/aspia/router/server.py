@@ -39,7 +39,8 @@ from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.sessions import Actions, SessionKind
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
-from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.limits import Admission, Limits, refusal_label
+from natrelay.engine.stats import RelayStats
 from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
 
 log = logging.getLogger("natrelay.aspia.router")
@@ -103,6 +104,7 @@ class RouterConnection(ChannelProtocol):
             refusal = self.server.logins.admit(self.ip)
             if refusal is not None:
                 self.login_refused = True
+                self.server.stats.login_failures["login_limit"] += 1
                 log.error("Refused login of %r from %s: too many password logins in progress (%s)", name,
                           self.ip, refusal.replace("connection", "login"))
                 raise AspiaProtocolError("too many logins in progress", ErrorCode.ACCESS_DENIED)
@@ -120,6 +122,7 @@ class RouterConnection(ChannelProtocol):
     def on_connected(self) -> bool:
         assert self.transport is not None
         self.ip = peer_ip(self.transport)
+        self.server.stats.accepted += 1
         admission = self.server.admission
         refusal = admission.admit(self.ip)
         if refusal is None:
@@ -132,6 +135,7 @@ class RouterConnection(ChannelProtocol):
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return True
+        self.server.stats.refuse(refusal_label(refusal))
         log.error("Refused connection from %s: %s", self.ip, refusal)
         self.abort(refusal)
         return False
@@ -148,6 +152,9 @@ class RouterConnection(ChannelProtocol):
         self._end_handshake()
         result = self.channel.result
         assert result is not None
+        self.server.stats.handshakes_done += 1
+        if self.attempted_user is not None:
+            self.server.stats.logins_done += 1
         try:
             kind = SessionKind(result.session_type)
         except ValueError:
@@ -158,6 +165,7 @@ class RouterConnection(ChannelProtocol):
             return
         white_list = self.server.white_list(kind)
         if not address_allowed(white_list, self.ip):
+            self.server.stats.refuse("white_list")
             log.error("Refused %s session from %s: the address is not in %sWhiteList", kind.name.lower(),
                       self.ip, kind.name.capitalize())
             self.abort("not in the white list")
@@ -210,14 +218,19 @@ class RouterConnection(ChannelProtocol):
         if self.attempted_user is not None and key_refused:
             # The SRP client gives up when it cannot open our challenge: that is what a wrong
             # password and an unknown user look like, and the log must not say which of them.
+            self.server.stats.login_failures["wrong_password"] += 1
+            self.server.stats.handshake_failures["wrong_password"] += 1
             log.error("Login failed for user %r from %s: wrong user name or password", self.attempted_user,
                       self.ip)
         elif self.attempted_user is None and key_refused:
+            self.server.stats.handshake_failures["wrong_router_key"] += 1
             log.error(
                 "Handshake from %s failed after the router's challenge: the relay or host there most "
                 "likely uses the wrong router public key (its RouterPublicKey must equal router.pub: %s)",
                 self.ip, self.server.options.public_key_hex or "see router.pub")
         else:
+            label = reason.split(":", 1)[0].strip().lower().replace(" ", "_") or "other"
+            self.server.stats.handshake_failures[label[:32]] += 1
             log.error("Handshake from %s failed: %s", self.ip, reason)
 
 
@@ -234,6 +247,8 @@ class RouterServer:
         self.logins = Admission(Limits(max_connections=options.max_logins,
                                        max_per_ip=options.max_logins_per_ip))
         self.connections: dict[int, RouterConnection] = {}
+        self.stats = RelayStats()
+        """Connections, refusals, handshakes and logins by outcome, read by the HTTP metrics."""
         self._fakes: OrderedDict[str, UserRecord] = OrderedDict()
         self._server: asyncio.Server | None = None
         self._admin: AdminSocketServer | None = None
