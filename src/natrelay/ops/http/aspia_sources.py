@@ -143,7 +143,9 @@ class AspiaRouterSource(Source):
 
     def status(self) -> dict[str, Any]:
         status = self.server.core.status(self.server.wall_time())
-        return {"relays": len(status["relays"]), "keysInPool": status["pool_size"],
+        return {"relays": len(status["relays"]), "relayedSessions": len(status["sessions"]),
+                "relayedBytes": sum(s["bytes"] for s in status["sessions"]),
+                "keysInPool": status["pool_size"],
                 "keysHandedOut": status["keys_handed_out"], "hostsOnline": len(self.hosts()),
                 "logins": self.server.stats.logins_done,
                 "loginFailures": dict(self.server.stats.login_failures)}

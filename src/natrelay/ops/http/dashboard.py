@@ -27,9 +27,11 @@ def overview(sources: Sequence[Source], page: int, per_page: int) -> dict[str, A
     counters = []
     for source in sources:
         t = source.totals()
-        counters.append({"family": source.family, "title": source.title, "connections": t.connections,
-                         "sessions": t.sessions, "pending": t.pending, "bytes": t.bytes_relayed,
-                         **{k: v for k, v in source.status().items() if isinstance(v, int | float | str)}})
+        figures: dict[str, Any] = {"connections": t.connections}
+        if not source.is_router:  # a router's relayed figures are its relays' (in its status)
+            figures.update(sessions=t.sessions, pending=t.pending, bytes=t.bytes_relayed)
+        figures.update((k, v) for k, v in source.status().items() if isinstance(v, int | float | str))
+        counters.append({"family": source.family, "title": source.title, "figures": figures})
         for row in source.sessions():
             sessions.append({"family": source.family, **row})
         relays.extend({"family": source.family, **r} for r in source.relays())
@@ -63,9 +65,10 @@ h1{font-size:1.3rem;margin:0.3rem 0}h2{font-size:1.05rem;margin:1rem 0 0.3rem}
 table{border-collapse:collapse;font-size:0.85rem;min-width:100%}
 th,td{border-bottom:1px solid #ddd;padding:0.25rem 0.5rem;text-align:left;white-space:nowrap}
 th{background:#eee}td.n{text-align:right;font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:0.5rem}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:0.4rem 0.7rem;min-width:9rem}
-.card b{display:block;font-size:0.8rem;color:#555}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(8.5rem,1fr));gap:0.4rem}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:0.3rem 0.6rem}
+.card b{display:block;font-size:0.75rem;color:#555;overflow:hidden;text-overflow:ellipsis}
+h3{font-size:0.95rem;margin:0.6rem 0 0.3rem}
 button{font-size:0.85rem}.who{float:right}.error{color:#b00}
 #pager{margin:0.4rem 0}#stamp{color:#777;font-size:0.8rem}
 """
@@ -76,7 +79,7 @@ _PAGE = """<!doctype html>
 <title>{{TITLE}}</title><style>""" + _STYLE + """</style></head>
 <body data-csrf="{{CSRF}}">
 {{WHO}}<h1>{{TITLE}}</h1><div id="stamp">loading...</div>
-<div id="counters" class="cards"></div>
+<div id="counters"></div>
 <section id="relays-section" hidden><h2>Relays</h2><div class="wrap"><table id="relays">
 <thead><tr><th>ID</th><th>Address</th><th>Version</th><th>Keys in pool</th><th>Sessions</th><th>Bytes</th>
 <th>Uptime</th><th>Last statistics</th></tr></thead><tbody></tbody></table></div></section>
@@ -136,15 +139,17 @@ async function refresh() {
     data = await r.json();
   } catch (e) { document.getElementById("stamp").textContent = "no answer: " + e; return; }
   page = data.page;
-  const cards = document.getElementById("counters"); cards.replaceChildren();
+  const groups = document.getElementById("counters"); groups.replaceChildren();
   for (const c of data.counters) {
-    for (const [k, v] of Object.entries(c)) {
-      if (k === "family" || k === "title") continue;
+    const h = document.createElement("h3"); h.textContent = c.title; groups.appendChild(h);
+    const cards = document.createElement("div"); cards.className = "cards"; cards.dataset.family = c.family;
+    for (const [k, v] of Object.entries(c.figures)) {
       const d = document.createElement("div"); d.className = "card";
-      const b = document.createElement("b"); b.textContent = c.title + ": " + k;
+      const b = document.createElement("b"); b.textContent = k;
       d.appendChild(b); d.appendChild(document.createTextNode(typeof v === "number" ? num(v) : v));
       cards.appendChild(d);
     }
+    groups.appendChild(cards);
   }
   document.getElementById("relays-section").hidden = !data.router;
   document.getElementById("hosts-section").hidden = !data.router;
