@@ -204,6 +204,7 @@ def test_strelay_open_connections_never_go_negative_under_the_handshake_cap(tmp_
     relay = offset_env.start_relay(tmp_path / "relay", "--max-handshakes", "2", "--http",
                                    f"127.0.0.1:{http_port}")
     base = f"http://127.0.0.1:{http_port}/"
+    wait_for(lambda: "HTTP on" in relay.log(), 20, "HTTP to listen")
     socks: list[socket.socket] = []
     try:
         for _ in range(10):  # none of them ever handshakes: two hold the slots, eight are refused
@@ -233,6 +234,7 @@ def test_strelay_counts_a_real_transfer_and_returns_to_zero(tmp_path: Path) -> N
     http_port = free_port()
     relay = offset_env.start_relay(tmp_path / "relay", "--http", f"127.0.0.1:{http_port}")
     base = f"http://127.0.0.1:{http_port}/"
+    wait_for(lambda: "HTTP on" in relay.log(), 20, "HTTP to listen")
     try:
         a_ident, _ = offset_env.make_identity(tmp_path, "a")
         b_ident, b_key = offset_env.make_identity(tmp_path, "b")
