@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from natrelay.ops.aspia_config import (
     default_config_path,
 )
 from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.aspia_sources import AspiaRelaySource
 from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
@@ -50,6 +52,8 @@ relay.json fields (see the manual): RouterAddress (required), RouterPort (8060),
 (required: the content of the Router's router.pub), ListenInterface (empty = all interfaces),
 PeerAddress (required: where peers reach this relay), PeerPort (8070), PeerIdleTimeout (minutes,
 1-60, 5), MaxPeerCount (100), StatisticsEnabled (false), StatisticsInterval (seconds, 1-3600, 5).
+natrelay only (Aspia ignores them): HttpListen (HOST:PORT for /metrics, /status and the dashboard),
+RateSession and RateGlobal (bytes/s with K, M or G, e.g. 10M).
 
 Logging: ASPIA_LOG_LEVEL (0 info, 1 errors, 2 fatal only; default 2), ASPIA_LOG_TO_STDOUT (on;
 output goes to stderr), ASPIA_LOG_TO_FILE (off), ASPIA_MAX_LOG_FILE_SIZE (bytes, 1024-10485760),
@@ -77,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                             strict=True):
         p.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
     add_http_arguments(p)
+    g = p.add_argument_group("bandwidth (override RateSession/RateGlobal in relay.json)")
+    g.add_argument("--rate-session", metavar="RATE", help="bytes/s per session, both directions together, "
+                   "with K, M or G (binary), e.g. 10M; 0 = no limit")
+    g.add_argument("--rate-global", metavar="RATE", help="bytes/s for all sessions together; 0 = no limit")
     p.add_argument("--no-uvloop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-V", "--version", action="version",
                    version=f"{PROG} {__version__} (Aspia 2.7.0 protocol)")
@@ -125,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         http = http_options(args, config.http_listen or None)
-    except HttpConfigError as exc:
+        if args.rate_session is not None:
+            config = dataclasses.replace(config, rate_session=parse_rate(args.rate_session, "--rate-session"))
+        if args.rate_global is not None:
+            config = dataclasses.replace(config, rate_global=parse_rate(args.rate_global, "--rate-global"))
+    except (HttpConfigError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.ratelimit import TokenBucket
 from natrelay.engine.session import (
     AGAIN,
     BLOCKED,
@@ -89,6 +90,10 @@ class PortablePump(Pump):
         recv_into = self.src.recv_into
         send = self.dst.send
         budget = self.budget
+        allowance = self.allowance
+        if allowance >= 0:  # rate-limited: one read of at most the tokens there are
+            buf = buf[:max(1, min(len(buf), allowance))]
+            budget = 1
         short_is_again = self.session.engine.short_read_is_again
         moved = 0
         outcome = AGAIN
@@ -151,7 +156,11 @@ class ForwardEngine:
         clock: Callable[[], float] | None = None,
         timer_slack: float = 0.05,
         nodelay: bool = True,
+        session_rate: float | None = None,
+        global_rate: float | None = None,
     ) -> None:
+        """``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
+        two directions together and all sessions of this engine together."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
         self.loop = loop
@@ -168,6 +177,8 @@ class ForwardEngine:
         self.time = self.timers.time
         self.totals = Totals()
         self.nodelay = nodelay
+        self.session_rate = session_rate
+        self.global_bucket = TokenBucket.make(global_rate, self.time()) if global_rate else None
         # A short read almost always means the socket is drained.  asyncio's own
         # selector loops re-report a still-readable descriptor, so the read that
         # would only confirm EAGAIN can be skipped there.  uvloop must see EAGAIN
@@ -230,6 +241,9 @@ class ForwardEngine:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = ForwardSession(self, a, b, idle_timeout=idle_timeout, on_close=on_close,
                                  context=context, method=chosen)
+        if self.session_rate or self.global_bucket is not None:
+            mine = TokenBucket.make(self.session_rate, session.started_at) if self.session_rate else None
+            session.buckets = (mine, self.global_bucket)
         ab: Pump
         ba: Pump
         if chosen == "splice":

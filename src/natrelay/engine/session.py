@@ -25,8 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from natrelay.engine.ratelimit import TokenBucket, quota
+
 if TYPE_CHECKING:
     from natrelay.engine.forward import ForwardEngine
+
+Buckets = tuple[TokenBucket | None, TokenBucket | None]
 
 __all__ = [
     "CLOSED",
@@ -114,7 +118,7 @@ class Pump:
     drops its registration first and continues from ``call_soon``.
     """
 
-    __slots__ = ("ab", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "reading",
+    __slots__ = ("ab", "allowance", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "reading",
                  "session", "src", "src_fd", "writing", "yielded")
 
     def __init__(self, session: ForwardSession, src: socket.socket, dst: socket.socket, ab: bool,
@@ -132,6 +136,8 @@ class Pump:
         self.reading = False
         self.writing = False
         self.yielded = False
+        self.allowance = -1
+        """Bytes the next ``_pump_in`` may move under the rate limits; -1 means no limit."""
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -203,12 +209,27 @@ class Pump:
 
     def _on_readable(self) -> None:
         if not self.session.is_closed:
-            self._after_in(self._pump_in())
+            self._pump()
 
     def _on_budget(self) -> None:
         self.yielded = False
         if not self.session.is_closed and not self.eof and not self.writing and not self.reading:
-            self._after_in(self._pump_in())
+            self._pump()
+
+    def _pump(self) -> None:
+        """Move bytes now, or, when a rate limit has no tokens left, stop reading until it has."""
+        session = self.session
+        buckets = session.buckets
+        if buckets is not None:
+            allowed, wait = quota(buckets, session.engine.time())
+            if wait > 0:
+                self._want_read(False)
+                if not self.yielded:
+                    self.yielded = True
+                    session.loop.call_later(wait, self._on_budget)
+                return
+            self.allowance = allowed
+        self._after_in(self._pump_in())
 
     def _after_in(self, outcome: int) -> None:
         if outcome == AGAIN:
@@ -241,7 +262,7 @@ class Pump:
         if self.eof:
             self._finish()
         else:
-            self._after_in(self._pump_in())
+            self._pump()
 
     def _send_backlog(self) -> bool | None:
         backlog = self.backlog
@@ -270,6 +291,11 @@ class Pump:
             totals.a_to_b += n
         else:
             totals.b_to_a += n
+        buckets = session.buckets
+        if buckets is not None:
+            for bucket in buckets:
+                if bucket is not None:
+                    bucket.consume(n)
 
     def _finish(self) -> None:
         try:
@@ -295,9 +321,9 @@ class ForwardSession:
     needs to find again in ``on_close`` (a pairing key, peer addresses).
     """
 
-    __slots__ = ("_ab", "_ba", "_closed_fut", "_drain_reason", "_on_close", "a", "b", "close_error",
-                 "close_reason", "close_side", "context", "engine", "idle_timeout", "last_activity",
-                 "loop", "method", "started_at")
+    __slots__ = ("_ab", "_ba", "_closed_fut", "_drain_reason", "_on_close", "a", "b", "buckets",
+                 "close_error", "close_reason", "close_side", "context", "engine", "idle_timeout",
+                 "last_activity", "loop", "method", "started_at")
 
     def __init__(
         self,
@@ -326,6 +352,8 @@ class ForwardSession:
         self.close_side: Side | None = None
         self._closed_fut: asyncio.Future[str] | None = None
         self._drain_reason: str | None = None
+        self.buckets: Buckets | None = None
+        """This session's and the engine's rate limits (None: unlimited, the fast path)."""
         self._ab: Pump
         self._ba: Pump
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import ClassVar, Final, Self
 
 from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.bandwidth import format_rate, parse_rate
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
     SettingsDocument,
@@ -251,6 +252,16 @@ class _Reader:
                 return ""
         return raw
 
+    def rate(self, key: str) -> int:
+        raw = self._raw(key)
+        if not raw:
+            return 0
+        try:
+            return parse_rate(raw, key)
+        except ValueError:
+            self._fail(key, f"got {raw!r}")
+            return 0
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -343,6 +354,8 @@ class _SettingsFile:
 
 
 _PORT = "an integer from 1 to 65535"
+_RATE = ("natrelay only, ignored by Aspia: bytes per second for {}, with K, M or G (binary), "
+         "e.g. 10M; empty or 0 for no limit")
 _HTTP_LISTEN = ("natrelay only, ignored by Aspia: empty (no HTTP) or HOST:PORT for /metrics, /status "
                 "and the dashboard, e.g. 127.0.0.1:9070")
 _RELAY_FIELDS: Final = (
@@ -359,6 +372,8 @@ _RELAY_FIELDS: Final = (
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
     FieldInfo("HttpListen", _HTTP_LISTEN),
+    FieldInfo("RateSession", _RATE.format("each session (both directions together)")),
+    FieldInfo("RateGlobal", _RATE.format("all sessions together")),
 )
 
 
@@ -378,6 +393,8 @@ class RelayConfig(_SettingsFile):
     statistics_enabled: bool = False
     statistics_interval: int = 5
     http_listen: str = ""
+    rate_session: int = 0
+    rate_global: int = 0
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
@@ -397,10 +414,17 @@ class RelayConfig(_SettingsFile):
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
             http_listen=reader.listen("HttpListen"),
+            rate_session=reader.rate("RateSession"),
+            rate_global=reader.rate("RateGlobal"),
         )
 
     def to_settings(self) -> dict[str, str]:
-        return {
+        extra = {"HttpListen": self.http_listen} if self.http_listen else {}
+        if self.rate_session:
+            extra["RateSession"] = format_rate(self.rate_session)
+        if self.rate_global:
+            extra["RateGlobal"] = format_rate(self.rate_global)
+        return extra | {
             "ListenInterface": self.listen_interface,
             "MaxPeerCount": str(self.max_peer_count),
             "PeerAddress": self.peer_address,
@@ -411,7 +435,7 @@ class RelayConfig(_SettingsFile):
             "RouterPublicKey": self.router_public_key.hex().upper(),
             "StatisticsEnabled": "true" if self.statistics_enabled else "false",
             "StatisticsInterval": str(self.statistics_interval),
-        } | ({"HttpListen": self.http_listen} if self.http_listen else {})
+        }
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"

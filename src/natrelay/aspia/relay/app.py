@@ -145,7 +145,9 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
 
     idle = timers.idle if timers.idle is not None else 60.0 * config.peer_idle_timeout
     listener = PeerListener(pool, PeerListenerConfig(config.listen_interface, config.peer_port, idle,
-                                                     pending_timeout=timers.pending, workers=workers),
+                                                     pending_timeout=timers.pending, workers=workers,
+                                                     session_rate=config.rate_session,
+                                                     global_rate=config.rate_global),
                             on_keys=announce)
     try:
         host, port = listener.start()

@@ -59,6 +59,10 @@ class PeerListenerConfig:
     max_message: int = MAX_PEER_TO_RELAY_SIZE
     workers: int = 0
     """Forwarding threads; 0 forwards on the listener's own loop."""
+    session_rate: int = 0
+    """Bytes per second per session, both directions together; 0 = no limit."""
+    global_rate: int = 0
+    """Bytes per second for all sessions together (split evenly over forwarding threads); 0 = none."""
 
 
 class _Pending:
@@ -133,9 +137,12 @@ class PeerListener:
         self.engine: ForwardEngine | None = None
         self.threads: ForwardingThreads | None = None
         if engine is not None or config.workers <= 0:
-            self.engine = engine if engine is not None else ForwardEngine(self.loop)
+            self.engine = engine if engine is not None else ForwardEngine(
+                self.loop, session_rate=config.session_rate or None, global_rate=config.global_rate or None)
         else:
-            self.threads = ForwardingThreads(config.workers, home=self.loop)
+            share = config.global_rate / config.workers if config.global_rate else None
+            self.threads = ForwardingThreads(config.workers, home=self.loop, engine_factory=lambda loop: (
+                ForwardEngine(loop, session_rate=config.session_rate or None, global_rate=share)))
         self.on_keys = on_keys
         self.pairing: Pairing[_Pending] = Pairing(pool, timeout=config.pending_timeout)
         self.sessions: dict[int, ActiveSession] = {}

@@ -69,7 +69,8 @@ class AspiaRelaySource(Source):
     def limits(self) -> dict[str, Any]:
         cfg = self.listener.config
         return {"MaxPeerCount": self.listener.pool.max_peer_count, "idle_timeout": cfg.idle_timeout,
-                "pending_timeout": cfg.pending_timeout, "workers": cfg.workers}
+                "pending_timeout": cfg.pending_timeout, "workers": cfg.workers,
+                "per-session-rate": cfg.session_rate, "global-rate": cfg.global_rate}
 
     def status(self) -> dict[str, Any]:
         controller = self.controller

@@ -101,3 +101,33 @@ def test_sessions_expire_and_are_bounded() -> None:
     assert sessions.get(t1, now=10.0) is None
     tokens = [sessions.create("b", now=0.0)[0] for _ in range(3)]
     assert sessions.get(tokens[0], now=1.0) is None and sessions.get(tokens[2], now=1.0) is not None
+
+
+def test_rates_take_binary_suffixes_and_say_what_is_accepted() -> None:
+    from natrelay.ops.bandwidth import format_rate, parse_rate
+
+    assert parse_rate("0") == 0 and parse_rate("1500") == 1500
+    assert parse_rate("500K") == 500 * 1024 and parse_rate("10m") == 10 * 1024**2
+    assert parse_rate("1.5G") == 3 * 1024**3 // 2 and parse_rate("2MiB/s") == 2 * 1024**2
+    assert format_rate(10 * 1024**2) == "10M" and format_rate(1500) == "1500"
+    for bad in ("fast", "-1", "10X", "", "2T"):
+        with pytest.raises(ValueError, match="rate"):
+            parse_rate(bad, "--rate-session")
+
+
+def test_relay_json_rate_fields_round_trip_and_name_the_field(tmp_path: Path) -> None:
+    from natrelay.ops.aspia_config import ConfigError, RelayConfig
+    from natrelay.ops.jsonsettings import SettingsDocument
+
+    base = RelayConfig(router_address="127.0.0.1", router_public_key=b"\x01" * 32, peer_address="10.0.0.1")
+    limited = RelayConfig.from_settings(SettingsDocument("relay.json", {
+        **base.to_settings(), "RateSession": "2M", "RateGlobal": "1G", "HttpListen": "127.0.0.1:9070"}))
+    assert (limited.rate_session, limited.rate_global) == (2 * 1024**2, 1024**3)
+    assert limited.http_listen == "127.0.0.1:9070"
+    assert RelayConfig.from_settings(SettingsDocument("relay.json", limited.to_settings())) == limited
+    assert "RateSession" not in base.to_settings() and "HttpListen" not in base.to_settings()
+    with pytest.raises(ConfigError) as info:
+        RelayConfig.from_settings(SettingsDocument("relay.json", {**base.to_settings(), "RateGlobal": "lots",
+                                                                  "HttpListen": "example.org:80"}))
+    text = "\n".join(info.value.lines())
+    assert "RateGlobal" in text and "HttpListen" in text
