@@ -72,3 +72,49 @@ def test_session_limit_holds_within_five_percent_over_ten_seconds(tmp_path: Path
     finally:
         assert relay.stop() == 0, relay.log()
         assert router.stop() == 0, router.log()
+
+
+def test_strelay_session_limit_holds_within_five_percent(tmp_path: Path) -> None:
+    from tests.e2e import offset_env
+    from tests.e2e.http_env import scrape, value
+
+    rate = 512 * 1024
+    http_port = free_port()
+    relay = offset_env.start_relay(tmp_path / "relay", "--rate-session", "512K", "--http",
+                                   f"127.0.0.1:{http_port}")
+    base = f"http://127.0.0.1:{http_port}/"
+    try:
+        a_ident, _ = offset_env.make_identity(tmp_path, "a")
+        b_ident, b_key = offset_env.make_identity(tmp_path, "b")
+        out_path = tmp_path / "listener.out"
+        with open(out_path, "wb") as out, open(tmp_path / "listener.err", "wb") as err:
+            listener = offset_env.peer("offset", "listen", "--idfile", str(b_ident), "--relay",
+                                       str(relay.ticket), stdin=offset_env.subprocess.PIPE, stdout=out,
+                                       stderr=err)
+        try:
+            assert listener.stdin is not None
+            listener.stdin.close()
+            offset_env.wait_listening(relay, b_key)
+            payload = os.urandom(5 * rate)
+            start = time.monotonic()
+            done = offset_env.subprocess.run(
+                [*offset_env.tool("natrelay"), "offset", "connect", "--idfile", str(a_ident), "--relay",
+                 str(relay.ticket), "--to", b_key], input=payload, capture_output=True, timeout=120)
+            code = listener.wait(60)
+            assert done.returncode == 0, (done.stderr, code, out_path.stat().st_size)
+            assert code == 0
+            elapsed = time.monotonic() - start
+            assert out_path.read_bytes() == payload
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+        s = scrape(base)
+        moved = sum(value(s, "natrelay_relayed_bytes_total", family="offset", direction=d)
+                    for d in ("to_acceptor", "to_connector"))
+        measured = moved / elapsed
+        print(f"strelay 512K: {moved} bytes in {elapsed:.2f} s = {measured / rate:.4f} of the limit")
+        assert measured <= rate * 1.05, f"{measured / rate:.3f} of the limit"
+        assert measured >= rate * 0.5, f"only {measured / rate:.3f} of the limit"
+    finally:
+        assert relay.stop() == 0, relay.log()

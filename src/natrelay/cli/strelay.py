@@ -17,6 +17,7 @@ from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_encode, read_identity_seed
 from natrelay.offset.server import OffsetRelayServer, RelayConfig
 from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.offset_source import OffsetSource
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="listening nodes (default %(default)s)")
     g.add_argument("--max-pending", type=int, default=lim.max_pending_per_listener,
                    help="connections waiting for one listener to accept (default %(default)s)")
+    g.add_argument("--rate-session", default="0", metavar="RATE",
+                   help="bytes/s per tunnel, both directions together, with K, M or G (binary), e.g. 10M; "
+                        "0 = no limit (default)")
+    g.add_argument("--rate-global", default="0", metavar="RATE",
+                   help="bytes/s for all tunnels together; 0 = no limit (default)")
     p.add_argument("--stats-interval", type=float, default=600.0, metavar="SECONDS",
                    help="log the relay's counters (connections, tunnels, closes by reason) this often; "
                         "0 = never; SIGUSR1 logs them at once (default %(default)s)")
@@ -85,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, AddressError) as exc:
         print(f"strelay: error: {exc}", file=sys.stderr)
         return 1
-    config = RelayConfig(limits=limits, max_frame=args.max_frame)
+    try:
+        rates = parse_rate(args.rate_session, "--rate-session"), parse_rate(args.rate_global, "--rate-global")
+    except ValueError as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 2
+    config = RelayConfig(limits=limits, max_frame=args.max_frame, session_rate=rates[0], global_rate=rates[1])
     try:
         http = http_options(args)
     except HttpConfigError as exc:

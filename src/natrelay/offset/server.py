@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from natrelay.engine.limits import Admission, Limits, refusal_label
+from natrelay.engine.ratelimit import TokenBucket
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -51,6 +52,10 @@ class RelayConfig:
     keepalive_timeout: float = C.KEEPALIVE_TIMEOUT
     heartbeat_interval: float = C.HEARTBEAT_INTERVAL
     half_tunnel_timeout: float = C.HALF_TUNNEL_TIMEOUT
+    session_rate: int = 0
+    """Bytes per second per tunnel, both directions together; 0 = no limit."""
+    global_rate: int = 0
+    """Bytes per second for all tunnels together; 0 = no limit."""
 
 
 class State(enum.Enum):
@@ -83,6 +88,10 @@ class RelayConnection(LinkProtocol):
         self._init_deadline: float | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self.bucket: TokenBucket | None = None
+        """The tunnel's rate limit, shared with the other end."""
+        self._held: set[str] = set()
+        """Why reading is paused: "backpressure" (the peer is full) and/or "rate" (no tokens)."""
         self.connect_at: float | None = None
         """When this node sent Connect (loop time): it is the connector of its tunnel."""
         self.spliced_at = 0.0
@@ -183,6 +192,8 @@ class RelayConnection(LinkProtocol):
             return
         moved = sum(map(len, payloads))
         self.bytes_out += moved
+        if self.bucket is not None or self.server.global_bucket is not None:
+            self._charge(moved)
         stats = self.server.stats
         stats.bytes_forwarded += moved
         if self.connect_at is not None:
@@ -202,12 +213,49 @@ class RelayConnection(LinkProtocol):
 
     # -------------------------------------------------------- backpressure
     def on_pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
-            self.peer.transport.pause_reading()
+        if self.peer is not None:
+            self.peer.hold("backpressure")
 
     def on_resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
-            self.peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer.release("backpressure")
+
+    def hold(self, why: str) -> None:
+        """Stop reading for ``why``; reading resumes once every reason is released."""
+        if self.transport is None or self.closing:
+            return
+        if not self._held:
+            self.transport.pause_reading()
+        self._held.add(why)
+
+    def release(self, why: str) -> None:
+        if why not in self._held:
+            return
+        self._held.discard(why)
+        if not self._held and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------- rate limits
+    def _charge(self, moved: int) -> None:
+        """Take ``moved`` bytes from the tunnel's and the relay's buckets; out of tokens, stop reading
+        until they are back (what was read is forwarded: the debt is paid by waiting)."""
+        now = self.loop.time()
+        wait = 0.0
+        for bucket in (self.bucket, self.server.global_bucket):
+            if bucket is not None:
+                bucket.consume(moved)
+                wait = max(wait, bucket.wait(now))
+        if wait > 0 and "rate" not in self._held:
+            self.hold("rate")
+            self.loop.call_later(wait, self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        wait = max((b.wait(self.loop.time()) for b in (self.bucket, self.server.global_bucket)
+                    if b is not None), default=0.0)
+        if wait > 0:
+            self.loop.call_later(wait, self._rate_resume)
+        else:
+            self.release("rate")
 
     # -------------------------------------------------------------- timers
     def extra_deadline(self) -> float | None:
@@ -265,6 +313,8 @@ class OffsetRelayServer:
         self.ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._half_timer: asyncio.TimerHandle | None = None
+        self.global_bucket = (TokenBucket.make(self.config.global_rate, self.loop.time())
+                              if self.config.global_rate else None)
 
     def make_link(self, now: float) -> Link:
         cfg = self.config
@@ -303,6 +353,9 @@ class OffsetRelayServer:
                 self.stats.tunnels_active += 1
                 if connector.connect_at is not None:
                     self.stats.pairing_latency.observe(self.loop.time() - connector.connect_at)
+                if self.config.session_rate:
+                    acceptor.bucket = connector.bucket = TokenBucket.make(self.config.session_rate,
+                                                                          self.loop.time())
                 acceptor.splice(connector)
                 connector.splice(acceptor)
         self._arm_half_tunnels()

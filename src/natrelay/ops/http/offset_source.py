@@ -41,7 +41,8 @@ class OffsetSource(Source):
     def limits(self) -> dict[str, Any]:
         cfg = self.server.config
         return {**asdict(cfg.limits), "max_frame": cfg.max_frame,
-                "network-timeout": cfg.keepalive_timeout, "ping-interval": cfg.heartbeat_interval}
+                "network-timeout": cfg.keepalive_timeout, "ping-interval": cfg.heartbeat_interval,
+                "per-session-rate": cfg.session_rate, "global-rate": cfg.global_rate}
 
     def status(self) -> dict[str, Any]:
         s = self.server.stats
