@@ -25,7 +25,10 @@ from natrelay.aspia.relay.app import (
     TimersError,
     serve_relay,
 )
+from natrelay.aspia.relay.controller import RouterController
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.aspia.router.db import DatabaseError
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import (
     EXIT_CONFIG_ERROR,
     RELAY_CONFIG_NAME,
@@ -41,6 +44,7 @@ from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
 from natrelay.ops.http.server import HttpServer
 from natrelay.ops.runtime import run
+from natrelay.ops.systemctl import service_switch
 
 log = logging.getLogger("natrelay.aspia.relay")
 
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     for switch, what in zip(WINDOWS_ONLY, ("performs a Relay service installation", "performs removal of the "
                             "Relay service", "starts the Relay service", "stops the Relay service"),
                             strict=True):
-        p.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
+        p.add_argument(switch, action="store_true",
+                       help=f"{what} (Linux: the systemd unit aspia-relay, via systemctl)")
     add_http_arguments(p)
     g = p.add_argument_group("bandwidth (override RateSession/RateGlobal in relay.json)")
     g.add_argument("--rate-session", metavar="RATE", help="bytes/s per session, both directions together, "
@@ -110,12 +115,11 @@ def _create_config(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    path = args.config if args.config is not None else default_config_path(RELAY_CONFIG_NAME)
     for switch in WINDOWS_ONLY:
         if getattr(args, switch[2:]):
-            print(f"{PROG}: {switch} is only available on Windows; on Linux use systemd: "
-                  f"sudo systemctl enable --now aspia-relay", file=sys.stderr)
-            return 1
-    path = args.config if args.config is not None else default_config_path(RELAY_CONFIG_NAME)
+            extra = ["--config", str(path.resolve())] if args.config is not None else []
+            return service_switch("relay", switch, PROG, extra)
     if args.create_config:
         return _create_config(path)
     setup_aspia_logging(PROG, os.environ)
@@ -143,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> int:
         if http is None:
-            return await serve_relay(config, stop, source=str(path), timers=timers)
+            return await serve_relay(config, stop, source=str(path), timers=timers,
+                                     on_ready=lambda listener, link: _ready(config, None, listener, link))
         db = None
         try:
             accounts = None
@@ -160,14 +165,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
         try:
             return await serve_relay(config, stop, source=str(path), timers=timers,
-                                     on_ready=lambda listener, link: web.add_source(
-                                         AspiaRelaySource(listener, link)))
+                                     on_ready=lambda listener, link: _ready(config, web, listener, link))
         finally:
             await web.close()
             if db is not None:
                 db.close()
 
     return run(serve, use_uvloop=not args.no_uvloop)
+
+
+def _ready(config: RelayConfig, web: HttpServer | None, listener: PeerListener,
+           link: RouterController) -> None:
+    """Listening for peers: show the relay over HTTP, tell systemd ``systemctl start`` may return."""
+    if web is not None:
+        web.add_source(AspiaRelaySource(listener, link))
+    sdnotify.ready(f"listening for peers on port {config.peer_port}")
 
 
 if __name__ == "__main__":

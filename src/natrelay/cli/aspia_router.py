@@ -35,6 +35,7 @@ from natrelay.aspia.router.server import (
     remove_stale_socket,
 )
 from natrelay.aspia.router.sessions import SessionKind
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
 from natrelay.ops.aspia_logging import setup_aspia_logging
@@ -44,6 +45,7 @@ from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arg
 from natrelay.ops.http.server import HttpServer
 from natrelay.ops.jsonsettings import update_settings, write_file_atomically
 from natrelay.ops.runtime import run
+from natrelay.ops.systemctl import service_switch
 
 PROG = "aspia_router"
 DATA_DIR_ENV = "ASPIA_DATA_DIR"
@@ -96,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     for switch, what in zip(WINDOWS_ONLY, ("installs the Router service", "removes the Router service",
                                            "starts the Router service", "stops the Router service"),
                             strict=True):
-        cmd.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
+        cmd.add_argument(switch, action="store_true",
+                         help=f"{what} (Linux: the systemd unit aspia-router, via systemctl)")
     p.add_argument("--max-logins", type=int, default=DEFAULT_MAX_LOGINS, metavar="N",
                    help="password logins in progress at once; more are refused (default %(default)s)")
     p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
@@ -303,7 +306,9 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             await server.close()
             log.critical("Unable to start HTTP: %s", exc)
             return fail(f"cannot start HTTP: {exc}")
+        sdnotify.ready(f"router listening on port {config.port}")
         await stop.wait()
+        sdnotify.stopping()
         log.info("Stopping")
         if web is not None:
             await web.close()
@@ -334,8 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--max-logins and --max-logins-per-ip must be at least 1", 2)
     for switch in WINDOWS_ONLY:
         if getattr(args, switch[2:]):
-            return fail(f"{switch} is only available on Windows; on Linux the service is the systemd unit "
-                        "aspia-router (systemctl enable --now aspia-router)")
+            extra = [] if args.config is None else ["--config", str(args.config.resolve())]
+            if args.data_dir is not None:
+                extra += ["--data-dir", str(args.data_dir.resolve())]
+            return service_switch("router", switch, PROG, extra)
     if args.keygen:
         keys = X25519KeyPair.generate()
         print(f"Private key: {keys.private_bytes.hex().upper()}")

@@ -29,6 +29,7 @@ from natrelay.offset.files import (
     write_ticket,
 )
 from natrelay.offset.server import OffsetRelayServer
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import ConfigError
 from natrelay.ops.http.aspia_sources import AspiaRelaySource, AspiaRouterSource
 from natrelay.ops.http.auth import Authenticator, RouterAccounts
@@ -157,6 +158,7 @@ def serve_command(args: argparse.Namespace) -> int:
         if web is not None:
             print(f"Dashboard, metrics and status: {web.url} (/metrics, /status)", flush=True)
         print("Stop with Ctrl-C.", flush=True)
+        sdnotify.ready("serving")
         if running is not None:
             # The relay ends by itself only on a start-up failure (its port in use): then stop all.
             waiter = asyncio.create_task(stop.wait())

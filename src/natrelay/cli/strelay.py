@@ -16,6 +16,7 @@ from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_encode, read_identity_seed
 from natrelay.offset.server import OffsetRelayServer, RelayConfig
+from natrelay.ops import sdnotify
 from natrelay.ops.addresses import AddressError, parse_listen_address
 from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.auth import open_accounts
@@ -132,11 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                 if db is not None:
                     db.close()
                 return 1
+        sdnotify.ready(f"listening on {args.laddr}")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.stats.snapshot()))
         reporter = asyncio.create_task(_report_stats(server, args.stats_interval))
         await stop.wait()
         reporter.cancel()
+        sdnotify.stopping()
         log.info("stopping; %s", server.stats.snapshot())
         if web is not None:
             await web.close()
