@@ -8,9 +8,14 @@ not be subtracted from the open count (it once went negative).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import socket
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,6 +174,28 @@ def test_aspia_relay_byte_counters_are_exact_and_gauges_return_to_zero(aspia: As
     assert value(r, "natrelay_router_sessions", family="aspia_router", kind="relay") == 1
     assert value(r, "natrelay_key_pool_keys", family="aspia_router", relay="1") == 3
 
+    # Disconnect from the relay's own page: without the page's CSRF token refused, with it done.
+    page = get(aspia.relay_http).decode()
+    token = re.search(r'data-csrf="([^"]+)"', page)
+    assert token is not None
+    body = json.dumps({"family": "aspia_relay", "kind": "session", "id": row["id"]}).encode()
+    forged = urllib.request.Request(aspia.relay_http + "api/disconnect", data=body, method="POST",
+                                    headers={"Content-Type": "application/json", "X-CSRF-Token": "x"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(forged, timeout=20)
+    assert info.value.code == 403
+    assert first.fileno() != -1 and value(scrape(aspia.relay_http), "natrelay_sessions_active",
+                                          family="aspia_relay") == 1
+    request = urllib.request.Request(aspia.relay_http + "api/disconnect", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "X-CSRF-Token": token.group(1)})
+    with urllib.request.urlopen(request, timeout=20) as answer:
+        assert json.loads(answer.read()) == {"ok": True}
+    for sock in (first, second):
+        sock.settimeout(20)
+        with contextlib.suppress(ConnectionResetError):  # closed: a FIN or a reset, never data
+            assert sock.recv(1) == b""
+
     # The load leaves: every gauge returns to zero, the session is counted as ended once.
     first.close()
     second.close()
@@ -178,6 +205,8 @@ def test_aspia_relay_byte_counters_are_exact_and_gauges_return_to_zero(aspia: As
     end = scrape(aspia.relay_http)
     assert value(end, "natrelay_session_duration_seconds_count", family="aspia_relay") == 1
     assert sum(v for (n, _), v in end.items() if n == "natrelay_session_ends_total") == 1
+    assert count(end, "natrelay_session_ends_total", family="aspia_relay",
+                 reason="disconnected by the router") == 1
     wait_for(lambda: value(scrape(aspia.router_http), "natrelay_hosts_online", family="aspia_router") == 0,
              30, "the host to leave the router")
     r = scrape(aspia.router_http)
