@@ -38,6 +38,7 @@ from relaybench.direct import DirectOpener, DirectSubject  # noqa: E402
 from relaybench.engine import EngineSubject  # noqa: E402
 from relaybench.loadgen import Generator, build_c  # noqa: E402
 from relaybench.measures import FULL, MEASURES, QUICK, RoundResult, Sizes, SubjectRound  # noqa: E402
+from relaybench.natrelay_syncthing import NatrelaySyncthingSubject  # noqa: E402
 from relaybench.offset import OffsetSubject  # noqa: E402
 from relaybench.stats import rotate, summarize  # noqa: E402
 from relaybench.strelaysrv import StrelaysrvSubject  # noqa: E402
@@ -51,6 +52,7 @@ SUBJECTS: dict[str, type[Subject]] = {
     "engine": EngineSubject,
     "offset": OffsetSubject,
     "aspia": AspiaSubject,
+    "stnatrelay": NatrelaySyncthingSubject,
 }
 
 

@@ -238,8 +238,12 @@ def test_strelay_open_connections_never_go_negative_under_the_handshake_cap(tmp_
     try:
         for _ in range(10):  # none of them ever handshakes: two hold the slots, eight are refused
             socks.append(socket.create_connection(("127.0.0.1", relay.port), timeout=10))
-        wait_for(lambda: count(scrape(base), "natrelay_connections_refused_total", family="offset",
-                               reason="handshake_limit") == 8, 30, "eight refusals")
+        def refused() -> float:
+            samples = scrape(base)
+            return sum(count(samples, "natrelay_connections_refused_total", family="offset", reason=r)
+                       for r in ("handshakes", "handshakes_per_ip"))
+
+        wait_for(lambda: refused() == 8, 30, "eight refusals at the handshake caps")
         s = scrape(base)
         assert value(s, "natrelay_connections_open", family="offset") == 2
         assert value(s, "natrelay_connections_accepted_total", family="offset") == 10

@@ -18,7 +18,8 @@ def test_serve_creates_files_prints_how_to_use_it_and_relays(tmp_path: Path) -> 
     data = tmp_path / "data"
     out_path = tmp_path / "serve.out"
     serve_args = [*tool("natrelay"), "serve", "--data-dir", str(data), "--offset-port", str(port),
-                  "--router-port", str(router_port), "--relay-port", str(relay_port)]
+                  "--router-port", str(router_port), "--relay-port", str(relay_port),
+                  "--syncthing-port", str(free_port())]
     with open(out_path, "wb") as out:
         serve = subprocess.Popen(serve_args, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -71,8 +72,8 @@ def test_serve_aspia_instructions_work_as_printed(tmp_path: Path) -> None:
     with open(out_path, "wb") as out:
         serve = subprocess.Popen([*tool("natrelay"), "serve", "--data-dir", str(tmp_path / "data"),
                                   "--offset-port", str(ports[0]), "--router-port", str(ports[1]),
-                                  "--relay-port", str(ports[2])], stdout=out, stderr=subprocess.STDOUT,
-                                 cwd=tmp_path)
+                                  "--relay-port", str(ports[2]), "--syncthing-port", str(free_port())],
+                                 stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     echo = socket.create_server(("127.0.0.1", 0))
     echo_port = echo.getsockname()[1]
 

@@ -56,6 +56,10 @@ relay.json fields (see the manual): RouterAddress (required), RouterPort (8060),
 (required: the content of the Router's router.pub), ListenInterface (empty = all interfaces),
 PeerAddress (required: where peers reach this relay), PeerPort (8070), PeerIdleTimeout (minutes,
 1-60, 5), MaxPeerCount (100), StatisticsEnabled (false), StatisticsInterval (seconds, 1-3600, 5).
+Flood guard (natrelay only; the original ignores these keys): PeerFirstMessageTimeout (seconds,
+5), MaxPendingPeers (60), MaxPendingPeersPerIp (16), MaxConnectionsPerMinutePerIp (60, connections
+without a valid key), MaxBytesBeforeAuth (16384), MaxSessionDuration (minutes, 1440),
+MaxConnections (10000), MaxConnectionsPerIp (256); 0 = no cap except for the first and bytes.
 natrelay only (Aspia ignores them): HttpListen (HOST:PORT for /metrics, /status and the dashboard),
 RateSession and RateGlobal (bytes/s with K, M or G, e.g. 10M).
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from natrelay import __version__
-from natrelay.cli import aspia_peer, offset_peer, serve, service
+from natrelay.cli import aspia_peer, offset_peer, serve, service, syncthing_relay
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import glue_key_values
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     offset_peer.add_parser(sub)
     aspia_peer.add_parser(sub)
     service.add_parser(sub)
+    syncthing_relay.add_parser(sub)
     return p
 
 

@@ -18,6 +18,7 @@ from natrelay import __version__
 from natrelay.aspia.relay.controller import RouterController
 from natrelay.aspia.relay.server import PeerListener
 from natrelay.cli.serve_aspia import AspiaSetup, RunningAspia, ensure_aspia_files, run_aspia, usage_text
+from natrelay.cli.serve_syncthing import DEFAULT_SYNCTHING_PORT, start_syncthing
 from natrelay.engine.resources import raise_nofile_limit
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import (
@@ -61,6 +62,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--relay-port", type=int, default=DEFAULT_RELAY_PORT,
                    help="the Aspia relay's peer port, set on first run (default %(default)s)")
     p.add_argument("--no-aspia", action="store_true", help="run only the Offset relay")
+    p.add_argument("--syncthing-port", type=int, default=DEFAULT_SYNCTHING_PORT,
+                   help="the Syncthing relay's port (default %(default)s)")
+    p.add_argument("--no-syncthing", action="store_true", help="do not run the Syncthing relay")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
     add_http_arguments(p)
     p.set_defaults(handler=serve_command)
@@ -113,6 +117,12 @@ def serve_command(args: argparse.Namespace) -> int:
             print(f"natrelay: error: cannot listen on {args.host}:{args.offset_port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
+        syncthing = None
+        if not args.no_syncthing:
+            syncthing = await start_syncthing(data, args.host, args.syncthing_port)
+            if syncthing is None:
+                await server.close()
+                return 1
         running: RunningAspia | None = None
         web: HttpServer | None = None
         relay_sources: list[Source] = []
@@ -127,6 +137,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 running = await run_aspia(aspia, stop, on_relay_ready=relay_ready)
             except OSError as exc:
                 await server.close()
+                if syncthing is not None:
+                    await syncthing.close()
                 print(f"natrelay: error: cannot start the Aspia router on {args.host}:"
                       f"{args.router_port}: {exc.strerror or exc}", file=sys.stderr)
                 return 1
@@ -168,11 +180,15 @@ def serve_command(args: argparse.Namespace) -> int:
             if web is not None:
                 await web.close()
             await server.close()
+            if syncthing is not None:
+                await syncthing.close()
             return code
         await stop.wait()
         if web is not None:
             await web.close()
         await server.close()
+        if syncthing is not None:
+            await syncthing.close()
         return 0
 
     return run(main, use_uvloop=not args.no_uvloop)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.ratelimit import TokenBucket
+from natrelay.engine.ratelimit import SessionThrottle, TokenBucket
 from natrelay.engine.session import (
     AGAIN,
     BLOCKED,
@@ -74,6 +74,16 @@ class Totals:
         return self.a_to_b + self.b_to_a
 
 
+#: The most one direction of a rate-limited session moves per wake-up.
+RATE_CHUNK = 64 * 1024
+
+
+def rate_burst(rate: float) -> float:
+    """The bucket size for a limit: a tenth of a second at the rate, at least 16 KiB, so a limit
+    holds within a few percent over seconds while slow limits still move whole segments."""
+    return max(16 * 1024.0, rate / 10)
+
+
 class PortablePump(Pump):
     """One direction moved through the engine's shared buffer."""
 
@@ -90,10 +100,6 @@ class PortablePump(Pump):
         recv_into = self.src.recv_into
         send = self.dst.send
         budget = self.budget
-        allowance = self.allowance
-        if allowance >= 0:  # rate-limited: one read of at most the tokens there are
-            buf = buf[:max(1, min(len(buf), allowance))]
-            budget = 1
         short_is_again = self.session.engine.short_read_is_again
         moved = 0
         outcome = AGAIN
@@ -163,6 +169,11 @@ class ForwardEngine:
         two directions together and all sessions of this engine together."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
+        if session_rate or global_rate:
+            # A throttle can only pause after a wake-up moved its bytes: keep that to one small
+            # chunk per direction, so a limit overshoots by at most RATE_CHUNK (and repays it).
+            pipe_size, buffer_size = min(pipe_size, RATE_CHUNK), min(buffer_size, RATE_CHUNK)
+            max_chunks_per_wakeup = 1
         self.loop = loop
         self._splice_ok: bool | None = None
         if method == "splice" and not self._can_splice():
@@ -178,7 +189,9 @@ class ForwardEngine:
         self.totals = Totals()
         self.nodelay = nodelay
         self.session_rate = session_rate
-        self.global_bucket = TokenBucket.make(global_rate, self.time()) if global_rate else None
+        self.global_bucket = (TokenBucket(global_rate, rate_burst(global_rate), self.time())
+                              if global_rate else None)
+        self._throttles: dict[ForwardSession, SessionThrottle] = {}
         # A short read almost always means the socket is drained.  asyncio's own
         # selector loops re-report a still-readable descriptor, so the read that
         # would only confirm EAGAIN can be skipped there.  uvloop must see EAGAIN
@@ -242,8 +255,11 @@ class ForwardEngine:
         session = ForwardSession(self, a, b, idle_timeout=idle_timeout, on_close=on_close,
                                  context=context, method=chosen)
         if self.session_rate or self.global_bucket is not None:
-            mine = TokenBucket.make(self.session_rate, session.started_at) if self.session_rate else None
-            session.buckets = (mine, self.global_bucket)
+            buckets = [TokenBucket(self.session_rate, rate_burst(self.session_rate), session.started_at)] \
+                if self.session_rate else []
+            if self.global_bucket is not None:
+                buckets.append(self.global_bucket)
+            self._throttles[session] = SessionThrottle(self.loop, session, buckets)
         ab: Pump
         ba: Pump
         if chosen == "splice":
@@ -303,6 +319,9 @@ class ForwardEngine:
         totals.closed += 1
         totals.reasons[reason] = totals.reasons.get(reason, 0) + 1
         totals.durations.observe(self.time() - session.started_at)
+        throttle = self._throttles.pop(session, None)
+        if throttle is not None:
+            throttle.cancel()
         if self._close_when_empty and not self._sessions:
             self._shutdown()
 

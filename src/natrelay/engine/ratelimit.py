@@ -1,62 +1,93 @@
-"""Token buckets for bandwidth limits: per session and per relay (global), in bytes per second.
+"""Byte-rate limits for forwarded sessions that never copy bytes through Python.
 
-Limits act where the bytes enter the relay: a pump whose bucket is empty stops *reading* its
-source until tokens are back, so the splice fast path stays a splice (no copy through Python)
-and the peer's TCP window does the waiting. A wake-up may move at most the tokens there are
-(never less than one byte), so the relay is never in debt by more than nothing: over any
-interval the bytes moved stay within ``rate * interval + burst``.
+A :class:`TokenBucket` (sans-IO: callers pass ``now``) counts what a session delivered; when a bucket
+is in debt the session stops reading both peers (:meth:`ForwardSession.pause_reading`) until the debt
+is paid, so the peers' TCP windows close exactly as with backpressure and splice(2) keeps moving the
+bytes. A session may carry its own bucket and share a global one; every session has its *own* bucket
+(strelaysrv's Debian build shared one between all sessions, so one busy session starved the rest).
+
+Accuracy: a session can overshoot by what one wake-up moves (a few pipe-fulls); the debt carries
+over, so the average rate holds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Sequence
 
-#: Burst: a tenth of a second at the rate, at least 16 KiB (so slow limits still move whole
-#: segments). Small against 10 s of traffic, which keeps the limit exact within a few percent.
-MIN_BURST = 16 * 1024
+from natrelay.engine.session import ForwardSession
+
+__all__ = ["SessionThrottle", "TokenBucket"]
 
 
-@dataclass(slots=True)
 class TokenBucket:
-    rate: float
-    """Bytes per second (> 0)."""
-    burst: float
-    tokens: float
-    stamp: float
+    """``rate`` tokens (bytes) per second, at most ``burst`` saved up; may go into debt."""
 
-    @classmethod
-    def make(cls, rate: float, now: float, burst: float | None = None) -> TokenBucket:
-        if rate <= 0:
-            raise ValueError("a rate limit must be positive")
-        size = max(float(MIN_BURST), rate / 10) if burst is None else burst
-        return cls(float(rate), size, size, now)
+    __slots__ = ("burst", "rate", "tokens", "updated")
 
-    def refill(self, now: float) -> float:
-        """Tokens available at ``now``."""
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        return self.tokens
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
 
-    def consume(self, n: int) -> None:
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def take(self, n: int, now: float) -> float:
+        """Spend ``n`` tokens; return how long until the bucket is out of debt (0 if it is not)."""
+        self._refill(now)
         self.tokens -= n
+        return self.delay(now)
 
-    def wait(self, now: float) -> float:
-        """Seconds until at least one byte may move (0 if it may now)."""
-        tokens = self.refill(now)
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+    def delay(self, now: float) -> float:
+        self._refill(now)
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-def quota(buckets: tuple[TokenBucket | None, TokenBucket | None], now: float) -> tuple[int, float]:
-    """(bytes that may move now, seconds to wait if none may) under every bucket given."""
-    allowed = float("inf")
-    wait = 0.0
-    for bucket in buckets:
-        if bucket is not None:
-            tokens = bucket.refill(now)
-            allowed = min(allowed, tokens)
-            if tokens < 1:
-                wait = max(wait, (1 - tokens) / bucket.rate)
-    if wait > 0:
-        return 0, wait
-    return (int(allowed) if allowed != float("inf") else -1), 0.0
+class SessionThrottle:
+    """Holds one session to its buckets: pause when any is in debt, resume when all are paid."""
+
+    __slots__ = ("_buckets", "_handle", "_loop", "_session")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: ForwardSession,
+                 buckets: Sequence[TokenBucket]) -> None:
+        self._loop = loop
+        self._session = session
+        self._buckets = tuple(buckets)
+        self._handle: asyncio.TimerHandle | None = None
+        session.meter = self._meter
+
+    @property
+    def paused(self) -> bool:
+        return self._handle is not None
+
+    def _meter(self, session: ForwardSession, n: int) -> None:
+        now = self._loop.time()
+        wait = max(b.take(n, now) for b in self._buckets)
+        if wait > 0 and self._handle is None:
+            session.pause_reading()
+            self._handle = self._loop.call_later(wait, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        session = self._session
+        if session.is_closed:
+            return
+        now = self._loop.time()
+        wait = max(b.delay(now) for b in self._buckets)
+        if wait > 0:
+            self._handle = self._loop.call_later(wait, self._check)
+        else:
+            session.resume_reading()
+
+    def cancel(self) -> None:
+        """The session ended: drop the pending resume."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._session.meter = None

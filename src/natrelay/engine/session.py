@@ -25,12 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from natrelay.engine.ratelimit import TokenBucket, quota
-
 if TYPE_CHECKING:
     from natrelay.engine.forward import ForwardEngine
-
-Buckets = tuple[TokenBucket | None, TokenBucket | None]
 
 __all__ = [
     "CLOSED",
@@ -118,7 +114,7 @@ class Pump:
     drops its registration first and continues from ``call_soon``.
     """
 
-    __slots__ = ("ab", "allowance", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "reading",
+    __slots__ = ("ab", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "paused", "reading",
                  "session", "src", "src_fd", "writing", "yielded")
 
     def __init__(self, session: ForwardSession, src: socket.socket, dst: socket.socket, ab: bool,
@@ -136,8 +132,9 @@ class Pump:
         self.reading = False
         self.writing = False
         self.yielded = False
-        self.allowance = -1
-        """Bytes the next ``_pump_in`` may move under the rate limits; -1 means no limit."""
+        # Set by a rate limit: no reading (held bytes still drain), so the peer's TCP window
+        # closes, exactly as with backpressure; bytes never pass through Python for it.
+        self.paused = False
 
     # ------------------------------------------------------------ subclass hooks
 
@@ -191,7 +188,22 @@ class Pump:
         if not self.writing:
             self._finish()
 
+    def pause(self) -> None:
+        self.paused = True
+        self._want_read(False)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        if self.session.is_closed or self.eof or self.writing or self.reading or self.yielded:
+            return
+        # Data may be waiting: read from call_soon like a yielded pump (see the class docstring).
+        self.yielded = True
+        self.session.loop.call_soon(self._on_budget)
+
     def _want_read(self, on: bool) -> None:
+        on = on and not self.paused
         if on != self.reading:
             self.reading = on
             if on:
@@ -208,28 +220,16 @@ class Pump:
                 self.session.loop.remove_writer(self.dst_fd)
 
     def _on_readable(self) -> None:
-        if not self.session.is_closed:
-            self._pump()
+        if self.paused:
+            self._want_read(False)
+        elif not self.session.is_closed:
+            self._after_in(self._pump_in())
 
     def _on_budget(self) -> None:
         self.yielded = False
-        if not self.session.is_closed and not self.eof and not self.writing and not self.reading:
-            self._pump()
-
-    def _pump(self) -> None:
-        """Move bytes now, or, when a rate limit has no tokens left, stop reading until it has."""
-        session = self.session
-        buckets = session.buckets
-        if buckets is not None:
-            allowed, wait = quota(buckets, session.engine.time())
-            if wait > 0:
-                self._want_read(False)
-                if not self.yielded:
-                    self.yielded = True
-                    session.loop.call_later(wait, self._on_budget)
-                return
-            self.allowance = allowed
-        self._after_in(self._pump_in())
+        if (not self.session.is_closed and not self.eof and not self.writing and not self.reading
+                and not self.paused):
+            self._after_in(self._pump_in())
 
     def _after_in(self, outcome: int) -> None:
         if outcome == AGAIN:
@@ -261,8 +261,8 @@ class Pump:
         self._want_write(False)
         if self.eof:
             self._finish()
-        else:
-            self._pump()
+        elif not self.paused:
+            self._after_in(self._pump_in())
 
     def _send_backlog(self) -> bool | None:
         backlog = self.backlog
@@ -291,11 +291,9 @@ class Pump:
             totals.a_to_b += n
         else:
             totals.b_to_a += n
-        buckets = session.buckets
-        if buckets is not None:
-            for bucket in buckets:
-                if bucket is not None:
-                    bucket.consume(n)
+        meter = session.meter
+        if meter is not None:
+            meter(session, n)
 
     def _finish(self) -> None:
         try:
@@ -321,9 +319,9 @@ class ForwardSession:
     needs to find again in ``on_close`` (a pairing key, peer addresses).
     """
 
-    __slots__ = ("_ab", "_ba", "_closed_fut", "_drain_reason", "_on_close", "a", "b", "buckets",
-                 "close_error", "close_reason", "close_side", "context", "engine", "idle_timeout",
-                 "last_activity", "loop", "method", "started_at")
+    __slots__ = ("_ab", "_ba", "_closed_fut", "_drain_reason", "_on_close", "a", "b", "close_error",
+                 "close_reason", "close_side", "context", "engine", "idle_timeout", "last_activity",
+                 "loop", "meter", "method", "started_at")
 
     def __init__(
         self,
@@ -352,8 +350,8 @@ class ForwardSession:
         self.close_side: Side | None = None
         self._closed_fut: asyncio.Future[str] | None = None
         self._drain_reason: str | None = None
-        self.buckets: Buckets | None = None
-        """This session's and the engine's rate limits (None: unlimited, the fast path)."""
+        #: Called with every delivered byte count when set (rate limits); ``None`` costs nothing.
+        self.meter: Callable[[ForwardSession, int], None] | None = None
         self._ab: Pump
         self._ba: Pump
 
@@ -408,6 +406,21 @@ class ForwardSession:
         self._ab.drain()
         if not self.is_closed:
             self._ba.drain()
+
+    def pause_reading(self) -> None:
+        """Stop reading both peers (bytes already read still drain); for rate limits."""
+        self._ab.pause()
+        self._ba.pause()
+
+    def resume_reading(self) -> None:
+        """Undo :meth:`pause_reading`."""
+        if not self.is_closed:
+            self._ab.resume()
+            self._ba.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._ab.paused
 
     def close(self, reason: str = CLOSED, *, abort: bool = False) -> None:
         """Close both sockets now; held bytes are dropped.

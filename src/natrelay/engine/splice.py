@@ -165,10 +165,6 @@ class SplicePump(Pump):
         src = self.src_fd
         dst = self.dst_fd
         budget = self.budget
-        allowance = self.allowance
-        if allowance >= 0:  # rate-limited: one splice of at most the tokens there are
-            cap = max(1, min(cap, allowance))
-            budget = 1
         short_is_again = self.session.engine.short_read_is_again
         moved = 0
         outcome = AGAIN

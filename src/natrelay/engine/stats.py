@@ -82,8 +82,11 @@ class RelayStats:
     """
 
     accepted: int = 0
+    """TCP connections accepted by the listening socket, refused or not."""
     refused: int = 0
+    """Connections refused by a limit, on arrival or later (a Listen over a listener cap)."""
     active: int = 0
+    """Connections holding a slot right now (never counts one refused on arrival)."""
     handshakes_done: int = 0
     tunnels_opened: int = 0
     tunnels_active: int = 0
@@ -94,6 +97,8 @@ class RelayStats:
     logins_done: int = 0
     closes: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
+    """Connections refused by a limit, by the limit's code (``Refusal.code``): exact, unlike the
+    refusal log lines, which are summed up per interval."""
     handshake_failures: Counter[str] = field(default_factory=Counter)
     login_failures: Counter[str] = field(default_factory=Counter)
     session_durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
@@ -103,10 +108,10 @@ class RelayStats:
         """Count one connection close under ``reason``."""
         self.closes[reason] += 1
 
-    def refuse(self, label: str) -> None:
-        """Count one connection refused at admission under ``label``."""
+    def refused_by(self, code: str) -> None:
+        """Count one connection refused by the limit ``code``."""
         self.refused += 1
-        self.refusals[label] += 1
+        self.refusals[code] += 1
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy for logs and status output."""
@@ -119,4 +124,5 @@ class RelayStats:
             "tunnels_active": self.tunnels_active,
             "bytes_forwarded": self.bytes_forwarded,
             "closes": dict(self.closes),
+            "refusals": dict(self.refusals),
         }

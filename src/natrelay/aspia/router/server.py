@@ -39,7 +39,7 @@ from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.sessions import Actions, SessionKind
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
-from natrelay.engine.limits import Admission, Limits, refusal_label
+from natrelay.engine.limits import Admission, Limits
 from natrelay.engine.stats import RelayStats
 from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
 
@@ -135,7 +135,7 @@ class RouterConnection(ChannelProtocol):
                     if sock is not None:
                         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return True
-        self.server.stats.refuse(refusal_label(refusal))
+        self.server.stats.refused_by(getattr(refusal, "code", "other"))
         log.error("Refused connection from %s: %s", self.ip, refusal)
         self.abort(refusal)
         return False
@@ -165,7 +165,7 @@ class RouterConnection(ChannelProtocol):
             return
         white_list = self.server.white_list(kind)
         if not address_allowed(white_list, self.ip):
-            self.server.stats.refuse("white_list")
+            self.server.stats.refused_by("white_list")
             log.error("Refused %s session from %s: the address is not in %sWhiteList", kind.name.lower(),
                       self.ip, kind.name.capitalize())
             self.abort("not in the white list")

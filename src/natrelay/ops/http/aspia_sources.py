@@ -40,8 +40,9 @@ class AspiaRelaySource(Source):
         stats = listener.stats
         engines = self._engines()
         totals = [e.totals for e in engines]
-        yield reading("connections_accepted", stats.accepted)
-        yield reading("connections_refused", listener.refused, reason="max_peer_count")
+        yield reading("connections_accepted", listener.accepted)
+        yield from by_label("connections_refused", "reason", listener.refusals)
+        yield from by_label("connection_closes", "reason", listener.guard_closes)
         yield reading("connections_open", listener.pending + 2 * len(listener.sessions))
         yield from by_label("handshake_failures", "reason", stats.handshake_failures)
         yield reading("pairings", sum(t.started for t in totals))
@@ -76,7 +77,7 @@ class AspiaRelaySource(Source):
         controller = self.controller
         return {"keysInPool": len(self.listener.pool), "pendingPeers": self.listener.pending,
                 "routerConnected": bool(controller is not None and controller.connected),
-                "refused": self.listener.refused,
+                "refused": dict(self.listener.refusals), "guardCloses": dict(self.listener.guard_closes),
                 "failedBeforePairing": dict(self.listener.stats.handshake_failures)}
 
     def sessions(self) -> list[dict[str, Any]]:
