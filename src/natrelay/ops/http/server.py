@@ -9,6 +9,7 @@ plain 500 with one log line; request bodies are capped before they are read.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -16,7 +17,6 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import BasicAuth, web
 
@@ -56,7 +56,7 @@ class HttpServer:
         self._started = time.monotonic()
         self._rates = RateWindows(0, self._started)
         self._runner: web.AppRunner | None = None
-        self._sampler: Any = None
+        self._sampler: asyncio.TimerHandle | None = None
         self.url = ""
 
     def add_source(self, source: Source) -> None:
@@ -65,8 +65,6 @@ class HttpServer:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> str:
         """Listen; returns the URL. Raises OSError (port in use) or HttpConfigError (TLS files)."""
-        import asyncio
-
         ssl_context: ssl.SSLContext | None = None
         if self.options.cert is not None and self.options.key is not None:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -109,8 +107,6 @@ class HttpServer:
         return self.url
 
     def _sample(self) -> None:
-        import asyncio
-
         self._rates.sample(self._bytes(), time.monotonic())
         self._sampler = asyncio.get_running_loop().call_later(SAMPLE_INTERVAL, self._sample)
 
