@@ -1,4 +1,4 @@
-"""``natrelay serve`` with HTTP: the printed URL serves all three servers, logins are the router's admins."""
+"""``natrelay serve`` with HTTP: the printed URL serves every server, logins are the router's admins."""
 
 from __future__ import annotations
 
@@ -16,13 +16,14 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_serve_prints_the_url_and_serves_every_family(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     out = tmp_path / "serve.out"
     with open(out, "wb") as log:
         serve = subprocess.Popen(
             [*tool("natrelay"), "serve", "--data-dir", str(tmp_path / "data"), "--offset-port", str(ports[0]),
              "--router-port", str(ports[1]), "--relay-port", str(ports[2]), "--http", f"127.0.0.1:{ports[3]}",
-             "--http-auth"], stdout=log, stderr=subprocess.STDOUT, env=aspia_env())
+             "--syncthing-port", str(ports[4]), "--http-auth"],
+            stdout=log, stderr=subprocess.STDOUT, env=aspia_env())
     try:
         wait_for(lambda: b"Stop with Ctrl-C." in out.read_bytes(), 60, "serve to start")
         text = out.read_text()
@@ -41,7 +42,8 @@ def test_serve_prints_the_url_and_serves_every_family(tmp_path: Path) -> None:
             return {line.split('family="')[1].split('"')[0] for line in body.splitlines()
                     if line.startswith("natrelay_sessions_active{")}
 
-        wait_for(lambda: families() == {"offset", "aspia_router", "aspia_relay"}, 30, "all three servers")
+        wait_for(lambda: families() == {"offset", "aspia_router", "aspia_relay", "syncthing"}, 30,
+                 "every server")
     finally:
         serve.terminate()
         code = serve.wait(30)

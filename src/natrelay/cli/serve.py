@@ -38,6 +38,7 @@ from natrelay.ops.http.offset_source import OffsetSource
 from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options
 from natrelay.ops.http.server import HttpServer
 from natrelay.ops.http.source import Source
+from natrelay.ops.http.syncthing_source import SyncthingSource
 from natrelay.ops.runtime import run
 
 log = logging.getLogger("natrelay.serve")
@@ -145,6 +146,8 @@ def serve_command(args: argparse.Namespace) -> int:
         if http is not None:
             try:
                 web = await start_http(http, args.http is None, server, running)
+                if web is not None and syncthing is not None:
+                    web.add_source(SyncthingSource(syncthing.relay))
                 for source in relay_sources:  # a relay that became ready while HTTP was starting
                     if web is not None:
                         web.add_source(source)
@@ -152,6 +155,8 @@ def serve_command(args: argparse.Namespace) -> int:
                 stop.set()
                 if running is not None:
                     await running.close()
+                if syncthing is not None:
+                    await syncthing.close()
                 await server.close()
                 print(f"natrelay: error: cannot start HTTP on {http.host}:{http.port}: {exc}",
                       file=sys.stderr)
