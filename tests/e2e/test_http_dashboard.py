@@ -194,3 +194,39 @@ def test_csrf_and_auth_guard_the_api(tmp_path: Path) -> None:
     finally:
         assert router.stop() == 0, router.log()
     shutil.rmtree(tmp_path / "router", ignore_errors=True)
+
+
+def test_strelay_page_shows_its_tunnel_and_disconnects_it(tmp_path: Path, browser: WebDriver) -> None:
+    """strelay's own smaller page (no login on loopback): its live tunnel, then Disconnect ends both nodes."""
+    from tests.e2e import offset_env
+
+    http_port = free_port()
+    relay = offset_env.start_relay(tmp_path / "relay", "--http", f"127.0.0.1:{http_port}")
+    peers: list[subprocess.Popen[bytes]] = []
+    try:
+        offset_env.wait_for(lambda: "HTTP on" in relay.log(), 20, "HTTP to listen")
+        a_ident, _ = offset_env.make_identity(tmp_path, "a")
+        b_ident, b_key = offset_env.make_identity(tmp_path, "b")
+        with open(tmp_path / "b.err", "wb") as err:
+            peers.append(offset_env.peer("offset", "listen", "--idfile", str(b_ident), "--relay",
+                                         str(relay.ticket), stdin=subprocess.PIPE, stderr=err))
+        offset_env.wait_listening(relay, b_key)
+        with open(tmp_path / "a.err", "wb") as err:
+            peers.append(offset_env.peer("offset", "connect", "--idfile", str(a_ident), "--relay",
+                                         str(relay.ticket), "--to", b_key, stdin=subprocess.PIPE, stderr=err))
+        browser.get(f"http://127.0.0.1:{http_port}/")
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))
+        assert "offset" in browser.find_element(By.CSS_SELECTOR, "#sessions tbody tr").text
+        assert browser.find_element(By.ID, "relays-section").get_attribute("hidden") is not None
+        shot(browser, "strelay-page")
+        browser.find_element(By.CSS_SELECTOR, "#sessions tbody tr button.disconnect").click()
+        for p in peers:  # both nodes see their tunnel end and exit
+            p.wait(60)
+        WebDriverWait(browser, 30).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))
+        assert "disconnected by the operator" in relay.log()
+    finally:
+        for p in peers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert relay.stop() == 0, relay.log()
