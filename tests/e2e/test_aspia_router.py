@@ -152,8 +152,7 @@ def test_port_in_use_is_fatal_and_windows_switches_explain_themselves(setup: Rou
         done = run_tool("aspia_router", *setup.args(), timeout=20)
     assert done.returncode == 1 and f"cannot listen on {HOST}:{setup.port}" in done.stderr
     assert not (setup.data_dir / "router.sock").exists()
-    done = run_tool("aspia_router", "--install")
-    assert done.returncode == 1 and "only available on Windows" in done.stderr
+    # --install and friends act on systemd now: tests/e2e/test_services.py (with a stand-in systemctl).
 
 
 def test_refuses_to_start_without_a_valid_database(setup: RouterSetup) -> None:

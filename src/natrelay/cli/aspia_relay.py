@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -24,6 +25,10 @@ from natrelay.aspia.relay.app import (
     TimersError,
     serve_relay,
 )
+from natrelay.aspia.relay.controller import RouterController
+from natrelay.aspia.relay.server import PeerListener
+from natrelay.aspia.router.db import DatabaseError
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import (
     EXIT_CONFIG_ERROR,
     RELAY_CONFIG_NAME,
@@ -33,7 +38,13 @@ from natrelay.ops.aspia_config import (
     default_config_path,
 )
 from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.bandwidth import parse_rate
+from natrelay.ops.http.aspia_sources import AspiaRelaySource
+from natrelay.ops.http.auth import open_accounts
+from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.runtime import run
+from natrelay.ops.systemctl import service_switch
 
 log = logging.getLogger("natrelay.aspia.relay")
 
@@ -49,6 +60,8 @@ Flood guard (natrelay only; the original ignores these keys): PeerFirstMessageTi
 5), MaxPendingPeers (60), MaxPendingPeersPerIp (16), MaxConnectionsPerMinutePerIp (60, connections
 without a valid key), MaxBytesBeforeAuth (16384), MaxSessionDuration (minutes, 1440),
 MaxConnections (10000), MaxConnectionsPerIp (256); 0 = no cap except for the first and bytes.
+natrelay only (Aspia ignores them): HttpListen (HOST:PORT for /metrics, /status and the dashboard),
+RateSession and RateGlobal (bytes/s with K, M or G, e.g. 10M).
 
 Logging: ASPIA_LOG_LEVEL (0 info, 1 errors, 2 fatal only; default 2), ASPIA_LOG_TO_STDOUT (on;
 output goes to stderr), ASPIA_LOG_TO_FILE (off), ASPIA_MAX_LOG_FILE_SIZE (bytes, 1024-10485760),
@@ -74,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     for switch, what in zip(WINDOWS_ONLY, ("performs a Relay service installation", "performs removal of the "
                             "Relay service", "starts the Relay service", "stops the Relay service"),
                             strict=True):
-        p.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
+        p.add_argument(switch, action="store_true",
+                       help=f"{what} (Linux: the systemd unit aspia-relay, via systemctl)")
+    add_http_arguments(p)
+    g = p.add_argument_group("bandwidth (override RateSession/RateGlobal in relay.json)")
+    g.add_argument("--rate-session", metavar="RATE", help="bytes/s per session, both directions together, "
+                   "with K, M or G (binary), e.g. 10M; 0 = no limit")
+    g.add_argument("--rate-global", metavar="RATE", help="bytes/s for all sessions together; 0 = no limit")
     p.add_argument("--no-uvloop", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-V", "--version", action="version",
                    version=f"{PROG} {__version__} (Aspia 2.7.0 protocol)")
@@ -100,12 +119,11 @@ def _create_config(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    path = args.config if args.config is not None else default_config_path(RELAY_CONFIG_NAME)
     for switch in WINDOWS_ONLY:
         if getattr(args, switch[2:]):
-            print(f"{PROG}: {switch} is only available on Windows; on Linux use systemd: "
-                  f"sudo systemctl enable --now aspia-relay", file=sys.stderr)
-            return 1
-    path = args.config if args.config is not None else default_config_path(RELAY_CONFIG_NAME)
+            extra = ["--config", str(path.resolve())] if args.config is not None else []
+            return service_switch("relay", switch, PROG, extra)
     if args.create_config:
         return _create_config(path)
     setup_aspia_logging(PROG, os.environ)
@@ -121,10 +139,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        http = http_options(args, config.http_listen or None)
+        if args.rate_session is not None:
+            config = dataclasses.replace(config, rate_session=parse_rate(args.rate_session, "--rate-session"))
+        if args.rate_global is not None:
+            config = dataclasses.replace(config, rate_global=parse_rate(args.rate_global, "--rate-global"))
+    except (HttpConfigError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+
     async def serve(stop: asyncio.Event) -> int:
-        return await serve_relay(config, stop, source=str(path), timers=timers)
+        if http is None:
+            return await serve_relay(config, stop, source=str(path), timers=timers,
+                                     on_ready=lambda listener, link: _ready(config, None, listener, link))
+        db = None
+        try:
+            accounts = None
+            if http.users is not None:
+                accounts, db = open_accounts(http.users)
+            web = HttpServer(http, version=__version__, title="Aspia relay", authenticator=accounts)
+            url = await web.start()
+        except (OSError, HttpConfigError, DatabaseError) as exc:
+            if db is not None:
+                db.close()
+            log.critical("Unable to start HTTP: %s", exc)
+            print(f"{PROG}: cannot start HTTP on {http.host}:{http.port}: {exc}", file=sys.stderr)
+            return 1
+        print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
+        try:
+            return await serve_relay(config, stop, source=str(path), timers=timers,
+                                     on_ready=lambda listener, link: _ready(config, web, listener, link))
+        finally:
+            await web.close()
+            if db is not None:
+                db.close()
 
     return run(serve, use_uvloop=not args.no_uvloop)
+
+
+def _ready(config: RelayConfig, web: HttpServer | None, listener: PeerListener,
+           link: RouterController) -> None:
+    """Listening for peers: show the relay over HTTP, tell systemd ``systemctl start`` may return."""
+    if web is not None:
+        web.add_source(AspiaRelaySource(listener, link))
+    sdnotify.ready(f"listening for peers on port {config.peer_port}")
 
 
 if __name__ == "__main__":

@@ -35,11 +35,17 @@ from natrelay.aspia.router.server import (
     remove_stale_socket,
 )
 from natrelay.aspia.router.sessions import SessionKind
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
 from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.http.aspia_sources import AspiaRouterSource
+from natrelay.ops.http.auth import RouterAccounts
+from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.jsonsettings import update_settings, write_file_atomically
 from natrelay.ops.runtime import run
+from natrelay.ops.systemctl import service_switch
 
 PROG = "aspia_router"
 DATA_DIR_ENV = "ASPIA_DATA_DIR"
@@ -92,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     for switch, what in zip(WINDOWS_ONLY, ("installs the Router service", "removes the Router service",
                                            "starts the Router service", "stops the Router service"),
                             strict=True):
-        cmd.add_argument(switch, action="store_true", help=f"{what} (only available on Windows)")
+        cmd.add_argument(switch, action="store_true",
+                         help=f"{what} (Linux: the systemd unit aspia-router, via systemctl)")
     p.add_argument("--max-logins", type=int, default=DEFAULT_MAX_LOGINS, metavar="N",
                    help="password logins in progress at once; more are refused (default %(default)s)")
     p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
                    help="the same, per source address (default %(default)s)")
+    add_http_arguments(p, users=False)
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -263,6 +271,10 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             log.critical("%s", line)
             print(f"{PROG}: {line}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    try:
+        http = http_options(args, config.http_listen or None)
+    except HttpConfigError as exc:
+        return fail(str(exc), 2)
     if not config.seed_key:
         seed = secrets.token_bytes(64)
         try:
@@ -293,8 +305,18 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
             log.critical("Unable to start the router: %s", exc)
             return fail(f"cannot start: {exc}")
         log.info("Router started; public key %s", public_hex)
+        try:
+            web = await _start_http(http, server, db)
+        except (OSError, HttpConfigError) as exc:
+            await server.close()
+            log.critical("Unable to start HTTP: %s", exc)
+            return fail(f"cannot start HTTP: {exc}")
+        sdnotify.ready(f"router listening on port {config.port}")
         await stop.wait()
+        sdnotify.stopping()
         log.info("Stopping")
+        if web is not None:
+            await web.close()
         await server.close()
         return 0
 
@@ -304,14 +326,28 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         db.close()
 
 
+async def _start_http(options: HttpOptions | None, server: RouterServer,
+                      db: RouterDatabase) -> HttpServer | None:
+    """The HTTP surface, its logins checked against this router's administrators."""
+    if options is None:
+        return None
+    web = HttpServer(options, version=__version__, title="Aspia router", sources=[AspiaRouterSource(server)],
+                     authenticator=RouterAccounts(db))
+    url = await web.start()
+    print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
+    return web
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.max_logins < 1 or args.max_logins_per_ip < 1:
         return fail("--max-logins and --max-logins-per-ip must be at least 1", 2)
     for switch in WINDOWS_ONLY:
         if getattr(args, switch[2:]):
-            return fail(f"{switch} is only available on Windows; on Linux the service is the systemd unit "
-                        "aspia-router (systemctl enable --now aspia-router)")
+            extra = [] if args.config is None else ["--config", str(args.config.resolve())]
+            if args.data_dir is not None:
+                extra += ["--data-dir", str(args.data_dir.resolve())]
+            return service_switch("router", switch, PROG, extra)
     if args.keygen:
         keys = X25519KeyPair.generate()
         print(f"Private key: {keys.private_bytes.hex().upper()}")

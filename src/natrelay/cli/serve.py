@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from natrelay import __version__
+from natrelay.aspia.relay.controller import RouterController
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.cli.serve_aspia import AspiaSetup, RunningAspia, ensure_aspia_files, run_aspia, usage_text
 from natrelay.cli.serve_syncthing import DEFAULT_SYNCTHING_PORT, start_syncthing
 from natrelay.engine.resources import raise_nofile_limit
@@ -27,7 +30,15 @@ from natrelay.offset.files import (
     write_ticket,
 )
 from natrelay.offset.server import OffsetRelayServer
+from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import ConfigError
+from natrelay.ops.http.aspia_sources import AspiaRelaySource, AspiaRouterSource
+from natrelay.ops.http.auth import Authenticator, RouterAccounts
+from natrelay.ops.http.offset_source import OffsetSource
+from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
+from natrelay.ops.http.source import Source
+from natrelay.ops.http.syncthing_source import SyncthingSource
 from natrelay.ops.runtime import run
 
 log = logging.getLogger("natrelay.serve")
@@ -36,6 +47,7 @@ DEFAULT_DATA_DIR = "natrelay-data"
 DEFAULT_OFFSET_PORT = 4180
 DEFAULT_ROUTER_PORT = 8060
 DEFAULT_RELAY_PORT = 8070
+DEFAULT_HTTP = "127.0.0.1:8080"
 
 
 def add_parser(sub: Any) -> None:
@@ -55,6 +67,7 @@ def add_parser(sub: Any) -> None:
                    help="the Syncthing relay's port (default %(default)s)")
     p.add_argument("--no-syncthing", action="store_true", help="do not run the Syncthing relay")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    add_http_arguments(p)
     p.set_defaults(handler=serve_command)
 
 
@@ -82,6 +95,11 @@ def serve_command(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
     aspia: AspiaSetup | None = None
     try:
+        http = None if args.http == "off" else http_options(args, DEFAULT_HTTP)
+    except HttpConfigError as exc:
+        print(f"natrelay: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         identity, ticket_path = ensure_offset_files(data, args.host, args.offset_port)
         if not args.no_aspia:
             aspia = ensure_aspia_files(data, args.host, args.router_port, args.relay_port)
@@ -107,15 +125,41 @@ def serve_command(args: argparse.Namespace) -> int:
                 await server.close()
                 return 1
         running: RunningAspia | None = None
+        web: HttpServer | None = None
+        relay_sources: list[Source] = []
+
+        def relay_ready(listener: PeerListener, link: RouterController) -> None:
+            relay_sources.append(AspiaRelaySource(listener, link))
+            if web is not None:
+                web.add_source(relay_sources[-1])
+
         if aspia is not None:
             try:
-                running = await run_aspia(aspia, stop)
+                running = await run_aspia(aspia, stop, on_relay_ready=relay_ready)
             except OSError as exc:
                 await server.close()
                 if syncthing is not None:
                     await syncthing.close()
                 print(f"natrelay: error: cannot start the Aspia router on {args.host}:"
                       f"{args.router_port}: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+        if http is not None:
+            try:
+                web = await start_http(http, args.http is None, server, running)
+                if web is not None and syncthing is not None:
+                    web.add_source(SyncthingSource(syncthing.relay))
+                for source in relay_sources:  # a relay that became ready while HTTP was starting
+                    if web is not None:
+                        web.add_source(source)
+            except (OSError, HttpConfigError) as exc:
+                stop.set()
+                if running is not None:
+                    await running.close()
+                if syncthing is not None:
+                    await syncthing.close()
+                await server.close()
+                print(f"natrelay: error: cannot start HTTP on {http.host}:{http.port}: {exc}",
+                      file=sys.stderr)
                 return 1
         key = b64url_encode(identity.public_key)
         print(f"Offset relay listening on {args.host}:{args.offset_port}\n"
@@ -128,21 +172,52 @@ def serve_command(args: argparse.Namespace) -> int:
               f"--to \"$(stmgr show --key b.ident)\"", flush=True)
         if aspia is not None:
             print(usage_text(aspia), flush=True)
+        if web is not None:
+            print(f"Dashboard, metrics and status: {web.url} (/metrics, /status)", flush=True)
         print("Stop with Ctrl-C.", flush=True)
+        sdnotify.ready("serving")
         if running is not None:
             # The relay ends by itself only on a start-up failure (its port in use): then stop all.
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({running.relay, waiter}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             code = await running.close()
+            if web is not None:
+                await web.close()
             await server.close()
             if syncthing is not None:
                 await syncthing.close()
             return code
         await stop.wait()
+        if web is not None:
+            await web.close()
         await server.close()
         if syncthing is not None:
             await syncthing.close()
         return 0
 
     return run(main, use_uvloop=not args.no_uvloop)
+
+
+async def start_http(options: HttpOptions, by_default: bool, server: OffsetRelayServer,
+                     running: RunningAspia | None) -> HttpServer | None:
+    """The HTTP surface for every server of this process; logins are the embedded router's admins.
+
+    On by default: if the default port is taken, serve goes on without HTTP (and says so) rather
+    than refusing to start; an address the operator chose must work.
+    """
+    accounts: Authenticator | None = RouterAccounts(running.db) if running is not None else None
+    sources: list[Source] = [OffsetSource(server)]
+    if running is not None:
+        sources.insert(0, AspiaRouterSource(running.router))
+    web = HttpServer(options, version=__version__, title="natrelay serve", sources=sources,
+                     authenticator=accounts)
+    try:
+        await web.start()
+    except OSError as exc:
+        if not by_default:
+            raise
+        print(f"natrelay: warning: no HTTP dashboard: cannot listen on {DEFAULT_HTTP}: {exc.strerror or exc} "
+              "(choose another with --http HOST:PORT)", file=sys.stderr, flush=True)
+        return None
+    return web

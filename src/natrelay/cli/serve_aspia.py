@@ -12,12 +12,15 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from natrelay.aspia import srp
 from natrelay.aspia.crypto import X25519KeyPair
 from natrelay.aspia.relay.app import serve_relay
+from natrelay.aspia.relay.controller import RouterController
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.aspia.router.db import RouterDatabase, StoredUser
 from natrelay.aspia.router.server import RouterOptions, RouterServer
 from natrelay.aspia.router.sessions import SessionKind
@@ -104,7 +107,9 @@ class RunningAspia:
         return code
 
 
-async def run_aspia(setup: AspiaSetup, stop: asyncio.Event) -> RunningAspia:
+async def run_aspia(setup: AspiaSetup, stop: asyncio.Event,
+                    on_relay_ready: Callable[[PeerListener, RouterController], None] | None = None,
+                    ) -> RunningAspia:
     """Start the router, then the relay (which registers with it); both stop with ``stop``."""
     db = RouterDatabase.open(setup.database)
     options = RouterOptions(config=setup.router, database=setup.database, admin_socket=setup.admin_socket,
@@ -116,7 +121,8 @@ async def run_aspia(setup: AspiaSetup, stop: asyncio.Event) -> RunningAspia:
         await router.close()
         db.close()
         raise
-    relay = asyncio.create_task(serve_relay(setup.relay, stop, source=str(setup.folder / "relay.json")))
+    relay = asyncio.create_task(serve_relay(setup.relay, stop, source=str(setup.folder / "relay.json"),
+                                            on_ready=on_relay_ready))
     return RunningAspia(router, db, relay)
 
 

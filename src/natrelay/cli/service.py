@@ -1,4 +1,5 @@
-"""``natrelay service-unit``: install the systemd unit for ``aspia_relay`` or ``aspia_router``.
+"""``natrelay service-unit``: install the systemd unit for ``aspia_relay``, ``aspia_router``, ``strelay``
+or ``natrelay serve``.
 
 Aspia's packages ship these units; a pip install has no package scripts, so this writes the
 unit (pointing at the installed program) and says how to enable it, after which the seed
@@ -13,13 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from natrelay.ops.systemd import render_unit, unit_file_name, write_unit
+from natrelay.ops.systemd import default_command, render_unit, unit_file_name, write_unit
+
+PROGRAMS = {"relay": "aspia_relay", "router": "aspia_router", "strelay": "strelay", "serve": "natrelay"}
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("service-unit", help="install the systemd unit of aspia_relay or aspia_router",
+    p = sub.add_parser("service-unit", help="install the systemd unit of aspia_relay, aspia_router, strelay "
+                       "or natrelay serve",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("program", choices=("relay", "router"), help="which service")
+    p.add_argument("program", choices=("relay", "router", "strelay", "serve"), help="which service")
     p.add_argument("--dir", type=Path, default=Path("/etc/systemd/system"),
                    help="where units live (default %(default)s)")
     p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
@@ -28,12 +32,12 @@ def add_parser(sub: Any) -> None:
 
 
 def service_unit_command(args: argparse.Namespace) -> int:
-    program = f"aspia_{args.program}"
+    program = PROGRAMS[args.program]
     found = shutil.which(program)
     if found is None:
         print(f"natrelay: error: {program} is not on PATH; install natrelay first", file=sys.stderr)
         return 1
-    command = [str(Path(found).resolve())]
+    command = [str(Path(found).resolve()), *default_command(args.program)[1:]]
     if args.print:
         print(render_unit(args.program, command=command), end="")
         return 0

@@ -10,13 +10,20 @@ import signal
 import sys
 
 from natrelay import __version__
+from natrelay.aspia.router.db import DatabaseError
 from natrelay.engine.limits import Limits
 from natrelay.engine.resources import fd_budget, raise_nofile_limit
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_encode, read_identity_seed
 from natrelay.offset.server import RELAY_HANDSHAKE_TIMEOUT, OffsetRelayServer, RelayConfig
+from natrelay.ops import sdnotify
 from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.bandwidth import parse_rate
+from natrelay.ops.http.auth import open_accounts
+from natrelay.ops.http.offset_source import OffsetSource
+from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import extract_attached, run
 
@@ -115,10 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="listening nodes per source IP (default %(default)s)")
     g.add_argument("--max-pending", type=_count, default=lim.max_pending_per_listener,
                    help="connections waiting for one listener to accept (default %(default)s)")
+    g.add_argument("--rate-session", default="0", metavar="RATE",
+                   help="bytes/s per tunnel, both directions together, with K, M or G (binary), e.g. 10M; "
+                        "0 = no limit (default)")
+    g.add_argument("--rate-global", default="0", metavar="RATE",
+                   help="bytes/s for all tunnels together; 0 = no limit (default)")
     p.add_argument("--stats-interval", type=_interval, default=600.0, metavar="SECONDS",
                    help="log the relay's counters (connections, tunnels, closes by reason) this often; "
                         "0 = never; SIGUSR1 logs them at once (default %(default)s)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    add_http_arguments(p)
     return p
 
 
@@ -141,7 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"strelay: error: {exc}", file=sys.stderr)
         return 1
-    config = RelayConfig(limits=limits, max_frame=args.max_frame, handshake_timeout=args.handshake_timeout)
+    try:
+        rates = parse_rate(args.rate_session, "--rate-session"), parse_rate(args.rate_global, "--rate-global")
+    except ValueError as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 2
+    config = RelayConfig(limits=limits, max_frame=args.max_frame, handshake_timeout=args.handshake_timeout,
+                         session_rate=rates[0], global_rate=rates[1])
+    try:
+        http = http_options(args)
+    except HttpConfigError as exc:
+        print(f"strelay: error: {exc}", file=sys.stderr)
+        return 2
 
     async def serve(stop: asyncio.Event) -> int:
         old, new = raise_nofile_limit()
@@ -159,12 +183,34 @@ def main(argv: list[str] | None = None) -> int:
             shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
             log.info("listening on %s", shown)
         log.info("public key %s", b64url_encode(identity.public_key))
+        web: HttpServer | None = None
+        db = None
+        if http is not None:
+            try:
+                accounts = None
+                if http.users is not None:
+                    accounts, db = open_accounts(http.users)
+                web = HttpServer(http, version=__version__, title="strelay", sources=[OffsetSource(server)],
+                                 authenticator=accounts)
+                await web.start()
+            except (OSError, HttpConfigError, DatabaseError) as exc:
+                print(f"strelay: error: cannot start HTTP on {args.http}: {exc}", file=sys.stderr)
+                await server.close()
+                if db is not None:
+                    db.close()
+                return 1
+        sdnotify.ready(f"listening on {args.laddr}")
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats %s", server.status()))
         reporter = asyncio.create_task(_report_stats(server, args.stats_interval))
         await stop.wait()
         reporter.cancel()
+        sdnotify.stopping()
         log.info("stopping; %s", server.status())
+        if web is not None:
+            await web.close()
+        if db is not None:
+            db.close()
         await server.close()
         return 0
 

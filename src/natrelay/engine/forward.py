@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.ratelimit import SessionThrottle, TokenBucket
 from natrelay.engine.session import (
     AGAIN,
     BLOCKED,
@@ -39,6 +40,7 @@ from natrelay.engine.session import (
     Pump,
 )
 from natrelay.engine.splice import DEFAULT_PIPE_SIZE, PipePool, SplicePump, splice_available
+from natrelay.engine.stats import DURATION_BUCKETS, Histogram
 
 __all__ = ["ForwardEngine", "Method", "PortablePump", "Totals", "start_forwarding"]
 
@@ -60,6 +62,8 @@ class Totals:
     started: int = 0
     closed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    """Lifetimes of the sessions that ended, in seconds (for the metrics' histogram)."""
 
     @property
     def active(self) -> int:
@@ -68,6 +72,16 @@ class Totals:
     @property
     def bytes(self) -> int:
         return self.a_to_b + self.b_to_a
+
+
+#: The most one direction of a rate-limited session moves per wake-up.
+RATE_CHUNK = 64 * 1024
+
+
+def rate_burst(rate: float) -> float:
+    """The bucket size for a limit: a tenth of a second at the rate, at least 16 KiB, so a limit
+    holds within a few percent over seconds while slow limits still move whole segments."""
+    return max(16 * 1024.0, rate / 10)
 
 
 class PortablePump(Pump):
@@ -148,9 +162,18 @@ class ForwardEngine:
         clock: Callable[[], float] | None = None,
         timer_slack: float = 0.05,
         nodelay: bool = True,
+        session_rate: float | None = None,
+        global_rate: float | None = None,
     ) -> None:
+        """``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
+        two directions together and all sessions of this engine together."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
+        if session_rate or global_rate:
+            # A throttle can only pause after a wake-up moved its bytes: keep that to one small
+            # chunk per direction, so a limit overshoots by at most RATE_CHUNK (and repays it).
+            pipe_size, buffer_size = min(pipe_size, RATE_CHUNK), min(buffer_size, RATE_CHUNK)
+            max_chunks_per_wakeup = 1
         self.loop = loop
         self._splice_ok: bool | None = None
         if method == "splice" and not self._can_splice():
@@ -165,6 +188,10 @@ class ForwardEngine:
         self.time = self.timers.time
         self.totals = Totals()
         self.nodelay = nodelay
+        self.session_rate = session_rate
+        self.global_bucket = (TokenBucket(global_rate, rate_burst(global_rate), self.time())
+                              if global_rate else None)
+        self._throttles: dict[ForwardSession, SessionThrottle] = {}
         # A short read almost always means the socket is drained.  asyncio's own
         # selector loops re-report a still-readable descriptor, so the read that
         # would only confirm EAGAIN can be skipped there.  uvloop must see EAGAIN
@@ -227,6 +254,12 @@ class ForwardEngine:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = ForwardSession(self, a, b, idle_timeout=idle_timeout, on_close=on_close,
                                  context=context, method=chosen)
+        if self.session_rate or self.global_bucket is not None:
+            buckets = [TokenBucket(self.session_rate, rate_burst(self.session_rate), session.started_at)] \
+                if self.session_rate else []
+            if self.global_bucket is not None:
+                buckets.append(self.global_bucket)
+            self._throttles[session] = SessionThrottle(self.loop, session, buckets)
         ab: Pump
         ba: Pump
         if chosen == "splice":
@@ -285,6 +318,10 @@ class ForwardEngine:
         totals = self.totals
         totals.closed += 1
         totals.reasons[reason] = totals.reasons.get(reason, 0) + 1
+        totals.durations.observe(self.time() - session.started_at)
+        throttle = self._throttles.pop(session, None)
+        if throttle is not None:
+            throttle.cancel()
         if self._close_when_empty and not self._sessions:
             self._shutdown()
 

@@ -24,7 +24,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from natrelay.engine.forward import rate_burst
 from natrelay.engine.limits import Admission, Limits, source_of
+from natrelay.engine.ratelimit import TokenBucket
 from natrelay.engine.refusals import RefusalLog
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
@@ -72,6 +74,10 @@ class RelayConfig:
     heartbeat_interval: float = C.HEARTBEAT_INTERVAL
     half_tunnel_timeout: float = C.HALF_TUNNEL_TIMEOUT
     refusal_log_interval: float = REFUSAL_LOG_INTERVAL
+    session_rate: int = 0
+    """Bytes per second per tunnel, both directions together; 0 = no limit."""
+    global_rate: int = 0
+    """Bytes per second for all tunnels together; 0 = no limit."""
 
 
 class State(enum.Enum):
@@ -104,6 +110,15 @@ class RelayConnection(LinkProtocol):
         self._init_deadline: float | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self.bucket: TokenBucket | None = None
+        """The tunnel's rate limit, shared with the other end."""
+        self._held: set[str] = set()
+        """Why reading is paused: "backpressure" (the peer is full) and/or "rate" (no tokens)."""
+        self.connect_at: float | None = None
+        """When this node sent Connect (loop time): it is the connector of its tunnel."""
+        self.spliced_at = 0.0
+        self.bytes_out = 0
+        """Bytes this end sent into its tunnel (what the dashboard shows per session)."""
 
     # ----------------------------------------------------------- admission
     def on_connected(self) -> bool:
@@ -186,6 +201,7 @@ class RelayConnection(LinkProtocol):
             self.server.apply(pairing.listen(self.conn_id, key, source_of(self.ip)))
         elif isinstance(init, Connect):
             self.state = State.PENDING
+            self.connect_at = self.loop.time()
             log.debug("conn %d: %s connects to %s", self.conn_id, short_key(key),
                       short_key(init.public_key))
             self.server.apply(pairing.connect(self.conn_id, key, init.public_key, self.loop.time()))
@@ -204,25 +220,71 @@ class RelayConnection(LinkProtocol):
         peer = self.peer
         if peer is None or peer.closing:
             return
-        self.server.stats.bytes_forwarded += sum(map(len, payloads))
+        moved = sum(map(len, payloads))
+        self.bytes_out += moved
+        if self.bucket is not None or self.server.global_bucket is not None:
+            self._charge(moved)
+        stats = self.server.stats
+        stats.bytes_forwarded += moved
+        if self.connect_at is not None:
+            stats.bytes_to_acceptor += moved
+        else:
+            stats.bytes_to_connector += moved
         peer.send_many(payloads)
 
     def splice(self, peer: RelayConnection) -> None:
         """Become one end of a tunnel; hand over anything buffered while pending."""
         self.peer = peer
         self.state = State.TUNNEL
+        self.spliced_at = self.loop.time()
         if self._pending:
             pending, self._pending, self._pending_bytes = self._pending, [], 0
             self._forward(pending)
 
     # -------------------------------------------------------- backpressure
     def on_pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
-            self.peer.transport.pause_reading()
+        if self.peer is not None:
+            self.peer.hold("backpressure")
 
     def on_resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closing:
-            self.peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer.release("backpressure")
+
+    def hold(self, why: str) -> None:
+        """Stop reading for ``why``; reading resumes once every reason is released."""
+        if self.transport is None or self.closing:
+            return
+        if not self._held:
+            self.transport.pause_reading()
+        self._held.add(why)
+
+    def release(self, why: str) -> None:
+        if why not in self._held:
+            return
+        self._held.discard(why)
+        if not self._held and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------- rate limits
+    def _charge(self, moved: int) -> None:
+        """Take ``moved`` bytes from the tunnel's and the relay's buckets; out of tokens, stop reading
+        until they are back (what was read is forwarded: the debt is paid by waiting)."""
+        now = self.loop.time()
+        wait = 0.0
+        for bucket in (self.bucket, self.server.global_bucket):
+            if bucket is not None:
+                wait = max(wait, bucket.take(moved, now))
+        if wait > 0 and "rate" not in self._held:
+            self.hold("rate")
+            self.loop.call_later(wait, self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        wait = max((b.delay(self.loop.time()) for b in (self.bucket, self.server.global_bucket)
+                    if b is not None), default=0.0)
+        if wait > 0:
+            self.loop.call_later(wait, self._rate_resume)
+        else:
+            self.release("rate")
 
     # -------------------------------------------------------------- timers
     def extra_deadline(self) -> float | None:
@@ -235,6 +297,8 @@ class RelayConnection(LinkProtocol):
     # --------------------------------------------------------------- close
     def on_closed(self, reason: str) -> None:
         server = self.server
+        if self._in_handshake:
+            server.stats.handshake_failures[_reason_class(reason)] += 1
         self._end_handshake()
         server.stats.closed(_reason_class(reason))
         if not self._registered:
@@ -248,6 +312,7 @@ class RelayConnection(LinkProtocol):
             peer, self.peer = self.peer, None
             if peer is not None:  # the first end to go ends the tunnel; the second finds no peer
                 server.stats.tunnels_active -= 1
+                server.stats.session_durations.observe(self.loop.time() - self.spliced_at)
                 peer.peer = None
                 peer.close("the other end of the tunnel closed")
         self._pending.clear()
@@ -281,6 +346,9 @@ class OffsetRelayServer:
         self.ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
         self._half_timer: asyncio.TimerHandle | None = None
+        self.global_bucket = (TokenBucket(self.config.global_rate, rate_burst(self.config.global_rate),
+                                          self.loop.time())
+                              if self.config.global_rate else None)
 
     def make_link(self, now: float) -> Link:
         cfg = self.config
@@ -321,6 +389,11 @@ class OffsetRelayServer:
                     continue
                 self.stats.tunnels_opened += 1
                 self.stats.tunnels_active += 1
+                if connector.connect_at is not None:
+                    self.stats.pairing_latency.observe(self.loop.time() - connector.connect_at)
+                if self.config.session_rate:
+                    rate = self.config.session_rate
+                    acceptor.bucket = connector.bucket = TokenBucket(rate, rate_burst(rate), self.loop.time())
                 acceptor.splice(connector)
                 connector.splice(acceptor)
         self._arm_half_tunnels()

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
+from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.bandwidth import format_rate, parse_rate
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
     SettingsDocument,
@@ -240,6 +242,27 @@ class _Reader:
             return ()
         return tuple(_plain_ip(ip) for _, ip in parsed if ip is not None)
 
+    def listen(self, key: str) -> str:
+        """``HOST:PORT`` to listen on (an IP address, ``[IPv6]:PORT`` or a bare port), '' for off."""
+        raw = self._raw(key)
+        if raw:
+            try:
+                parse_listen_address(raw)
+            except AddressError as exc:
+                self._fail(key, str(exc))
+                return ""
+        return raw
+
+    def rate(self, key: str) -> int:
+        raw = self._raw(key)
+        if not raw:
+            return 0
+        try:
+            return parse_rate(raw, key)
+        except ValueError:
+            self._fail(key, f"got {raw!r}")
+            return 0
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -332,6 +355,10 @@ class _SettingsFile:
 
 
 _PORT = "an integer from 1 to 65535"
+_RATE = ("natrelay only, ignored by Aspia: bytes per second for {}, with K, M or G (binary), "
+         "e.g. 10M; empty or 0 for no limit")
+_HTTP_LISTEN = ("natrelay only, ignored by Aspia: empty (no HTTP) or HOST:PORT for /metrics, /status "
+                "and the dashboard, e.g. 127.0.0.1:9070")
 
 
 @dataclass(frozen=True)
@@ -383,6 +410,9 @@ _RELAY_FIELDS: Final = (
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
     *(FieldInfo(g.key, g.allowed) for g in _RELAY_GUARD),
+    FieldInfo("HttpListen", _HTTP_LISTEN),
+    FieldInfo("RateSession", _RATE.format("each session (both directions together)")),
+    FieldInfo("RateGlobal", _RATE.format("all sessions together")),
 )
 
 
@@ -410,6 +440,9 @@ class RelayConfig(_SettingsFile):
     max_session_duration: int = 1440
     max_connections: int = 10_000
     max_connections_per_ip: int = 256
+    http_listen: str = ""
+    rate_session: int = 0
+    rate_global: int = 0
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
@@ -429,12 +462,21 @@ class RelayConfig(_SettingsFile):
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
             **{g.attr: reader.uint(g.key, g.default, g.low, g.high) for g in _RELAY_GUARD},
+            http_listen=reader.listen("HttpListen"),
+            rate_session=reader.rate("RateSession"),
+            rate_global=reader.rate("RateGlobal"),
         )
 
     def to_settings(self) -> dict[str, str]:
         # Flood-guard keys only when they differ from the default, so --create-config writes the
         # original's file and a file written back stays what the operator (or Aspia) wrote.
         guard = {g.key: str(value) for g in _RELAY_GUARD if (value := getattr(self, g.attr)) != g.default}
+        if self.http_listen:
+            guard["HttpListen"] = self.http_listen
+        if self.rate_session:
+            guard["RateSession"] = format_rate(self.rate_session)
+        if self.rate_global:
+            guard["RateGlobal"] = format_rate(self.rate_global)
         return guard | {
             "ListenInterface": self.listen_interface,
             "MaxPeerCount": str(self.max_peer_count),
@@ -459,6 +501,7 @@ _ROUTER_ORIGINAL_FIELDS: Final = (
     FieldInfo("HostWhiteList", _WHITE_LIST),
     FieldInfo("AdminWhiteList", _WHITE_LIST),
     FieldInfo("RelayWhiteList", _WHITE_LIST + " (empty: loopback only, see RelayAllowAnyAddress)"),
+    FieldInfo("HttpListen", _HTTP_LISTEN),
 )
 # Router guard fields (issues 8 and 9): unknown to the original, which ignores them. Each is an
 # unsigned integer with a default; 0 turns a cap off where the text says so. --create-config and
@@ -527,6 +570,7 @@ class RouterConfig(_SettingsFile):
     host_requests_per_minute: int = 120
     host_id_requests_per_minute: int = 10
     unused_host_id_days: int = 7
+    http_listen: str = ""
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -546,6 +590,7 @@ class RouterConfig(_SettingsFile):
             admin_white_list=reader.ip_list("AdminWhiteList"),
             relay_white_list=reader.ip_list("RelayWhiteList"),
             relay_any_address=reader.boolean("RelayAllowAnyAddress", False),
+            http_listen=reader.listen("HttpListen"),
         ), **guard)
 
     def to_settings(self) -> dict[str, str]:
@@ -561,4 +606,4 @@ class RouterConfig(_SettingsFile):
             **{key: str(getattr(self, attr)) for key, attr, default, _low, _high, _what in ROUTER_GUARD_FIELDS
                if getattr(self, attr) != default},
             **({"RelayAllowAnyAddress": "true"} if self.relay_any_address else {}),
-        }
+        } | ({"HttpListen": self.http_listen} if self.http_listen else {})

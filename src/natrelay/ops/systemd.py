@@ -1,4 +1,8 @@
-"""systemd units for aspia_relay and aspia_router (``aspia-relay.service``, ``aspia-router.service``).
+"""systemd units for aspia_relay and aspia_router (``aspia-relay.service``, ``aspia-router.service``),
+``strelay`` (``strelay.service``) and ``natrelay serve`` (``natrelay-serve.service``).
+
+All are ``Type=notify``: the servers send ``READY=1`` (:mod:`natrelay.ops.sdnotify`) once they
+listen, so ``systemctl start`` returns when the service can be used.
 
 The original's units run the binary as root with ``ASPIA_LOG_LEVEL=2``, ``Restart=always`` and
 ``RestartSec=5s`` (spec section 6.11). We keep those, so operators see the behaviour they know, and
@@ -46,14 +50,15 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-Type=exec
+Type=notify
+NotifyAccess=main
 ExecStart=$exec_start
 $environment
 Restart=always
 RestartSec=5s
 RestartPreventExitStatus=$config_error_status
 $identity
-$directories
+$directories$extra
 UMask=0077
 LimitNOFILE=65536
 
@@ -96,6 +101,9 @@ class _UnitKind:
     dynamic_user: bool
     writes_config: bool
     state_directory: str | None
+    aspia: bool = True
+    """Aspia's log variables and directories; natrelay's own programs log to the journal only."""
+    extra: tuple[str, ...] = ()
 
 
 _KINDS: Final = {
@@ -103,7 +111,20 @@ _KINDS: Final = {
     "router": _UnitKind(
         "aspia-router", "Aspia Router (natrelay)", ("/usr/bin/aspia_router",), False, True, "aspia"
     ),
+    # The identity file stays root's (0600 in /etc/natrelay); systemd hands the unprivileged
+    # service a read-only copy as a credential.
+    "strelay": _UnitKind(
+        "strelay", "Offset relay strelay (natrelay)",
+        ("/usr/bin/strelay", "--idfile", "${CREDENTIALS_DIRECTORY}/relay.ident", "--laddr", "1337"),
+        True, False, None, aspia=False, extra=("LoadCredential=relay.ident:/etc/natrelay/relay.ident",),
+    ),
+    "serve": _UnitKind(
+        "natrelay-serve", "natrelay serve: Offset relay, Aspia router and relay on defaults",
+        ("/usr/bin/natrelay", "serve", "--data-dir", "/var/lib/natrelay"),
+        True, False, "natrelay", aspia=False, extra=("WorkingDirectory=/var/lib/natrelay",),
+    ),
 }
+_CREDENTIALS = "${CREDENTIALS_DIRECTORY}"
 
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=+,@-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -119,8 +140,14 @@ def _kind(program: str) -> _UnitKind:
         raise ValueError(f"unknown program {program!r}; expected one of {sorted(_KINDS)}") from None
 
 
+def default_command(program: str) -> tuple[str, ...]:
+    """The unit's ExecStart words for ``program``; the first is replaced by the installed path."""
+    return _kind(program).command
+
+
 def unit_file_name(program: str) -> str:
-    """``aspia-relay.service`` or ``aspia-router.service``: the service names the manual uses."""
+    """``aspia-relay.service``, ``aspia-router.service`` (the service names the manual uses),
+    ``strelay.service`` or ``natrelay-serve.service``."""
     return f"{_kind(program).name}.service"
 
 
@@ -137,8 +164,11 @@ def _escape(text: str) -> str:
 
 
 def quote_exec_word(word: str) -> str:
-    """One ExecStart argument, quoted only when needed; ``$`` is doubled to stop variable expansion."""
+    """One ExecStart argument, quoted only when needed; ``$`` is doubled to stop variable expansion
+    (except our own ``${CREDENTIALS_DIRECTORY}``, which systemd must expand)."""
     _no_control(word, "ExecStart argument")
+    if word.startswith(_CREDENTIALS + "/") and _PLAIN_WORD.fullmatch(word[len(_CREDENTIALS):]):
+        return word
     if _PLAIN_WORD.fullmatch(word):
         return word
     return '"' + _escape(word).replace("$", "$$") + '"'
@@ -177,6 +207,14 @@ def render_unit(
     argv = tuple(command) if command is not None else kind.command
     if not argv or not argv[0].startswith("/"):
         raise ValueError(f"the command must start with an absolute path: {argv!r}")
+    if not kind.aspia:
+        return UNIT_TEMPLATE.substitute(
+            name=unit_file_name(program), description=kind.description,
+            exec_start=" ".join(quote_exec_word(word) for word in argv),
+            environment=_environment_lines(dict(environment or {})), config_error_status=EXIT_CONFIG_ERROR,
+            identity="DynamicUser=yes",
+            directories=f"StateDirectory={kind.state_directory}" if kind.state_directory else "",
+            extra="".join(f"\n{line}" for line in kind.extra))
     default_log_dir = f"/var/log/aspia/{program}"
     env = {LEVEL_ENV: "2", LOG_DIR_ENV: default_log_dir}
     env.update(environment or {})
@@ -207,6 +245,7 @@ def render_unit(
         config_error_status=EXIT_CONFIG_ERROR,
         identity=identity,
         directories="\n".join(directories),
+        extra="",
     )
 
 

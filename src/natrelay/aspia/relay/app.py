@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
 from natrelay.aspia.channel import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
@@ -129,15 +129,17 @@ def listener_config(config: RelayConfig, timers: RelayTimers, workers: int) -> P
         config.listen_interface, config.peer_port, idle, pending_timeout=timers.pending, workers=workers,
         guard=guard, limits=connection_limits(config.max_connections, config.max_connections_per_ip),
         max_bytes_before_auth=config.max_bytes_before_auth, max_session=lifetime,
-        report_interval=timers.guard_report)
+        report_interval=timers.guard_report, session_rate=config.rate_session, global_rate=config.rate_global)
 
 
 async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str = "relay.json",
-                      timers: RelayTimers | None = None, workers: int | None = None) -> int:
+                      timers: RelayTimers | None = None, workers: int | None = None,
+                      on_ready: Callable[[PeerListener, RouterController], None] | None = None) -> int:
     """Run the relay until ``stop`` is set; returns the exit status (1 if the listener cannot bind).
 
     ``workers`` is the number of forwarding threads (0: forward on this loop); ``None`` reads
-    ``NATRELAY_ASPIA_RELAY_WORKERS`` and defaults to :func:`default_workers`.
+    ``NATRELAY_ASPIA_RELAY_WORKERS`` and defaults to :func:`default_workers`. ``on_ready`` is
+    called once the listener and the router link exist (the HTTP surface attaches there).
     """
     timers = RelayTimers() if timers is None else timers
     if workers is None:
@@ -191,6 +193,8 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
         link, pool, wheel, stats=lambda now: relay_stat(listener.snapshots(), listener.uptime, now),
         disconnect=listener.disconnect, started_at=listener.started_at,
     )
+    if on_ready is not None:
+        on_ready(listener, controller)
     try:
         await controller.run(stop)
     finally:

@@ -59,6 +59,7 @@ from natrelay.engine.floodguard import (
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.limits import Admission, Limits
 from natrelay.engine.session import ForwardSession
+from natrelay.engine.stats import RelayStats
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 
 log = logging.getLogger("natrelay.aspia.relay")
@@ -91,6 +92,10 @@ class PeerListenerConfig:
     max_message: int = MAX_PEER_TO_RELAY_SIZE
     workers: int = 0
     """Forwarding threads; 0 forwards on the listener's own loop."""
+    session_rate: int = 0
+    """Bytes per second per session, both directions together; 0 = no limit."""
+    global_rate: int = 0
+    """Bytes per second for all sessions together (split evenly over forwarding threads); 0 = none."""
     guard: FloodLimits = field(default_factory=FloodLimits)
     limits: Limits = field(default_factory=lambda: connection_limits(10_000, 256))
     """Open connections in total and per source (only the connection caps of ``Limits`` apply)."""
@@ -111,7 +116,7 @@ def connection_limits(total: int, per_ip: int) -> Limits:
 class _Pending:
     """An accepted peer connection that has not paired yet."""
 
-    __slots__ = ("address", "consumed", "fd", "reader", "sock", "source", "watching")
+    __slots__ = ("accepted_at", "address", "consumed", "fd", "reader", "sock", "source", "watching")
 
     def __init__(self, sock: socket.socket, address: str, source: str) -> None:
         self.sock = sock
@@ -122,6 +127,7 @@ class _Pending:
         self.consumed = 0
         self.reader: PeerToRelayReader | None = None
         self.watching = False
+        self.accepted_at = 0.0
 
 
 @dataclass(slots=True)
@@ -190,9 +196,12 @@ class PeerListener:
         self.engine: ForwardEngine | None = None
         self.threads: ForwardingThreads | None = None
         if engine is not None or config.workers <= 0:
-            self.engine = engine if engine is not None else ForwardEngine(self.loop)
+            self.engine = engine if engine is not None else ForwardEngine(
+                self.loop, session_rate=config.session_rate or None, global_rate=config.global_rate or None)
         else:
-            self.threads = ForwardingThreads(config.workers, home=self.loop)
+            share = config.global_rate / config.workers if config.global_rate else None
+            self.threads = ForwardingThreads(config.workers, home=self.loop, engine_factory=lambda loop: (
+                ForwardEngine(loop, session_rate=config.session_rate or None, global_rate=share)))
         self.on_keys = on_keys
         self.pairing: Pairing[_Pending] = Pairing(pool, timeout=config.pending_timeout)
         self.sessions: dict[int, ActiveSession] = {}
@@ -218,6 +227,8 @@ class PeerListener:
         self._accepts_per_wakeup = max(1, min(ACCEPTS_PER_WAKEUP, cap // 4)) if cap else ACCEPTS_PER_WAKEUP
         self.refusals: Counter[str] = Counter()
         self.guard_closes: Counter[str] = Counter()
+        self.stats = RelayStats()
+        """Pairing latency, and peers closed before pairing by reason (``handshake_failures``)."""
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> tuple[str, int]:
@@ -294,6 +305,7 @@ class PeerListener:
             sock.setblocking(False)
             self.accepted += 1
             pending = _Pending(sock, _address(addr), source_key(_ip(addr)))
+            pending.accepted_at = self.loop.time()
             if not self._admit(pending):
                 sock.close()
                 continue
@@ -416,6 +428,7 @@ class PeerListener:
         pending.sock.close()
         if reason is None:
             return
+        self.stats.handshake_failures[pending_failure_label(reason)] += 1
         if unauthenticated:  # anyone can cause these lines: throttle them
             self._log_throttled(logging.INFO, self.loop.time(), "Peer %s: %s", pending.address, reason)
         else:
@@ -428,6 +441,7 @@ class PeerListener:
             pending.reader = None
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(pending.fd)
+        self.stats.pairing_latency.observe(self.loop.time() - first.accepted_at)
         session = ActiveSession(next(self._session_ids), paired.key_id, paired.info,
                                 (first.address, second.address), (first.source, second.source))
         self.sessions[session.session_id] = session
@@ -530,3 +544,12 @@ class PeerListener:
                  "%d waiting for their PeerToRelay, %d open", self.accepted, self.refused,
                  dict(sorted(self.refusals.items())), totals[1], dict(sorted(self.guard_closes.items())),
                  self.guard.pending, self.admission.connections)
+
+
+def pending_failure_label(reason: str) -> str:
+    """The metric label for why a peer was closed before pairing (no addresses, no numbers)."""
+    for prefix, label in (("refused", "refused"), ("closed before", "closed_early"),
+                          ("left while", "left_waiting"), ("not paired", "pending_timeout")):
+        if reason.startswith(prefix):
+            return label
+    return "socket_error"

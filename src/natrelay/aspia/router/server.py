@@ -51,6 +51,7 @@ from natrelay.aspia.router.guard import FloodGuard, GuardLimits
 from natrelay.aspia.router.sessions import Actions, RequestLimits, SessionKind
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
+from natrelay.engine.stats import RelayStats
 from natrelay.ops.aspia_config import IPAddress, RouterConfig, address_allowed
 
 log = logging.getLogger("natrelay.aspia.router")
@@ -227,6 +228,9 @@ class RouterConnection(ChannelProtocol):
         self._end_handshake()
         result = self.channel.result
         assert result is not None
+        self.server.stats.handshakes_done += 1
+        if self.attempted_user is not None:
+            self.server.stats.logins_done += 1
         try:
             kind = SessionKind(result.session_type)
         except ValueError:
@@ -243,6 +247,7 @@ class RouterConnection(ChannelProtocol):
             return
         white_list = self.server.white_list(kind)
         if not address_allowed(white_list, self.ip):
+            self.server.stats.refused_by("white_list")
             log.error("Refused %s session from %s: the address is not in %sWhiteList", kind.name.lower(),
                       self.ip, kind.name.capitalize())
             self.abort("not in the white list")
@@ -308,14 +313,19 @@ class RouterConnection(ChannelProtocol):
         if self.attempted_user is not None and key_refused:
             # The SRP client gives up when it cannot open our challenge: that is what a wrong
             # password and an unknown user look like, and the log must not say which of them.
+            self.server.stats.login_failures["wrong_password"] += 1
+            self.server.stats.handshake_failures["wrong_password"] += 1
             log.error("Login failed for user %r from %s: wrong user name or password", self.attempted_user,
                       self.ip)
         elif self.attempted_user is None and key_refused:
+            self.server.stats.handshake_failures["wrong_router_key"] += 1
             log.error(
                 "Handshake from %s failed after the router's challenge: the relay or host there most "
                 "likely uses the wrong router public key (its RouterPublicKey must equal router.pub: %s)",
                 self.ip, self.server.options.public_key_hex or "see router.pub")
         else:
+            label = reason.split(":", 1)[0].strip().lower().replace(" ", "_") or "other"
+            self.server.stats.handshake_failures[label[:32]] += 1
             log.error("Handshake from %s failed: %s", self.ip, reason)
 
 
@@ -330,6 +340,8 @@ class RouterServer:
         self.guard = FloodGuard(options.guard_limits())
         self._housekeeping: asyncio.TimerHandle | None = None
         self.connections: dict[int, RouterConnection] = {}
+        self.stats = RelayStats()
+        """Connections, refusals, handshakes and logins by outcome, read by the HTTP metrics."""
         self._fakes: OrderedDict[str, UserRecord] = OrderedDict()
         self._server: asyncio.Server | None = None
         self._admin: AdminSocketServer | None = None
