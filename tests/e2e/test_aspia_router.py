@@ -6,6 +6,7 @@ so these tests check the router's wire behaviour of spec §6 without needing the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -383,7 +384,8 @@ class EchoServer:
 
     @staticmethod
     def _echo(conn: socket.socket) -> None:
-        with conn:
+        # A session cut mid-way (--disconnect, a killed relay) reaches the service as a reset.
+        with conn, contextlib.suppress(ConnectionResetError):
             while data := conn.recv(65536):
                 conn.sendall(data)
 
