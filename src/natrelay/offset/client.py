@@ -147,6 +147,12 @@ class TunnelConnection(RelayLinkClient):
         super().on_closed(reason)
         if self.stream.transport is None and not self.ready.done():
             self.ready.set_exception(TunnelError(reason))
+        if reason == "peer closed the connection" or reason.startswith("connection lost") \
+                or "keepalive" in reason:
+            # Only the relay's socket is visible here: a relay that died and one that closed our
+            # side because the other node died look alike, so the message names both.
+            reason = (f"the relay at {self.client.ticket.address} went away, or "
+                      f"{b64url_encode(self.remote_key)} did ({reason})")
         self.stream.connection_lost(reason)
 
 

@@ -75,13 +75,14 @@ class RelayTunnel(ChannelProtocol):
     """
 
     def __init__(self, prefix: bytes, make_handshake: HandshakeFactory, timers: WheelDriver[Any], *,
-                 server: bool, keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
+                 server: bool, keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE, where: str = "") -> None:
         def make_channel(now: float) -> Channel:
             return keepalive.channel(make_handshake(now), now, keepalive=not server)
 
         super().__init__(make_channel, timers)
         self._prefix = prefix
         self._server = server
+        self.where = f" at {where}" if where else ""
         self.reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=self.loop)
         self.app = asyncio.StreamReaderProtocol(self.reader, loop=self.loop)
         self.stream = StreamEnd(self.app)
@@ -139,6 +140,11 @@ class RelayTunnel(ChannelProtocol):
         return self.reader, asyncio.StreamWriter(tunnel, self.app, self.reader, self.loop)
 
     def on_closed(self, reason: str) -> None:
+        if reason == "peer closed the connection" or reason.startswith("connection lost") \
+                or "keep-alive" in reason:
+            # The relay's socket is all we see: a relay that died and one that closed our side
+            # because the other peer died look alike, so the message names both.
+            reason = f"the relay{self.where} went away, or the other peer did ({reason})"
         self.stream.connection_lost(reason)
 
 
@@ -178,7 +184,8 @@ async def open_relay_tunnel(credentials: router_common_pb2.RelayCredentials, mak
     where = relay_address(credentials)
     try:
         _, proto = await asyncio.wait_for(loop.create_connection(
-            lambda: RelayTunnel(prefix, make_handshake, timers, server=server, keepalive=keepalive),
+            lambda: RelayTunnel(prefix, make_handshake, timers, server=server, keepalive=keepalive,
+                                where=where),
             credentials.host, credentials.port), timeout)
     except (OSError, TimeoutError) as exc:
         raise PeerError(f"cannot reach the relay at {where}: {exc or 'timed out'}") from exc
