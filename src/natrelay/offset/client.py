@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.tunnel import StreamEnd, TunnelTransport
+from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol, TunnelTransport
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.errors import ProtocolError
@@ -232,7 +232,7 @@ class OffsetClient:
         """A relay connection sending ``init``, carrying a tunnel to ``remote_key``."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        app = asyncio.StreamReaderProtocol(reader, loop=loop)
+        app = TunnelStreamProtocol(reader, loop=loop)
         proto = await self._dial(lambda: TunnelConnection(self, init, remote_key, app))
         assert isinstance(proto, TunnelConnection)
         tunnel = await proto.ready

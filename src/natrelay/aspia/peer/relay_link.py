@@ -25,7 +25,7 @@ from natrelay.aspia.handshake import ClientHandshake, ServerHandshake
 from natrelay.aspia.messages import build_peer_to_relay
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.tunnel import StreamEnd
+from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -84,7 +84,7 @@ class RelayTunnel(ChannelProtocol):
         self._server = server
         self.where = f" at {where}" if where else ""
         self.reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=self.loop)
-        self.app = asyncio.StreamReaderProtocol(self.reader, loop=self.loop)
+        self.app = TunnelStreamProtocol(self.reader, loop=self.loop)
         self.stream = StreamEnd(self.app)
         self.bytes_from_peer = 0
 
