@@ -21,7 +21,7 @@ from typing import IO
 
 import pytest
 
-from tests.e2e.aspia_env import HOST, aspia_env, start_process, start_router, tool, wait_for
+from tests.e2e.aspia_env import HOST, Process, aspia_env, start_process, start_router, tool, wait_for
 from tests.e2e.test_aspia_peers import (
     EOF_MARK,
     Peers,
@@ -40,14 +40,30 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.fixture
+def reaped() -> Iterator[list[Process]]:
+    """Extra processes a test starts (forwarding clients, restarted servers): stopped at the end,
+    and the test fails if one had to be killed."""
+    procs: list[Process] = []
+    yield procs
+    failures = []
+    for p in procs:
+        try:
+            p.stop()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, failures
+
+
 def relay_port(peers: Peers, i: int) -> int:
     return int(json.loads((peers.tmp / f"relay{i}" / "relay.json").read_text())["PeerPort"])
 
 
-def test_router_killed_during_a_50_mb_transfer(peers: Peers) -> None:
+def test_router_killed_during_a_50_mb_transfer(peers: Peers, reaped: list[Process]) -> None:
     """The transfer completes intact; the relay and the host come back when the router does, and
     the returned router never offers a key of a relay that died while it was down."""
-    _client, port = peers.listen_client()
+    client, port = peers.listen_client()
+    reaped.append(client)
     payload = os.urandom(50 * 1024 * 1024)
     half = len(payload) // 2
     router_gone = threading.Event()
@@ -159,7 +175,7 @@ def _fd_count(pid: int) -> int:
 
 
 def test_client_killed_mid_transfer_frees_the_session(
-        peers: Peers, clients: list[subprocess.Popen[bytes]]) -> None:
+        peers: Peers, clients: list[subprocess.Popen[bytes]], reaped: list[Process]) -> None:
     relays = [p.pid for p in peers.relays]
     baseline = [_fd_count(pid) for pid in relays]
     clients.append(_stdio_client(peers))
@@ -174,15 +190,12 @@ def test_client_killed_mid_transfer_frees_the_session(
     wait_for(lambda: sum(relay_sessions(peers.router).values()) == 0, 60, "the relays to drop the session")
     wait_for(lambda: [_fd_count(pid) for pid in relays] == baseline, 30, "relay descriptors back to baseline")
     # And the host still serves.
-    with connect(_listen_port(peers)) as s:
+    forwarder, port = peers.listen_client("client-after")
+    reaped.append(forwarder)
+    with connect(port) as s:
         s.sendall(b"after")
         s.shutdown(socket.SHUT_WR)
         assert read_all(s) == b"after" + EOF_MARK
-
-
-def _listen_port(peers: Peers) -> int:
-    _client, port = peers.listen_client("client-after")
-    return port
 
 
 def _drain(stream: IO[bytes] | None) -> threading.Thread:
@@ -239,7 +252,8 @@ def test_router_restart_keeps_its_key_and_the_hosts_id(peers: Peers) -> None:
     config = peers.tmp / "relay1" / "relay.json"
     restarted = start_process("aspia_relay", ["--config", str(config)], peers.tmp / "relay1" / "relay.log",
                               {"NATRELAY_ASPIA_RELAY_TIMERS": "reconnect=0.5"})
-    peers.relays[0] = restarted
+    # Into the fixture's own object, so the fixture ends the restarted relay too.
+    peers.relays[0].proc, peers.relays[0].log_offset = restarted.proc, restarted.log_offset
     wait_for(lambda: len(router.status()["relays"]) == 2, 60, "the restarted relay to register")
     assert {r["address"] for r in router.status()["relays"]} == {
         f"{HOST}:{relay_port(peers, 1)}", f"{HOST}:{relay_port(peers, 2)}"}
