@@ -86,7 +86,7 @@ class Relay:
         return int(self.proc.returncode)
 
 
-def start_relay(directory: Path, *extra: str) -> Relay:
+def start_relay(directory: Path, *extra: str, preexec: Callable[[], None] | None = None) -> Relay:
     directory.mkdir(parents=True, exist_ok=True)
     ident, key = make_identity(directory, "relay")
     port = free_port()
@@ -96,7 +96,8 @@ def start_relay(directory: Path, *extra: str) -> Relay:
     log_path = directory / "strelay.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([*tool("strelay"), "--idfile", str(ident), "--laddr", f"127.0.0.1:{port}",
-                                 "--log-level", "debug", *extra], stdout=log, stderr=log)
+                                 "--log-level", "debug", *extra], stdout=log, stderr=log,
+                                preexec_fn=preexec)
     relay = Relay(proc, port, ident, ticket, key, log_path)
     wait_for(lambda: "public key" in relay.log() or proc.poll() is not None, 20, "strelay to start")
     assert proc.poll() is None, relay.log()

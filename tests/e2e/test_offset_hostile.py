@@ -173,7 +173,7 @@ def test_hostile_clients_leave_a_transfer_and_the_relay_unharmed(relay: Relay, t
             for w in silent:
                 w.close()
             log = relay.log()
-            assert "per-IP connection limit reached (256) for 127.0.0.2" in log
+            assert "per-IP concurrent handshake limit reached (8) for 127.0.0.2" in log
             assert "protocol error" in log
             await asyncio.to_thread(wait_for, lambda: relay.fd_count() <= base_fds, 30,
                                     "the relay's descriptors to return to their count before the attacks")

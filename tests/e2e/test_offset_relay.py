@@ -230,7 +230,27 @@ def test_strelay_startup_errors_exit_nonzero(tmp_path: Path) -> None:
     assert in_use.returncode == 1 and "cannot listen" in in_use.stderr
     bad = subprocess.run([*tool("strelay"), "--idfile", str(ident), "--laddr", "localhost:1"],
                          capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 1 and "localhost" in bad.stderr
+    assert bad.returncode == 2 and "localhost" in bad.stderr  # a usage error, as --help says
+
+
+@pytest.mark.parametrize(("option", "value", "fragment"), [
+    ("--max-per-ip", "-1", "must be >= 0"),
+    ("--max-connections", "many", "expected a whole number"),
+    ("--max-frame", "1000", "at least 65536"),
+    ("--handshake-timeout", "0", "between 0 and 3600"),
+    ("--stats-interval", "nan", "seconds >= 0"),
+    ("--laddr", "127.0.0.1:99999", "--laddr"),
+])
+def test_strelay_invalid_option_values_are_usage_errors(tmp_path: Path, option: str, value: str,
+                                                        fragment: str) -> None:
+    """strelay --help promises exit status 2 for usage errors: every invalid value is one."""
+    ident, _ = make_identity(tmp_path, "r")
+    args = {"--idfile": str(ident), "--laddr": "127.0.0.1:0", option: value}
+    result = subprocess.run([*tool("strelay"), *(x for kv in args.items() for x in kv)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result
+    assert f"strelay: error: argument {option}" in result.stderr or option in result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
 
 
 def test_listener_reconnects_after_relay_restart(tmp_path: Path) -> None:

@@ -229,3 +229,22 @@ def test_show_key_only_prints_the_bare_key(run: Runner, tmp_path: Path) -> None:
     (tmp_path / "spec.ident").write_bytes(SPEC_IDENT)
     shown = run("show", "--key", "spec.ident")
     assert (shown.status, shown.stdout) == (0, "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\n")
+
+
+@pytest.mark.parametrize(
+    ("address", "fragment"),
+    [
+        ("", "empty"),
+        ("127.0.0.1", "no port"),
+        ("127.0.0.1:0", "outside 1-65535"),
+        ("127.0.0.1:99999", "outside 1-65535"),
+        ("relay.example:port", "not a number"),
+    ],
+)
+def test_show_refuses_a_ticket_whose_address_cannot_be_dialled(
+        run: Runner, tmp_path: Path, address: str, fragment: str) -> None:
+    ticket = json.loads(SPEC_TICKET)
+    ticket["address"] = address
+    (tmp_path / "bad.ticket").write_text(json.dumps(ticket))
+    for args in (("show", "bad.ticket"), ("show", "--key", "bad.ticket")):
+        _assert_one_error_line(run(*args), "bad.ticket", "field 'address'", fragment)

@@ -17,7 +17,6 @@ from natrelay.aspia.peer.relay_link import (
     PEER_KEEPALIVE_TIMEOUT,
     KeepAliveTiming,
     PeerError,
-    RelayTunnel,
 )
 from natrelay.aspia.peer.state import StateError, default_state_path
 from natrelay.aspia.peer.users import (
@@ -27,10 +26,10 @@ from natrelay.aspia.peer.users import (
     read_password_file,
     read_users_file,
 )
-from natrelay.engine.stdio import open_stdin, open_stdout
-from natrelay.engine.streams import bridge, pump
+from natrelay.cli import stdio_mode
+from natrelay.engine.streams import bridge
 from natrelay.ops.addresses import AddressError, parse_host_port
-from natrelay.ops.runtime import run
+from natrelay.ops.runtime import Stop, run
 
 log = logging.getLogger("natrelay.aspia.peer")
 
@@ -72,6 +71,7 @@ def add_parser(sub: Any) -> None:
     cl.add_argument("--host-user", metavar="NAME", help="the host user to log in as (default: --user)")
     cl.add_argument("--host-password-file", metavar="FILE",
                     help="that host user's password (default: --password-file)")
+    stdio_mode.add_options(cl)
     cl.set_defaults(handler=client_command)
 
 
@@ -90,9 +90,7 @@ def _router_options(p: argparse.ArgumentParser) -> None:
                         "default %(default)s)")
 
 
-def _fail(message: str) -> int:
-    print(f"natrelay: error: {message}", file=sys.stderr)
-    return 1
+_fail = stdio_mode.fail
 
 
 def parse_router_key(text: str) -> bytes:
@@ -140,7 +138,7 @@ def host_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if host.state.host_id:
         log.info("state file %s holds host ID %d", settings.state_path, host.state.host_id)
-    return run(host.run, use_uvloop=not args.no_uvloop)
+    return run(host.run, use_uvloop=not args.no_uvloop, grace=stdio_mode.STOP_GRACE)
 
 
 def _print_host_id(host_id: int) -> None:
@@ -164,56 +162,30 @@ def client_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     client = AspiaClient(settings)
     if local is not None:
-        return run(lambda stop: _client_forward(client, local, stop), use_uvloop=not args.no_uvloop)
-    return run(lambda stop: _client_stdio(client, stop), use_uvloop=not args.no_uvloop)
+        return run(lambda stop: _client_forward(client, local, stop), use_uvloop=not args.no_uvloop,
+                   grace=stdio_mode.STOP_GRACE)
+    if (code := stdio_mode.stdout_problem()) is not None:
+        return code
+    return run(lambda stop: _client_stdio(client, stop, args), use_uvloop=not args.no_uvloop,
+               grace=stdio_mode.STOP_GRACE)
 
 
-async def _client_stdio(client: AspiaClient, stop: asyncio.Event) -> int:
+async def _client_stdio(client: AspiaClient, stop: Stop, args: argparse.Namespace) -> int:
     stopper = asyncio.ensure_future(stop.wait())
     try:
         connecting = asyncio.ensure_future(client.open())
         await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not connecting.done():
             connecting.cancel()
-            return 130
+            return stop.exit_code
         try:
             proto = connecting.result()
         except PeerError as exc:
             return _fail(str(exc))
-        job = asyncio.ensure_future(_join_stdio(proto))
-        await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if job.done():
-            return job.result()
-        job.cancel()
-        return 130
+        return await stdio_mode.transfer(proto.streams(), stop, args)
     finally:
         stopper.cancel()
         client.close()
-
-
-async def _join_stdio(proto: RelayTunnel) -> int:
-    """Like netcat: stdin to the host, the host's output to stdout, half-close both ways.
-
-    Ends when the host's output has ended and either our input has ended too or the relayed
-    connection is gone (then there is nowhere left to send stdin, so we do not wait for it).
-    """
-    reader, writer = proto.streams()
-    stdin, stdout = await open_stdin(), await open_stdout()
-    upstream = asyncio.ensure_future(pump(stdin, writer))
-    try:
-        await pump(reader, stdout)
-        waiters: set[asyncio.Future[Any]] = {upstream, proto.closed}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if upstream.done():
-            upstream.result()
-    except (OSError, ConnectionError) as exc:
-        print(f"natrelay: connection ended: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        upstream.cancel()
-        writer.close()
-        stdout.close()
-    return 0
 
 
 async def _client_forward(client: AspiaClient, local: tuple[str, int], stop: asyncio.Event) -> int:

@@ -45,6 +45,10 @@ relay.json fields (see the manual): RouterAddress (required), RouterPort (8060),
 (required: the content of the Router's router.pub), ListenInterface (empty = all interfaces),
 PeerAddress (required: where peers reach this relay), PeerPort (8070), PeerIdleTimeout (minutes,
 1-60, 5), MaxPeerCount (100), StatisticsEnabled (false), StatisticsInterval (seconds, 1-3600, 5).
+Flood guard (natrelay only; the original ignores these keys): PeerFirstMessageTimeout (seconds,
+5), MaxPendingPeers (60), MaxPendingPeersPerIp (16), MaxConnectionsPerMinutePerIp (60, connections
+without a valid key), MaxBytesBeforeAuth (16384), MaxSessionDuration (minutes, 1440),
+MaxConnections (10000), MaxConnectionsPerIp (256); 0 = no cap except for the first and bytes.
 
 Logging: ASPIA_LOG_LEVEL (0 info, 1 errors, 2 fatal only; default 2), ASPIA_LOG_TO_STDOUT (on;
 output goes to stderr), ASPIA_LOG_TO_FILE (off), ASPIA_MAX_LOG_FILE_SIZE (bytes, 1024-10485760),

@@ -9,14 +9,14 @@ import logging
 import sys
 from typing import Any
 
-from natrelay.engine.stdio import open_stdin, open_stdout
-from natrelay.engine.streams import bridge
+from natrelay.cli import stdio_mode
+from natrelay.engine.streams import abort_stream, bridge
 from natrelay.offset import constants as C
 from natrelay.offset.client import OffsetClient, TunnelError
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_decode, b64url_encode, read_identity_seed, read_ticket
 from natrelay.ops.addresses import AddressError, parse_host_port
-from natrelay.ops.runtime import run
+from natrelay.ops.runtime import Stop, run
 
 log = logging.getLogger("natrelay.offset.peer")
 
@@ -39,6 +39,7 @@ def add_parser(sub: Any) -> None:
                     help="accept connections from this key (repeatable)")
     li.add_argument("--allow-any", action="store_true", help="accept connections from any key")
     li.add_argument("--expose", metavar="HOST:PORT", help="forward accepted connections to this TCP service")
+    stdio_mode.add_options(li)
     li.set_defaults(handler=listen_command)
 
     co = osub.add_parser(
@@ -49,6 +50,7 @@ def add_parser(sub: Any) -> None:
     _common(co)
     co.add_argument("--to", required=True, metavar="PUBKEY", help="the listening node's public key")
     co.add_argument("--listen", metavar="HOST:PORT", help="accept local TCP connections here, forward each")
+    stdio_mode.add_options(co)
     co.set_defaults(handler=connect_command)
 
 
@@ -72,9 +74,7 @@ def _key(text: str, what: str) -> bytes:
     return b64url_decode(text.strip(), length=32, what=what)
 
 
-def _fail(message: str) -> int:
-    print(f"natrelay: error: {message}", file=sys.stderr)
-    return 1
+_fail = stdio_mode.fail
 
 
 # --------------------------------------------------------------------- listen
@@ -88,10 +88,14 @@ def listen_command(args: argparse.Namespace) -> int:
     if expose is not None and not allowed and not args.allow_any:
         return _fail("--expose needs --allow PUBKEY (or --allow-any) to say who may reach the service")
     allow = None if args.allow_any or not allowed else allowed.__contains__
-    print(f"listening as {b64url_encode(client.identity.public_key)}", file=sys.stderr)
+    if expose is None and (code := stdio_mode.stdout_problem()) is not None:
+        return code
+    print(f"listening as {b64url_encode(client.identity.public_key)}", file=sys.stderr, flush=True)
     if expose is not None:
-        return run(lambda stop: _listen_expose(client, allow, expose, stop), use_uvloop=not args.no_uvloop)
-    return run(lambda stop: _listen_stdio(client, allow, stop), use_uvloop=not args.no_uvloop)
+        return run(lambda stop: _listen_expose(client, allow, expose, stop), use_uvloop=not args.no_uvloop,
+                   grace=stdio_mode.STOP_GRACE)
+    return run(lambda stop: _listen_stdio(client, allow, stop, args), use_uvloop=not args.no_uvloop,
+               grace=stdio_mode.STOP_GRACE)
 
 
 async def _listen_expose(client: OffsetClient, allow: Any, target: tuple[str, int],
@@ -103,6 +107,8 @@ async def _listen_expose(client: OffsetClient, allow: Any, target: tuple[str, in
             local = await asyncio.open_connection(host, port)
         except OSError as exc:
             log.warning("cannot reach %s:%d for %s: %s", host, port, b64url_encode(key), exc)
+            abort_stream(writer, f"the listener cannot reach its service {host}:{port}: "
+                                 f"{exc.strerror or exc}")
             return
         try:
             await bridge((reader, writer), local)
@@ -120,7 +126,7 @@ async def _listen_expose(client: OffsetClient, allow: Any, target: tuple[str, in
     return 0
 
 
-async def _listen_stdio(client: OffsetClient, allow: Any, stop: asyncio.Event) -> int:
+async def _listen_stdio(client: OffsetClient, allow: Any, stop: Stop, args: argparse.Namespace) -> int:
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     served = False
 
@@ -132,8 +138,8 @@ async def _listen_stdio(client: OffsetClient, allow: Any, stop: asyncio.Event) -
         if served:
             return
         served = True
-        print(f"connection from {b64url_encode(key)}", file=sys.stderr)
-        code = await _join_stdio(reader, writer)
+        print(f"connection from {b64url_encode(key)}", file=sys.stderr, flush=True)
+        code = await stdio_mode.transfer((reader, writer), stop, args)
         if not done.done():
             done.set_result(code)
 
@@ -144,23 +150,18 @@ async def _listen_stdio(client: OffsetClient, allow: Any, stop: asyncio.Event) -
         return _fail(f"cannot listen on the relay: {exc}")
     task = asyncio.create_task(listener.run(first=first))  # reconnects if needed, until one connection
     stopper = asyncio.create_task(stop.wait())
+    # A stop while a connection is served is the transfer's to handle (it flushes and reports).
     waiters: set[asyncio.Future[Any]] = {done, stopper}
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    while not done.done():
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if stopper.done() and not served:
+            break
+        waiters.discard(stopper)
     for t in (task, stopper):
         t.cancel()
     await listener.aclose()
     client.close()
-    return done.result() if done.done() else 130
-
-
-async def _join_stdio(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    stdin, stdout = await open_stdin(), await open_stdout()
-    try:
-        await bridge((stdin, stdout), (reader, writer))
-    except (OSError, ConnectionError) as exc:
-        print(f"natrelay: connection ended: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return done.result() if done.done() else stop.exit_code
 
 
 # -------------------------------------------------------------------- connect
@@ -172,24 +173,30 @@ def connect_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, AddressError) as exc:
         return _fail(str(exc))
     if local is not None:
-        return run(lambda stop: _connect_forward(client, remote, local, stop), use_uvloop=not args.no_uvloop)
-    return run(lambda stop: _connect_stdio(client, remote, stop), use_uvloop=not args.no_uvloop)
+        return run(lambda stop: _connect_forward(client, remote, local, stop), use_uvloop=not args.no_uvloop,
+                   grace=stdio_mode.STOP_GRACE)
+    if (code := stdio_mode.stdout_problem()) is not None:
+        return code
+    return run(lambda stop: _connect_stdio(client, remote, stop, args), use_uvloop=not args.no_uvloop,
+               grace=stdio_mode.STOP_GRACE)
 
 
-async def _connect_stdio(client: OffsetClient, remote: bytes, stop: asyncio.Event) -> int:
+async def _connect_stdio(client: OffsetClient, remote: bytes, stop: Stop, args: argparse.Namespace) -> int:
+    connecting = asyncio.ensure_future(client.connect(remote))
+    stopper = asyncio.ensure_future(stop.wait())
     try:
-        streams = await client.connect(remote)
-    except TunnelError as exc:
-        return _fail(str(exc))
-    job = asyncio.create_task(_join_stdio(*streams))
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({job, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    client.close()
-    if job.done():
-        return job.result()
-    job.cancel()
-    return 130
+        await asyncio.wait({connecting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            return stop.exit_code
+        try:
+            streams = connecting.result()
+        except TunnelError as exc:
+            return _fail(str(exc))
+        return await stdio_mode.transfer(streams, stop, args)
+    finally:
+        stopper.cancel()
+        client.close()
 
 
 async def _connect_forward(client: OffsetClient, remote: bytes, local: tuple[str, int],

@@ -22,6 +22,7 @@ from natrelay.offset.files import (
     FileFormatError,
     RelayTicket,
     b64url_encode,
+    check_ticket_address,
     public_key_from_seed,
     read_identity_or_ticket,
     read_identity_seed,
@@ -169,6 +170,8 @@ def _show(path: str, *, key_only: bool = False) -> None:
         content = read_identity_or_ticket(path)
     except OSError as exc:
         raise _os_error(path, "read", exc) from None
+    if isinstance(content, RelayTicket):
+        check_ticket_address(path, content)  # a ticket nobody can dial is an error, not a show
     if key_only:
         public_key = content.public_key if isinstance(content, RelayTicket) else public_key_from_seed(content)
         print(b64url_encode(public_key))

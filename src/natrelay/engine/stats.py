@@ -15,17 +15,28 @@ class RelayStats:
     """Process-wide counters of one relay server instance."""
 
     accepted: int = 0
+    """TCP connections accepted by the listening socket, refused or not."""
     refused: int = 0
+    """Connections refused by a limit, on arrival or later (a Listen over a listener cap)."""
     active: int = 0
+    """Connections holding a slot right now (never counts one refused on arrival)."""
     handshakes_done: int = 0
     tunnels_opened: int = 0
     tunnels_active: int = 0
     bytes_forwarded: int = 0
     closes: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Connections refused by a limit, by the limit's code (``Refusal.code``): exact, unlike the
+    refusal log lines, which are summed up per interval."""
 
     def closed(self, reason: str) -> None:
         """Count one connection close under ``reason``."""
         self.closes[reason] += 1
+
+    def refused_by(self, code: str) -> None:
+        """Count one connection refused by the limit ``code``."""
+        self.refused += 1
+        self.refusals[code] += 1
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-ready copy for logs and status output."""
@@ -38,4 +49,5 @@ class RelayStats:
             "tunnels_active": self.tunnels_active,
             "bytes_forwarded": self.bytes_forwarded,
             "closes": dict(self.closes),
+            "refusals": dict(self.refusals),
         }

@@ -3,45 +3,104 @@
 Used by every peer program: a local TCP connection or stdin/stdout on one side, a relayed
 tunnel on the other. End of input on one side becomes ``write_eof`` on the other while the
 opposite direction keeps flowing, as ssh and netcat users expect.
+
+An *error* is never turned into an end of stream: if either direction fails (a reset, a broken
+tunnel, a write that cannot be done) or the join is cancelled, both sides are aborted — a TCP
+connection with a reset, a tunnel with an abort message saying why — so the programs at both
+ends see a failure, not a shorter stream that looks complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+
+from natrelay.engine.tunnel import TunnelTransport
 
 CHUNK = 256 * 1024
 
 
-async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    """Copy ``reader`` to ``writer`` until end of input, then half-close ``writer``.
+class Pump:
+    """Copies one direction and counts what it moved, readable at any time (progress, errors).
 
-    Returns the number of bytes copied. Errors propagate, so the caller can tear both down.
+    ``waiting_for_input`` tells whether it is idle on its reader: the other side closing then
+    cost nothing, while a pump caught between read and write was carrying bytes that are lost.
     """
-    total = 0
-    while True:
-        data = await reader.read(CHUNK)
-        if not data:
-            break
-        writer.write(data)
-        total += len(data)
-        await writer.drain()
-    if writer.can_write_eof() and not writer.is_closing():
-        writer.write_eof()  # no drain after this: for a pipe, end of stream closes the transport
-    return total
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.count = 0
+        self.waiting_for_input = False
+
+    async def run(self) -> int:
+        """Copy until end of input, then half-close the writer. Errors propagate."""
+        reader, writer = self.reader, self.writer
+        while True:
+            self.waiting_for_input = True
+            data = await reader.read(CHUNK)
+            self.waiting_for_input = False
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+            self.count += len(data)
+        if writer.can_write_eof() and not writer.is_closing():
+            writer.write_eof()  # no drain after this: for a pipe, end of stream closes the transport
+        return self.count
+
+
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Copy ``reader`` to ``writer`` until end of input, then half-close ``writer``; returns the count."""
+    return await Pump(reader, writer).run()
+
+
+def abort_stream(writer: asyncio.StreamWriter, reason: str) -> None:
+    """End a stream as failed: a tunnel learns ``reason``, anything else is reset."""
+    transport = writer.transport
+    if isinstance(transport, TunnelTransport):
+        transport.abort_with_reason(reason)
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.type == socket.SOCK_STREAM:
+        # Closing a socket sends FIN (a clean end) unless told to linger 0 s: then it is a reset.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a user ("connection reset", not a class name)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 async def bridge(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> tuple[int, int]:
-    """Forward both ways until both directions have ended; close both. Returns (a->b, b->a)."""
+    """Forward both ways until both directions have ended; close both. Returns (a->b, b->a).
+
+    If a direction fails, or the caller cancels, both writers are aborted (see the module
+    docstring) and the error (or the cancellation) propagates.
+    """
     (ra, wa), (rb, wb) = a, b
-    t1 = asyncio.ensure_future(pump(ra, wb))
-    t2 = asyncio.ensure_future(pump(rb, wa))
+    forward, backward = Pump(ra, wb), Pump(rb, wa)
+    t1 = asyncio.ensure_future(forward.run())
+    t2 = asyncio.ensure_future(backward.run())
+    ok = False
     try:
         done, _pending = await asyncio.wait({t1, t2}, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             task.result()  # an error in one direction ends both
+        ok = True
         return t1.result(), t2.result()
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, asyncio.CancelledError) else describe(exc)
+        for w in (wa, wb):
+            abort_stream(w, reason)
+        raise
     finally:
         for task in (t1, t2):
             if not task.done():
@@ -49,8 +108,9 @@ async def bridge(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         for task in (t1, t2):
             with contextlib.suppress(BaseException):
                 await task
-        for w in (wa, wb):
-            w.close()
+        if ok:
+            for w in (wa, wb):
+                w.close()
         for w in (wa, wb):
             with contextlib.suppress(Exception):
                 await w.wait_closed()

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.streams import abort_stream, describe
 from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol, TunnelTransport
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -42,7 +43,20 @@ STREAM_LIMIT = 1024 * 1024
 
 
 class TunnelError(ConnectionError):
-    """A tunnel could not be opened; the message says why, in the user's terms."""
+    """A tunnel could not be opened; the message says why, in the user's terms.
+
+    ``established`` tells whether the secure channel to the relay was up when the relay ended
+    the connection (``None``: unknown), ``reset`` whether it ended with a TCP reset, which is
+    how strelay refuses a connection at one of its limits (an orderly close means "no such
+    listener" or "rejected"); the Offset protocol itself has no error message.
+    """
+
+    def __init__(self, message: str, *, established: bool | None = None, reset: bool = False,
+                 explained: bool = False) -> None:
+        super().__init__(message)
+        self.established = established
+        self.reset = reset
+        self.explained = explained  # the message already says what the relay's behaviour means
 
 
 class RelayLinkClient(LinkProtocol):
@@ -53,6 +67,24 @@ class RelayLinkClient(LinkProtocol):
         self.client = client
         self.init = init
         self.closed: asyncio.Future[str] = self.loop.create_future()
+        self.reset = False
+
+    @property
+    def established(self) -> bool:
+        """Whether the secure channel to the relay is (or was, once closed) up."""
+        return self.link is not None and self.link.established
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_reason is None and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            self.reset = True  # the relay reset the connection before anything else ended it
+        super().connection_lost(exc)
+
+    def refusal(self, reason: str) -> TunnelError:
+        """The error for a relay connection that closed before it was of any use."""
+        address = self.client.ticket.address
+        explained = explain_relay_refusal(address, reason, established=self.established, reset=self.reset)
+        return TunnelError(explained or reason, established=self.established, reset=self.reset,
+                           explained=explained is not None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -146,7 +178,7 @@ class TunnelConnection(RelayLinkClient):
     def on_closed(self, reason: str) -> None:
         super().on_closed(reason)
         if self.stream.transport is None and not self.ready.done():
-            self.ready.set_exception(TunnelError(reason))
+            self.ready.set_exception(self.refusal(reason))
         if reason == "peer closed the connection" or reason.startswith("connection lost") \
                 or "keepalive" in reason:
             # Only the relay's socket is visible here: a relay that died and one that closed our
@@ -181,7 +213,7 @@ class ListenConnection(RelayLinkClient):
     def on_closed(self, reason: str) -> None:
         super().on_closed(reason)
         if not self.up.done():
-            self.up.set_exception(TunnelError(reason))
+            self.up.set_exception(self.refusal(reason))
 
 
 class OffsetClient:
@@ -223,6 +255,12 @@ class OffsetClient:
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(factory, self.host, self.port), self.handshake_timeout)
+        except ConnectionResetError as exc:
+            # The relay accepted the TCP connection and reset it at once (the reset overtook the
+            # connection's set-up here): strelay's refusal at a connection limit.
+            reason = f"connection reset: {exc}"
+            explained = explain_relay_refusal(self.ticket.address, reason, established=False, reset=True)
+            raise TunnelError(explained or reason, established=False, reset=True, explained=True) from exc
         except (TimeoutError, OSError) as exc:
             raise TunnelError(f"cannot reach the relay at {self.ticket.address}: "
                               f"{exc or 'timed out'}") from exc
@@ -243,7 +281,10 @@ class OffsetClient:
         try:
             return await self.open_tunnel(Connect(remote_key), remote_key)
         except TunnelError as exc:
-            raise TunnelError(explain_connect_failure(remote_key, str(exc))) from exc
+            if exc.explained:
+                raise
+            raise TunnelError(explain_connect_failure(remote_key, str(exc)), established=exc.established,
+                              reset=exc.reset, explained=True) from exc
 
     def listener(self, on_tunnel: TunnelHandler, *, allow: Callable[[bytes], bool] | None = None,
                  max_pending: int = 64) -> OffsetListener:
@@ -255,8 +296,33 @@ class OffsetClient:
             self._timers = None
 
 
+def explain_relay_refusal(relay: str, reason: str, *, established: bool | None, reset: bool) -> str | None:
+    """What a relay connection that ended early says about the relay, or ``None`` if nothing.
+
+    What a client can observe: whether the secure handshake had finished, and whether the relay
+    ended the connection with a reset (strelay's way to refuse at a limit) or an orderly close.
+    """
+    if established is False:
+        if reset:
+            return (f"the relay at {relay} refused the connection before the secure handshake, as "
+                    f"strelay does at its connection limits (connections in total or from this "
+                    f"address, handshakes in progress); try again later ({reason})")
+        if "protocol error" in reason or "timeout" in reason:
+            return f"no secure connection to the relay at {relay}: {reason}"
+        return (f"the relay at {relay} closed the connection during the secure handshake: it may be "
+                f"overloaded or at a connection limit ({reason})")
+    if reset:
+        return (f"the relay at {relay} refused the connection at one of its limits after the "
+                f"handshake (listeners from this address or in total, or connections waiting for "
+                f"one listener); try again later ({reason})")
+    return None
+
+
 def explain_connect_failure(remote_key: bytes, reason: str) -> str:
-    """Turn a closed relay connection into what it most likely means for the user."""
+    """Turn a relay connection closed after the handshake into what it means for the user.
+
+    (Closes that ``explain_relay_refusal`` explains never get here.)
+    """
     who = b64url_encode(remote_key)
     if "cannot reach the relay" in reason:
         return reason
@@ -303,7 +369,12 @@ class OffsetListener:
                          b64url_encode(self.client.identity.public_key))
                 delay = 1.0
                 reason = await conn.closed
-                log.warning("lost the relay (%s); reconnecting", reason)
+                if conn.reset:
+                    log.warning("the relay reset the listen connection (%s): strelay does this when a "
+                                "limit refuses a listener (listeners from this address or in total); "
+                                "reconnecting", reason)
+                else:
+                    log.warning("lost the relay (%s); reconnecting", reason)
             except TunnelError as exc:
                 log.warning("cannot listen on the relay: %s; retrying in %.0f s", exc, delay)
             finally:
@@ -337,6 +408,10 @@ class OffsetListener:
         log.info("accepted connection from %s", who)
         try:
             await self.on_tunnel(key, reader, writer)
+        except BaseException as exc:
+            # A handler that failed (or was stopped) must not end the stream as if it were complete.
+            abort_stream(writer, "interrupted" if isinstance(exc, asyncio.CancelledError) else describe(exc))
+            raise
         finally:
             writer.close()
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from natrelay.offset.constants import MAX_ADDRESS_LENGTH
+from natrelay.ops.addresses import AddressError, validate_ticket_address
 
 __all__ = [
     "KEY_LENGTH",
@@ -245,6 +246,19 @@ def _ticket_from_object(obj: dict[str, Any], path: str | os.PathLike[str]) -> Re
         return RelayTicket(public_key=public_key, address=address)
     except ValueError as exc:
         raise FileFormatError(path, f"field 'address': {exc}") from None
+
+
+def check_ticket_address(path: str | os.PathLike[str], ticket: RelayTicket) -> RelayTicket:
+    """``ticket`` if its address can be dialled (a host and a port in 1-65535), else a precise error.
+
+    Reading a ticket keeps the file format's free-text address (spec §10.3), as the original
+    does; tools that show or use a ticket call this so a broken address is named, not passed on.
+    """
+    try:
+        validate_ticket_address(ticket.address, max_bytes=MAX_ADDRESS_LENGTH, what="address")
+    except AddressError as exc:
+        raise FileFormatError(path, f"field 'address': {exc}") from None
+    return ticket
 
 
 def read_identity_seed(path: str | os.PathLike[str]) -> bytes:

@@ -15,7 +15,10 @@ Where the original misbehaves (spec §12.2) this machine does better, compatibly
   each, and an ``Accept(pk)`` or ``Reject(pk)`` takes the oldest one. Any pairing of them is
   valid, because each tunnel runs its own end-to-end handshake with fresh nonces;
 * notifications are never dropped (item 5): each one is an action for the shell to send,
-  and the number pending per listener is capped instead.
+  and the number pending per listener is capped instead;
+* listeners are counted against their source (an address, or an IPv6 /64, as the shell
+  decides) as well as in total, so that Listen registrations under random keys from a few
+  hundred addresses cannot take every listener slot (the original has no cap at all).
 """
 
 from __future__ import annotations
@@ -38,10 +41,16 @@ class NotifyListener:
 
 @dataclass(frozen=True)
 class CloseConnection:
-    """Close ``conn``; ``reason`` is for the log and the close counters, never for the wire."""
+    """Close ``conn``; ``reason`` is for the log and the close counters, never for the wire.
+
+    ``limit`` is set when a relay limit refused the connection (its counter code, e.g.
+    ``listeners_per_ip``): the shell counts it as a refusal and ends the connection in the way
+    that tells the client it met a limit, not an absent listener.
+    """
 
     conn: ConnId
     reason: str
+    limit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ Action = NotifyListener | CloseConnection | SpliceTunnel
 class _Listener:
     conn: ConnId
     key: bytes
+    source: str = ""
     # connector key -> pending connector connections, oldest first
     pending: dict[bytes, deque[ConnId]] = field(default_factory=dict)
     pending_count: int = 0
@@ -75,10 +85,12 @@ class RelayPairing:
     """The relay's table of listeners and half tunnels."""
 
     def __init__(self, *, half_tunnel_timeout: float, max_listeners: int = 0,
-                 max_pending_per_listener: int = 0) -> None:
+                 max_pending_per_listener: int = 0, max_listeners_per_source: int = 0) -> None:
         self.half_tunnel_timeout = half_tunnel_timeout
         self.max_listeners = max_listeners
         self.max_pending_per_listener = max_pending_per_listener
+        self.max_listeners_per_source = max_listeners_per_source
+        self._per_source: dict[str, int] = {}
         self._listeners: dict[bytes, _Listener] = {}
         self._listener_by_conn: dict[ConnId, _Listener] = {}
         self._half: dict[ConnId, _HalfTunnel] = {}
@@ -93,6 +105,15 @@ class RelayPairing:
     @property
     def half_tunnel_count(self) -> int:
         return len(self._half)
+
+    def listeners_from(self, source: str) -> int:
+        """Live listeners registered from ``source``."""
+        return self._per_source.get(source, 0)
+
+    @property
+    def listener_sources(self) -> int:
+        """Sources with a live listener (0 once every listener is gone)."""
+        return len(self._per_source)
 
     def is_listening(self, key: bytes) -> bool:
         return key in self._listeners
@@ -112,18 +133,27 @@ class RelayPairing:
         return None
 
     # ------------------------------------------------------------------ events
-    def listen(self, conn: ConnId, key: bytes) -> list[Action]:
-        """``InitConnection.listen`` from ``conn``, authenticated as ``key``."""
+    def listen(self, conn: ConnId, key: bytes, source: str = "") -> list[Action]:
+        """``InitConnection.listen`` from ``conn``, authenticated as ``key``, coming from ``source``."""
         actions: list[Action] = []
         old = self._listeners.get(key)
+        cap = self.max_listeners_per_source
+        if cap:
+            # A replacement from the same source frees the slot it takes.
+            held = self._per_source.get(source, 0) - (old is not None and old.source == source)
+            if held >= cap:
+                return [CloseConnection(conn, f"per-IP listener limit reached ({cap}) for {source}",
+                                        limit="listeners_per_ip")]
         if old is not None:
             actions += self._drop_listener(old, "listener replaced by a new Listen from the same key")
             actions.append(CloseConnection(old.conn, "listener replaced by a new Listen from the same key"))
         elif self.max_listeners and len(self._listeners) >= self.max_listeners:
-            return [CloseConnection(conn, f"listener limit reached ({self.max_listeners})")]
-        listener = _Listener(conn=conn, key=key)
+            return [CloseConnection(conn, f"listener limit reached ({self.max_listeners})",
+                                    limit="listeners")]
+        listener = _Listener(conn=conn, key=key, source=source)
         self._listeners[key] = listener
         self._listener_by_conn[conn] = listener
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         return actions
 
     def connect(self, conn: ConnId, key: bytes, target: bytes, now: float) -> list[Action]:
@@ -133,7 +163,8 @@ class RelayPairing:
             return [CloseConnection(conn, "connect to a key that is not listening")]
         cap = self.max_pending_per_listener
         if cap and listener.pending_count >= cap:
-            return [CloseConnection(conn, f"pending connection limit reached ({cap}) for listener")]
+            return [CloseConnection(conn, f"pending connection limit reached ({cap}) for listener",
+                                    limit="pending_per_listener")]
         listener.pending.setdefault(key, deque()).append(conn)
         listener.pending_count += 1
         deadline = now + self.half_tunnel_timeout
@@ -219,6 +250,11 @@ class RelayPairing:
     def _drop_listener(self, listener: _Listener, reason: str) -> list[Action]:
         del self._listeners[listener.key]
         del self._listener_by_conn[listener.conn]
+        left = self._per_source[listener.source] - 1
+        if left:
+            self._per_source[listener.source] = left
+        else:
+            del self._per_source[listener.source]
         actions: list[Action] = []
         for queue in listener.pending.values():
             for conn in queue:

@@ -5,18 +5,27 @@ this module only moves bytes and time between them and the sockets. Every connec
 classified on its own clock (spec §12.2 item 2: the original handled first messages one at a
 time, so one silent client stalled everyone), and every close is logged at debug level and
 counted by reason.
+
+Refusals by a limit are counted exactly by the limit's code (``RelayStats.refusals``) and logged
+through a ``RefusalLog`` (one line per interval however many arrive). They end the connection
+with a TCP reset (SO_LINGER 0), while an absent or rejecting listener gets an orderly close: the
+protocol has no error message, and this is the one difference a client can observe and explain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import enum
 import itertools
 import logging
+import socket
+import struct
 from dataclasses import dataclass, field
 
-from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.limits import Admission, Limits, source_of
+from natrelay.engine.refusals import RefusalLog
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -39,6 +48,17 @@ log = logging.getLogger(__name__)
 #: normally well under 1 KiB). Past this the connection is closed rather than buffered.
 MAX_PENDING_BYTES = 256 * 1024
 
+#: How long the relay gives a new connection for the version exchange and the secure handshake.
+#: Shorter than the protocol's 8 s (which a node still applies to itself): the handshake is two
+#: round trips and a signature, so 4 s allows round trips of over a second, while a silent
+#: connection holds a handshake slot of its address half as long as before.
+RELAY_HANDSHAKE_TIMEOUT = 4.0
+
+#: Refused connections are logged once, then summed up in one line per this many seconds.
+REFUSAL_LOG_INTERVAL = 10.0
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -46,11 +66,12 @@ class RelayConfig:
 
     limits: Limits = field(default_factory=Limits)
     max_frame: int = C.DEFAULT_MAX_FRAME
-    handshake_timeout: float = C.HANDSHAKE_TIMEOUT
+    handshake_timeout: float = RELAY_HANDSHAKE_TIMEOUT
     init_timeout: float = C.INIT_CONNECTION_TIMEOUT
     keepalive_timeout: float = C.KEEPALIVE_TIMEOUT
     heartbeat_interval: float = C.HEARTBEAT_INTERVAL
     half_tunnel_timeout: float = C.HALF_TUNNEL_TIMEOUT
+    refusal_log_interval: float = REFUSAL_LOG_INTERVAL
 
 
 class State(enum.Enum):
@@ -78,7 +99,7 @@ class RelayConnection(LinkProtocol):
         self.state = State.HANDSHAKE
         self.peer: RelayConnection | None = None
         self.ip = "?"
-        self._admitted = False
+        self._registered = False  # holds a connection slot and counts in stats.active
         self._in_handshake = False
         self._init_deadline: float | None = None
         self._pending: list[bytes] = []
@@ -91,19 +112,30 @@ class RelayConnection(LinkProtocol):
         peername = self.transport.get_extra_info("peername")
         self.ip = str(peername[0]) if peername else "?"
         server.stats.accepted += 1
-        reason = server.admission.admit(self.ip)
-        if reason is None:
-            self._admitted = True
-            reason = server.admission.begin_handshake()
-            self._in_handshake = reason is None
-        if reason is not None:
-            server.stats.refused += 1
-            log.info("refused connection from %s: %s", self.ip, reason)
-            self.abort(f"refused: {reason}")
+        admission = server.admission
+        refusal = admission.admit(self.ip)
+        if refusal is None:
+            refusal = admission.begin_handshake(self.ip)
+            if refusal is not None:
+                admission.release(self.ip)  # never counted as active: give the slot back now
+        if refusal is not None:
+            server.refused(refusal.code, self.ip, refusal)
+            self.refuse(f"refused: {refusal}")
             return False
+        self._in_handshake = True
+        self._registered = True
         server.stats.active += 1
         server.connections[self.conn_id] = self
         return True
+
+    def refuse(self, reason: str) -> None:
+        """End the connection with a TCP reset: how this relay says "a limit refused you"."""
+        if self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.abort(reason)
 
     def on_established(self) -> None:
         self._end_handshake()
@@ -114,7 +146,7 @@ class RelayConnection(LinkProtocol):
     def _end_handshake(self) -> None:
         if self._in_handshake:
             self._in_handshake = False
-            self.server.admission.end_handshake()
+            self.server.admission.end_handshake(self.ip)
 
     # ----------------------------------------------------------- messages
     def on_messages(self, messages: list[bytes]) -> None:
@@ -151,7 +183,7 @@ class RelayConnection(LinkProtocol):
         if isinstance(init, Listen):
             self.state = State.LISTENING
             log.debug("conn %d: %s listens", self.conn_id, short_key(key))
-            self.server.apply(pairing.listen(self.conn_id, key))
+            self.server.apply(pairing.listen(self.conn_id, key, source_of(self.ip)))
         elif isinstance(init, Connect):
             self.state = State.PENDING
             log.debug("conn %d: %s connects to %s", self.conn_id, short_key(key),
@@ -204,12 +236,13 @@ class RelayConnection(LinkProtocol):
     def on_closed(self, reason: str) -> None:
         server = self.server
         self._end_handshake()
-        if self._admitted:
-            self._admitted = False
-            server.admission.release(self.ip)
-            server.stats.active -= 1
-        server.connections.pop(self.conn_id, None)
         server.stats.closed(_reason_class(reason))
+        if not self._registered:
+            return  # refused on arrival: counted and logged (bounded) by ``server.refused``
+        self._registered = False
+        server.admission.release(self.ip)
+        server.stats.active -= 1
+        server.connections.pop(self.conn_id, None)
         log.debug("conn %d from %s closed (%s): %s", self.conn_id, self.ip, self.state.value, reason)
         if self.state is State.TUNNEL:
             peer, self.peer = self.peer, None
@@ -240,7 +273,10 @@ class OffsetRelayServer:
             half_tunnel_timeout=self.config.half_tunnel_timeout,
             max_listeners=self.config.limits.max_listeners,
             max_pending_per_listener=self.config.limits.max_pending_per_listener,
+            max_listeners_per_source=self.config.limits.max_listeners_per_ip,
         )
+        self.refusal_log = RefusalLog(self.config.refusal_log_interval)
+        self._refusal_timer: asyncio.TimerHandle | None = None
         self.connections: dict[int, RelayConnection] = {}
         self.ids = itertools.count(1)
         self._servers: list[asyncio.Server] = []
@@ -273,7 +309,11 @@ class OffsetRelayServer:
             elif isinstance(action, CloseConnection):
                 conn = self.connections.get(action.conn)
                 if conn is not None:
-                    conn.close(action.reason)
+                    if action.limit is None:
+                        conn.close(action.reason)
+                    else:
+                        self.refused(action.limit, conn.ip, action.reason)
+                        conn.refuse(f"refused: {action.reason}")
             elif isinstance(action, SpliceTunnel):
                 connector = self.connections.get(action.connector)
                 acceptor = self.connections.get(action.acceptor)
@@ -284,6 +324,40 @@ class OffsetRelayServer:
                 acceptor.splice(connector)
                 connector.splice(acceptor)
         self._arm_half_tunnels()
+
+    def refused(self, code: str, ip: str, message: str) -> None:
+        """Count a refusal by the limit ``code`` exactly, and log it within the log's bound."""
+        self.stats.refused_by(code)
+        line = self.refusal_log.record(code, ip, message, self.loop.time())
+        if line is not None:
+            log.info("%s", line)
+        when = self.refusal_log.deadline()
+        if when is not None and self._refusal_timer is None:
+            self._refusal_timer = self.loop.call_at(when, self._flush_refusals)
+
+    def _flush_refusals(self) -> None:
+        self._refusal_timer = None
+        line = self.refusal_log.flush(self.loop.time())
+        if line is not None:
+            log.info("%s", line)
+        when = self.refusal_log.deadline()
+        if when is not None:
+            self._refusal_timer = self.loop.call_at(when, self._flush_refusals)
+
+    def status(self) -> dict[str, object]:
+        """The counters and the gauges, for the stats log line (and status output)."""
+        return {**self.stats.snapshot(), "gauges": self.gauges()}
+
+    def gauges(self) -> dict[str, int]:
+        """Every quantity that must return to zero when the load leaves (for tests and metrics)."""
+        adm, pairing = self.admission, self.pairing
+        return {
+            "active": self.stats.active, "tunnels_active": self.stats.tunnels_active,
+            "connections": len(self.connections), "admitted": adm.connections,
+            "handshakes": adm.handshakes, "admission_sources": adm.sources,
+            "listeners": pairing.listener_count, "listener_sources": pairing.listener_sources,
+            "half_tunnels": pairing.half_tunnel_count,
+        }
 
     def _arm_half_tunnels(self) -> None:
         """One loop timer for the earliest half-tunnel expiry."""
@@ -310,4 +384,10 @@ class OffsetRelayServer:
             await server.wait_closed()
         if self._half_timer is not None:
             self._half_timer.cancel()
+        if self._refusal_timer is not None:
+            self._refusal_timer.cancel()
+            self._refusal_timer = None
+        line = self.refusal_log.flush(float("inf"))
+        if line is not None:
+            log.info("%s", line)
         self.timers.close()

@@ -331,6 +331,43 @@ class _SettingsFile:
 
 
 _PORT = "an integer from 1 to 65535"
+
+
+@dataclass(frozen=True)
+class _GuardField:
+    """A relay.json key of natrelay's flood guard: a whole number in ``low..high``."""
+
+    key: str
+    attr: str
+    allowed: str
+    default: int
+    low: int
+    high: int
+
+
+# natrelay's flood guard; the original does not know these keys and ignores them.
+_RELAY_GUARD: Final = (
+    _GuardField("PeerFirstMessageTimeout", "peer_first_message_timeout", "seconds until a new peer "
+                "connection has sent its PeerToRelay, an integer from 1 to 300; default 5", 5, 1, 300),
+    _GuardField("MaxPendingPeers", "max_pending_peers", "peer connections waiting for their PeerToRelay "
+                "at once, an integer from 0 (no cap) to 1000000; default 60", 60, 0, 1_000_000),
+    _GuardField("MaxPendingPeersPerIp", "max_pending_peers_per_ip", "peer connections from one IP address "
+                "(IPv6: one /64) waiting for their PeerToRelay at once, an integer from 0 (no cap) to "
+                "1000000; default 16", 16, 0, 1_000_000),
+    _GuardField("MaxConnectionsPerMinutePerIp", "max_connections_per_minute_per_ip", "new peer connections "
+                "per minute from one IP address (IPv6: one /64) that do not present a valid key, an integer "
+                "from 0 (no cap) to 1000000; default 60", 60, 0, 1_000_000),
+    _GuardField("MaxBytesBeforeAuth", "max_bytes_before_auth", "bytes a peer may send before its "
+                "PeerToRelay is complete, an integer from 64 to 1048580; default 16384",
+                16384, 64, 1_048_580),
+    _GuardField("MaxSessionDuration", "max_session_duration", "minutes a paired session may last, an "
+                "integer from 0 (no cap) to 525600; default 1440", 1440, 0, 525_600),
+    _GuardField("MaxConnections", "max_connections", "peer connections open at once, an integer from 0 "
+                "(no cap) to 1000000; default 10000", 10_000, 0, 1_000_000),
+    _GuardField("MaxConnectionsPerIp", "max_connections_per_ip", "peer connections open at once from one "
+                "IP address, an integer from 0 (no cap) to 1000000; default 256", 256, 0, 1_000_000),
+)
+
 _RELAY_FIELDS: Final = (
     FieldInfo("RouterAddress", "host name or IP address of the Router", required=True),
     FieldInfo("RouterPort", f"{_PORT}; default 8060"),
@@ -344,6 +381,7 @@ _RELAY_FIELDS: Final = (
     FieldInfo("MaxPeerCount", "an integer from 0 to 4294967295; default 100"),
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
+    *(FieldInfo(g.key, g.allowed) for g in _RELAY_GUARD),
 )
 
 
@@ -362,6 +400,15 @@ class RelayConfig(_SettingsFile):
     max_peer_count: int = 100
     statistics_enabled: bool = False
     statistics_interval: int = 5
+    # The flood guard (natrelay only; see _RELAY_GUARD for the keys, units and ranges).
+    peer_first_message_timeout: int = 5
+    max_pending_peers: int = 60
+    max_pending_peers_per_ip: int = 16
+    max_connections_per_minute_per_ip: int = 60
+    max_bytes_before_auth: int = 16384
+    max_session_duration: int = 1440
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
@@ -380,10 +427,14 @@ class RelayConfig(_SettingsFile):
             max_peer_count=reader.uint("MaxPeerCount", 100, 0, 2**32 - 1),
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
+            **{g.attr: reader.uint(g.key, g.default, g.low, g.high) for g in _RELAY_GUARD},
         )
 
     def to_settings(self) -> dict[str, str]:
-        return {
+        # Flood-guard keys only when they differ from the default, so --create-config writes the
+        # original's file and a file written back stays what the operator (or Aspia) wrote.
+        guard = {g.key: str(value) for g in _RELAY_GUARD if (value := getattr(self, g.attr)) != g.default}
+        return guard | {
             "ListenInterface": self.listen_interface,
             "MaxPeerCount": str(self.max_peer_count),
             "PeerAddress": self.peer_address,

@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[int]], *, use_uvloop: bool = True) -> int:
+class Stop(asyncio.Event):
+    """Set by the first SIGINT or SIGTERM; remembers which, for the exit status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+
+    def trigger(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.set()
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for death by that signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + (self.signum if self.signum is not None else signal.SIGINT)
+
+
+def run(main: Callable[[Stop], Awaitable[int]], *, use_uvloop: bool = True,
+        grace: float | None = None) -> int:
     """Run ``main(stop)`` to completion; SIGINT/SIGTERM set ``stop``. Returns its exit code.
 
     uvloop is used where installed (it moves bytes with less per-call overhead), unless told not to.
+    A second signal ends the process at once, and with ``grace`` set the process also ends by
+    itself that many seconds after the first one: supervisors (``timeout``, systemd) and users
+    expect a stop to take effect, whatever the program was waiting for.
     """
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
@@ -25,14 +50,29 @@ def run(main: Callable[[asyncio.Event], Awaitable[int]], *, use_uvloop: bool = T
             pass
 
     async def wrapper() -> int:
-        stop = asyncio.Event()
+        stop = Stop()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                _exit_now(128 + signum)
+            stop.trigger(signum)
+            if grace is not None:
+                loop.call_later(grace, _exit_now, stop.exit_code)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         return await main(stop)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(wrapper())
+
+
+def _exit_now(code: int) -> None:
+    """End the process without waiting for anything (a stop that did not finish in time)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def extract_attached(argv: list[str], options: tuple[str, ...]) -> list[str]:

@@ -133,3 +133,35 @@ def test_expire_skips_resolved_entries_and_keeps_order() -> None:
     p.accept(9, B, A)
     assert p.next_deadline() == 37.0
     assert p.expire(100.0) == [CloseConnection(3, "connect not accepted in time")]
+
+
+def test_listeners_are_counted_against_their_source() -> None:
+    p = pairing(max_listeners=100, max_listeners_per_source=2)
+    keys = [bytes([n]) * 32 for n in range(10)]
+    assert p.listen(1, keys[0], "10.0.0.1") == [] and p.listen(2, keys[1], "10.0.0.1") == []
+    (refused,) = p.listen(3, keys[2], "10.0.0.1")
+    assert isinstance(refused, CloseConnection) and refused.conn == 3
+    assert refused.limit == "listeners_per_ip" and "10.0.0.1" in refused.reason
+    assert p.listen(4, keys[3], "10.0.0.2") == []  # another source has its own quota
+    # A key that listens again from the same source replaces itself within the quota.
+    replaced = p.listen(5, keys[0], "10.0.0.1")
+    assert CloseConnection(1, "listener replaced by a new Listen from the same key") in replaced
+    assert p.listeners_from("10.0.0.1") == 2
+    # Moving a key to another source counts it there, and frees its old slot.
+    assert p.listen(6, keys[1], "10.0.0.3") != [CloseConnection(6, "x")]
+    assert p.listeners_from("10.0.0.1") == 1 and p.listeners_from("10.0.0.3") == 1
+    for conn in (5, 4, 6):
+        p.connection_closed(conn)
+    assert p.listener_count == 0 and p.listener_sources == 0
+
+
+def test_limit_closes_name_their_limit_and_others_do_not() -> None:
+    p = pairing(max_listeners=1, max_pending_per_listener=1)
+    p.listen(1, B, "s")
+    (total,) = p.listen(2, C, "t")
+    assert isinstance(total, CloseConnection) and total.limit == "listeners"
+    p.connect(3, A, B, now=0.0)
+    (pending,) = p.connect(4, A, B, now=0.0)
+    assert isinstance(pending, CloseConnection) and pending.limit == "pending_per_listener"
+    (absent,) = p.connect(5, A, C, now=0.0)
+    assert isinstance(absent, CloseConnection) and absent.limit is None

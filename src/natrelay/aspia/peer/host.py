@@ -46,7 +46,7 @@ from natrelay.aspia.peer.state import HostState, load_state, save_state
 from natrelay.aspia.peer.users import HostUsers
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.streams import bridge
+from natrelay.engine.streams import abort_stream, bridge, describe
 
 log = logging.getLogger("natrelay.aspia.host")
 
@@ -230,7 +230,9 @@ class AspiaHost:
         except (OSError, TimeoutError) as exc:
             log.warning("cannot reach the exposed service %s: %s", format_address(*s.expose),
                         exc or "timed out")
-            writer.close()
+            # Not an end of stream: the client must learn that the session failed, and why.
+            abort_stream(writer, f"the host cannot reach its service {format_address(*s.expose)}: "
+                                 f"{describe(exc) if str(exc) else 'timed out'}")
             return
         try:
             sent, received = await bridge((reader, writer), local)

@@ -27,8 +27,9 @@ from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
 from natrelay.aspia.relay.controller import RECONNECT_DELAY, RouterController, RouterLinkConfig
 from natrelay.aspia.relay.keypool import KEY_EXPIRY, KeyPool, PoolKey
 from natrelay.aspia.relay.pairing import PENDING_TIMEOUT
-from natrelay.aspia.relay.server import PeerListener, PeerListenerConfig
+from natrelay.aspia.relay.server import REPORT_INTERVAL, PeerListener, PeerListenerConfig, connection_limits
 from natrelay.aspia.relay.stats import relay_stat
+from natrelay.engine.floodguard import FloodLimits
 from natrelay.engine.threads import MAX_THREADS
 from natrelay.ops.aspia_config import RelayConfig
 
@@ -57,6 +58,10 @@ class RelayTimers:
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
     idle: float | None = None
     """Overrides PeerIdleTimeout (which is in whole minutes) when set."""
+    session_lifetime: float | None = None
+    """Overrides MaxSessionDuration (which is in whole minutes) when set."""
+    guard_report: float = REPORT_INTERVAL
+    """Seconds between the info-level summaries of the flood guard's counts."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RelayTimers:
@@ -111,6 +116,22 @@ def workers_from_env(env: Mapping[str, str]) -> int:
     return count
 
 
+def listener_config(config: RelayConfig, timers: RelayTimers, workers: int) -> PeerListenerConfig:
+    """relay.json's peer side, flood guard included, with times in seconds."""
+    idle = timers.idle if timers.idle is not None else 60.0 * config.peer_idle_timeout
+    lifetime = (timers.session_lifetime if timers.session_lifetime is not None
+                else 60.0 * config.max_session_duration)
+    guard = FloodLimits(first_message_timeout=float(config.peer_first_message_timeout),
+                        max_pending=config.max_pending_peers,
+                        max_pending_per_source=config.max_pending_peers_per_ip,
+                        connections_per_minute=config.max_connections_per_minute_per_ip)
+    return PeerListenerConfig(
+        config.listen_interface, config.peer_port, idle, pending_timeout=timers.pending, workers=workers,
+        guard=guard, limits=connection_limits(config.max_connections, config.max_connections_per_ip),
+        max_bytes_before_auth=config.max_bytes_before_auth, max_session=lifetime,
+        report_interval=timers.guard_report)
+
+
 async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str = "relay.json",
                       timers: RelayTimers | None = None, workers: int | None = None) -> int:
     """Run the relay until ``stop`` is set; returns the exit status (1 if the listener cannot bind).
@@ -141,10 +162,7 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
         if controller is not None:
             controller.announce(keys)
 
-    idle = timers.idle if timers.idle is not None else 60.0 * config.peer_idle_timeout
-    listener = PeerListener(pool, PeerListenerConfig(config.listen_interface, config.peer_port, idle,
-                                                     pending_timeout=timers.pending, workers=workers),
-                            on_keys=announce)
+    listener = PeerListener(pool, listener_config(config, timers, workers), on_keys=announce)
     try:
         host, port = listener.start()
     except OSError as exc:

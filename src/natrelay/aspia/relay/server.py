@@ -19,31 +19,64 @@ of that many forwarding threads (:mod:`natrelay.engine.threads`), while acceptin
 key pool and the router link stay on this loop, single-threaded. A session's end comes back to
 this loop, so the key accounting and the replacement key are exactly as with one loop.
 ``workers`` = 0 forwards on this loop itself.
+
+Flood guard (issue 8): before its ``PeerToRelay`` proves that a connection holds one of the
+pool's keys, it is unauthenticated and held to :mod:`natrelay.engine.floodguard`'s rules (a
+first-message deadline of a few seconds, fair pending slots per source, a rate of connections
+per source that do not authenticate) and to a cap on the bytes it may send. Every connection,
+authenticated or not, counts against :class:`natrelay.engine.limits.Admission`'s total and
+per-source caps until it closes, and a paired session ends after ``max_session`` seconds. Each
+refusal or guard close is counted under a reason in :attr:`PeerListener.refusals` /
+:attr:`PeerListener.guard_closes` and logged at debug level, throttled; a summary of the counts
+reaches the info log at most every ``report_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from natrelay.aspia.errors import AspiaProtocolError
 from natrelay.aspia.messages import MAX_PEER_TO_RELAY_SIZE, PeerToRelayReader
 from natrelay.aspia.relay.keypool import KeyPool, PoolKey
 from natrelay.aspia.relay.pairing import PENDING_TIMEOUT, Paired, Pairing, PeerInfo
 from natrelay.aspia.relay.stats import SessionSnapshot
+from natrelay.engine.floodguard import (
+    CLOSED_EVICTED,
+    CLOSED_FIRST_MESSAGE_TIMEOUT,
+    FloodGuard,
+    FloodLimits,
+    LogThrottle,
+    source_key,
+)
 from natrelay.engine.forward import ForwardEngine
+from natrelay.engine.limits import Admission, Limits
 from natrelay.engine.session import ForwardSession
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 
 log = logging.getLogger("natrelay.aspia.relay")
 
 ACCEPTS_PER_WAKEUP = 64
+"""At most; fewer when the pending cap is small (see :meth:`PeerListener._accepts_per_wakeup`)."""
 LISTEN_BACKLOG = 1024
+
+# Reasons beyond the flood guard's own (engine/floodguard.py), as counted in refusals/guard_closes.
+REFUSED_CONNECTIONS_TOTAL = "connections_total"
+REFUSED_CONNECTIONS_PER_IP = "connections_per_ip"
+REFUSED_PEER_COUNT = "peer_count"
+CLOSED_TOO_BIG = "too_big_before_auth"
+CLOSED_SESSION_LIFETIME = "session_lifetime"
+
+MAX_BYTES_BEFORE_AUTH = 16 * 1024
+MAX_SESSION = 24 * 3600.0
+REPORT_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -58,17 +91,35 @@ class PeerListenerConfig:
     max_message: int = MAX_PEER_TO_RELAY_SIZE
     workers: int = 0
     """Forwarding threads; 0 forwards on the listener's own loop."""
+    guard: FloodLimits = field(default_factory=FloodLimits)
+    limits: Limits = field(default_factory=lambda: connection_limits(10_000, 256))
+    """Open connections in total and per source (only the connection caps of ``Limits`` apply)."""
+    max_bytes_before_auth: int = MAX_BYTES_BEFORE_AUTH
+    """Bytes a connection may send up to the end of its PeerToRelay (4-byte length included)."""
+    max_session: float = MAX_SESSION
+    """Seconds a paired session may last; 0 = no cap."""
+    report_interval: float = REPORT_INTERVAL
+    """Seconds between info-level summaries of refusals (only when something changed)."""
+
+
+def connection_limits(total: int, per_ip: int) -> Limits:
+    """An :class:`Admission` rule set with only the total and per-source connection caps."""
+    return Limits(max_connections=total, max_per_ip=per_ip, max_handshakes=0, max_listeners=0,
+                  max_pending_per_listener=0)
 
 
 class _Pending:
     """An accepted peer connection that has not paired yet."""
 
-    __slots__ = ("address", "fd", "reader", "sock", "watching")
+    __slots__ = ("address", "consumed", "fd", "reader", "sock", "source", "watching")
 
-    def __init__(self, sock: socket.socket, address: str) -> None:
+    def __init__(self, sock: socket.socket, address: str, source: str) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.address = address
+        self.source = source
+        """Where the admission slot is counted (engine.floodguard.source_key)."""
+        self.consumed = 0
         self.reader: PeerToRelayReader | None = None
         self.watching = False
 
@@ -81,6 +132,8 @@ class ActiveSession:
     key_id: int
     info: PeerInfo
     addresses: tuple[str, str]
+    sources: tuple[str, str] = ("", "")
+    ends_at: float = float("inf")
     forward: ForwardSession | ThreadedSession | None = None
 
     def snapshot(self) -> SessionSnapshot:
@@ -88,6 +141,12 @@ class ActiveSession:
         assert forward is not None
         return SessionSnapshot(self.session_id, self.info, forward.counters.total, forward.started_at,
                                forward.last_activity)
+
+
+def _ip(addr: object) -> str:
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0])
+    return str(addr)
 
 
 def _address(addr: object) -> str:
@@ -142,7 +201,23 @@ class PeerListener:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = self.loop.time()
+        self.admission = Admission(config.limits)
+        self.guard: FloodGuard[_Pending] = FloodGuard(config.guard)
+        self._lifetimes: list[tuple[float, int]] = []
+        self._throttle = LogThrottle()
+        self._report: asyncio.TimerHandle | None = None
+        self._reported: tuple[int, int] = (0, 0)
+        # Exact counters (the HTTP surface reads these): connections accepted by the kernel,
+        # refused at once (total and by reason), and closed later by a guard rule (by reason).
+        self.accepted = 0
         self.refused = 0
+        # Under a flood each accepted connection can evict an older unauthenticated one. Accepting
+        # at most a quarter of the pending cap per wakeup guarantees that a connection admitted in
+        # one loop iteration is still there when its PeerToRelay is read in the next.
+        cap = config.guard.max_pending
+        self._accepts_per_wakeup = max(1, min(ACCEPTS_PER_WAKEUP, cap // 4)) if cap else ACCEPTS_PER_WAKEUP
+        self.refusals: Counter[str] = Counter()
+        self.guard_closes: Counter[str] = Counter()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> tuple[str, int]:
@@ -160,6 +235,7 @@ class PeerListener:
         self._listener = sock
         self.started_at = self.loop.time()
         self.loop.add_reader(sock.fileno(), self._on_accept)
+        self._report = self.loop.call_later(self.config.report_interval, self._on_report)
         host, port = sock.getsockname()[:2]
         return str(host), int(port)
 
@@ -172,6 +248,9 @@ class PeerListener:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
         for pending in list(self.pairing.expired(float("inf"))):
             self._close_pending(pending, None)
         if self.engine is not None:
@@ -203,31 +282,76 @@ class PeerListener:
         listener = self._listener
         if listener is None:
             return
-        for _ in range(ACCEPTS_PER_WAKEUP):
+        for _ in range(self._accepts_per_wakeup):
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: keep serving what we have
-                log.error("Cannot accept a peer connection: %s", exc)
+                self._log_throttled(logging.ERROR, self.loop.time(), "Cannot accept a peer connection: %s",
+                                    exc)
                 return
             sock.setblocking(False)
-            pending = _Pending(sock, _address(addr))
-            # Two connections per session MaxPeerCount allows, paired or not: nothing legitimate
-            # needs more, since every pending peer holds one of the pool's keys.
-            open_now = len(self.pairing) + 2 * len(self.sessions)
-            if open_now >= 2 * self.pool.max_peer_count:
-                self.refused += 1
-                log.info("Peer %s refused: %d connections open, the limit for MaxPeerCount %d",
-                         pending.address, open_now, self.pool.max_peer_count)
+            self.accepted += 1
+            pending = _Pending(sock, _address(addr), source_key(_ip(addr)))
+            if not self._admit(pending):
                 sock.close()
                 continue
-            self.pairing.add(pending, self.loop.time())
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending.reader = PeerToRelayReader(self.config.max_message)
             self.loop.add_reader(pending.fd, self._on_readable, pending)
+            # A real peer writes its PeerToRelay right after connecting: it is often here already,
+            # and reading it now takes the connection out of the flood guard's reach at once.
+            self._on_readable(pending)
             self._arm_timer()
+
+    def _admit(self, pending: _Pending) -> bool:
+        """Take every slot ``pending`` needs, or count why not (the caller closes it then)."""
+        now = self.loop.time()
+        # Two connections per session MaxPeerCount allows, among those that hold a key: nothing
+        # legitimate needs more. Unauthenticated ones are the flood guard's to bound.
+        keyed = len(self.pairing) - self.guard.pending + 2 * len(self.sessions)
+        if keyed >= 2 * self.pool.max_peer_count:
+            self._refuse(pending, REFUSED_PEER_COUNT, now)
+            return False
+        why = self.admission.admit(pending.source)
+        if why is not None:
+            per_ip = self.config.limits.max_per_ip and self.admission.per_ip(pending.source) >= \
+                self.config.limits.max_per_ip
+            self._refuse(pending, REFUSED_CONNECTIONS_PER_IP if per_ip else REFUSED_CONNECTIONS_TOTAL, now)
+            return False
+        decision = self.guard.admit(pending, pending.source, now)
+        if decision.refused is not None:
+            self.admission.release(pending.source)
+            self._refuse(pending, decision.refused, now)
+            return False
+        if decision.evicted is not None:
+            self._guard_close(decision.evicted, CLOSED_EVICTED)
+        self.pairing.add(pending, now)
+        return True
+
+    def _refuse(self, pending: _Pending, reason: str, now: float) -> None:
+        self.refused += 1
+        self.refusals[reason] += 1
+        self._log_throttled(logging.DEBUG, now, "Peer %s refused: %s", pending.address, reason)
+
+    def _guard_close(self, pending: _Pending, reason: str) -> None:
+        self.guard_closes[reason] += 1
+        self._log_throttled(logging.DEBUG, self.loop.time(), "Peer %s closed: %s", pending.address, reason)
+        self._close_pending(pending, None)
+
+    def _log_throttled(self, level: int, now: float, fmt: str, *args: object) -> None:
+        """A line about one unauthenticated peer: at most a few per second, however many peers."""
+        if not log.isEnabledFor(level):
+            return
+        held = self._throttle.allow(now)
+        if held is None:
+            return
+        if held:
+            fmt += " (%d similar lines suppressed)"
+            args = (*args, held)
+        log.log(level, fmt, *args)
 
     def _on_readable(self, pending: _Pending) -> None:
         reader = pending.reader
@@ -247,14 +371,19 @@ class PeerListener:
         if not data:
             self._close_pending(pending, "closed before sending its PeerToRelay")
             return
+        pending.consumed += len(data)
         try:
             message = reader.feed(data)
             if message is None:
+                if pending.consumed + reader.wanted > self.config.max_bytes_before_auth:
+                    self._guard_close(pending, CLOSED_TOO_BIG)
                 return
             paired = self.pairing.offer(pending, message)
         except AspiaProtocolError as exc:
             self._close_pending(pending, f"refused: {exc}")
             return
+        # A valid key: no longer the flood guard's business (and its rate token comes back).
+        self.guard.authenticated(pending, self.loop.time())
         if paired is None:
             pending.watching = True
             log.info("Peer %s presented key %d; waiting for its partner", pending.address, message.key_id)
@@ -279,11 +408,17 @@ class PeerListener:
     def _close_pending(self, pending: _Pending, reason: str | None, *, forget: bool = True) -> None:
         if forget:
             self.pairing.remove(pending)
+        unauthenticated = self.guard.remove(pending)
+        self.admission.release(pending.source)
         pending.reader = None
         with contextlib.suppress(Exception):
             self.loop.remove_reader(pending.fd)
         pending.sock.close()
-        if reason is not None:
+        if reason is None:
+            return
+        if unauthenticated:  # anyone can cause these lines: throttle them
+            self._log_throttled(logging.INFO, self.loop.time(), "Peer %s: %s", pending.address, reason)
+        else:
             log.info("Peer %s: %s", pending.address, reason)
 
     # --------------------------------------------------------------- pairing
@@ -294,8 +429,12 @@ class PeerListener:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(pending.fd)
         session = ActiveSession(next(self._session_ids), paired.key_id, paired.info,
-                                (first.address, second.address))
+                                (first.address, second.address), (first.source, second.source))
         self.sessions[session.session_id] = session
+        if self.config.max_session > 0:
+            session.ends_at = self.loop.time() + self.config.max_session
+            heapq.heappush(self._lifetimes, (session.ends_at, session.session_id))
+            self._arm_timer()
         idle = self.config.idle_timeout
         try:
             if self.threads is not None:
@@ -327,6 +466,12 @@ class PeerListener:
             session = context
         if self.sessions.pop(session.session_id, None) is None:
             return
+        for source in session.sources:
+            self.admission.release(source)
+        if len(self._lifetimes) > 2 * len(self.sessions) + 64:  # ended sessions' entries pile up
+            self._lifetimes = [(s.ends_at, s.session_id) for s in self.sessions.values()
+                               if s.ends_at != float("inf")]
+            heapq.heapify(self._lifetimes)
         moved = forward.counters.total if forward is not None else 0
         log.info("Session %d ended (%s) after %d bytes; %d sessions active", session.session_id, reason,
                  moved, len(self.sessions))
@@ -335,9 +480,23 @@ class PeerListener:
             self.on_keys(keys)
 
     # ----------------------------------------------------------------- timer
+    def _next_lifetime(self) -> float | None:
+        heap = self._lifetimes
+        while heap:
+            when, session_id = heap[0]
+            session = self.sessions.get(session_id)
+            if session is not None and session.ends_at == when:
+                return when
+            heapq.heappop(heap)  # ended since
+        return None
+
     def _arm_timer(self) -> None:
-        when = self.pairing.next_deadline()
-        if when is None or (self._timer_at is not None and self._timer_at <= when):
+        candidates = [t for t in (self.pairing.next_deadline(), self.guard.next_deadline(),
+                                  self._next_lifetime()) if t is not None]
+        if not candidates:
+            return
+        when = min(candidates)
+        if self._timer_at is not None and self._timer_at <= when:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -347,7 +506,27 @@ class PeerListener:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        for pending in self.pairing.expired(self.loop.time()):
+        now = self.loop.time()
+        for pending in self.guard.expired(now):
+            self._guard_close(pending, CLOSED_FIRST_MESSAGE_TIMEOUT)
+        for pending in self.pairing.expired(now):
             self._close_pending(pending, f"not paired within {self.config.pending_timeout:g} s", forget=False)
+        while (when := self._next_lifetime()) is not None and when <= now:
+            _, session_id = heapq.heappop(self._lifetimes)
+            session = self.sessions[session_id]
+            if session.forward is not None:
+                self.guard_closes[CLOSED_SESSION_LIFETIME] += 1
+                session.forward.close(f"session lifetime of {self.config.max_session:g} s reached")
         self._arm_timer()
 
+    def _on_report(self) -> None:
+        """Refusals are counted, not logged one by one: say what changed, once per interval."""
+        self._report = self.loop.call_later(self.config.report_interval, self._on_report)
+        totals = (self.refused, sum(self.guard_closes.values()))
+        if totals == self._reported:
+            return
+        self._reported = totals
+        log.info("Flood guard since start: %d connections accepted, %d refused %s, %d closed %s; "
+                 "%d waiting for their PeerToRelay, %d open", self.accepted, self.refused,
+                 dict(sorted(self.refusals.items())), totals[1], dict(sorted(self.guard_closes.items())),
+                 self.guard.pending, self.admission.connections)
