@@ -13,7 +13,12 @@ from typing import Any
 from natrelay.aspia.crypto import usable_public_key
 from natrelay.aspia.peer.client import AspiaClient, ClientSettings
 from natrelay.aspia.peer.host import HOST_RETRY_INTERVAL, AspiaHost, HostSettings
-from natrelay.aspia.peer.relay_link import PeerError
+from natrelay.aspia.peer.relay_link import (
+    PEER_KEEPALIVE_INTERVAL,
+    PEER_KEEPALIVE_TIMEOUT,
+    KeepAliveTiming,
+    PeerError,
+)
 from natrelay.aspia.peer.state import StateError, default_state_path
 from natrelay.aspia.peer.users import (
     Credentials,
@@ -78,6 +83,12 @@ def _router_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="limit for reaching the router or a relay (default %(default)s)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    p.add_argument("--keepalive", type=float, default=PEER_KEEPALIVE_INTERVAL, metavar="SECONDS",
+                   help="ping the router and relays this often, so NATs keep the connections (15..300, "
+                        "default %(default)s)")
+    p.add_argument("--keepalive-timeout", type=float, default=PEER_KEEPALIVE_TIMEOUT, metavar="SECONDS",
+                   help="drop a connection whose pong is this late, e.g. after a NAT forgot it (5..60, "
+                        "default %(default)s)")
 
 
 _fail = stdio_mode.fail
@@ -125,7 +136,8 @@ def host_command(args: argparse.Namespace) -> int:
             expose=parse_host_port(args.expose, what="--expose"),
             state_path=args.state or default_state_path(),
             retry_interval=_positive(args.retry_interval, "--retry-interval"),
-            connect_timeout=_positive(args.timeout, "--timeout"))
+            connect_timeout=_positive(args.timeout, "--timeout"),
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
         host = AspiaHost(settings, HostUsers(users), on_host_id=_print_host_id)
     except (ValueError, AddressError, StateError) as exc:
         return _fail(str(exc))
@@ -148,7 +160,8 @@ def client_command(args: argparse.Namespace) -> int:
             router_key=parse_router_key(args.router_key),
             account=Credentials(args.user, password), host_id=parse_host_id(args.host_id),
             host_account=Credentials(args.host_user or args.user, host_password),
-            connect_timeout=_positive(args.timeout, "--timeout"))
+            connect_timeout=_positive(args.timeout, "--timeout"),
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
         local = parse_host_port(args.listen, what="--listen") if args.listen else None
     except (ValueError, AddressError) as exc:
         return _fail(str(exc))

@@ -17,6 +17,8 @@ from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_chann
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import (
+    DEFAULT_KEEPALIVE,
+    KeepAliveTiming,
     PeerError,
     RelayTunnel,
     Streams,
@@ -55,6 +57,8 @@ class ClientSettings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     random_bytes: RandomBytes = default_random
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
+    keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
+    """Pings on the router link and on every relayed connection (they keep NAT mappings alive)."""
 
 
 def explain_offer_error(error: OfferError, host_id: int) -> str:
@@ -107,7 +111,7 @@ class AspiaClient:
             made: list[ClientRouterLink] = []
 
             def factory() -> ClientRouterLink:
-                made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes))
+                made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes, s.keepalive))
                 return made[-1]
 
             where = self.router_address
@@ -144,7 +148,7 @@ class AspiaClient:
         credentials = offer.credentials
         where = relay_address(credentials)
         proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=False,
-                                        timeout=s.connect_timeout)
+                                        timeout=s.connect_timeout, keepalive=s.keepalive)
         try:
             await proto.wait_established()  # bounded by the relay's pairing and the handshake timer
         except ChannelClosedError as exc:

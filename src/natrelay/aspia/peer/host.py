@@ -22,7 +22,13 @@ from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_chann
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.errors import ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake
-from natrelay.aspia.peer.relay_link import PeerError, open_relay_tunnel, relay_address
+from natrelay.aspia.peer.relay_link import (
+    DEFAULT_KEEPALIVE,
+    KeepAliveTiming,
+    PeerError,
+    open_relay_tunnel,
+    relay_address,
+)
 from natrelay.aspia.peer.router_link import (
     HostRouterLink,
     describe_router_failure,
@@ -64,6 +70,8 @@ class HostSettings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     random_bytes: RandomBytes = default_random
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
+    keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
+    """Pings on the router link and on every relayed session (they keep NAT mappings alive)."""
 
 
 class AspiaHost:
@@ -121,7 +129,8 @@ class AspiaHost:
         made: list[HostRouterLink] = []
 
         def factory() -> HostRouterLink:
-            made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes))
+            made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes,
+                                       s.keepalive))
             return made[-1]
 
         try:
@@ -201,7 +210,7 @@ class AspiaHost:
         where = relay_address(credentials)
         try:
             proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=True,
-                                            timeout=s.connect_timeout)
+                                            timeout=s.connect_timeout, keepalive=s.keepalive)
             await proto.wait_established()  # the channel's own handshake timer bounds this
         except PeerError as exc:
             log.warning("%s", exc)
