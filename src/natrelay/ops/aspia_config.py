@@ -57,6 +57,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"[0-9A-Fa-f]*")
+DATABASE_URL_SCHEMES: Final = ("postgresql://", "postgres://")
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -239,6 +240,13 @@ class _Reader:
             return ()
         return tuple(_plain_ip(ip) for _, ip in parsed if ip is not None)
 
+    def database(self, key: str) -> str:
+        raw = self._raw(key)
+        if raw and not raw.startswith(DATABASE_URL_SCHEMES) and not os.path.isabs(raw):
+            self._fail(key, f"{raw!r} is neither a postgresql:// URL nor an absolute path")
+            return ""
+        return raw
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -407,6 +415,9 @@ _ROUTER_FIELDS: Final = (
     FieldInfo("HostWhiteList", _WHITE_LIST),
     FieldInfo("AdminWhiteList", _WHITE_LIST),
     FieldInfo("RelayWhiteList", _WHITE_LIST),
+    FieldInfo("Database", "empty (router.db3 in the data directory), a postgresql://user:password@host:port/"
+                          "dbname URL (routers sharing it form a cluster), or the absolute path of an SQLite "
+                          "database"),
 )
 
 
@@ -425,6 +436,9 @@ class RouterConfig(_SettingsFile):
     host_white_list: tuple[IPAddress, ...] = ()
     admin_white_list: tuple[IPAddress, ...] = ()
     relay_white_list: tuple[IPAddress, ...] = ()
+    database: str = field(default="", repr=False)
+    """Not in the original's router.json; written only when set. Kept out of ``repr``: it may hold
+    a password."""
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -441,10 +455,12 @@ class RouterConfig(_SettingsFile):
             host_white_list=reader.ip_list("HostWhiteList"),
             admin_white_list=reader.ip_list("AdminWhiteList"),
             relay_white_list=reader.ip_list("RelayWhiteList"),
+            database=reader.database("Database"),
         )
 
     def to_settings(self) -> dict[str, str]:
-        return {
+        extra = {"Database": self.database} if self.database else {}
+        return extra | {
             "AdminWhiteList": _ip_list_text(self.admin_white_list),
             "ClientWhiteList": _ip_list_text(self.client_white_list),
             "HostWhiteList": _ip_list_text(self.host_white_list),

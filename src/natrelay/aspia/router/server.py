@@ -35,8 +35,8 @@ from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
-from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.sessions import Actions, SessionKind
+from natrelay.aspia.router.storage.base import RouterStorage
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
 from natrelay.engine.limits import Admission, Limits
@@ -224,7 +224,7 @@ class RouterConnection(ChannelProtocol):
 class RouterServer:
     """Owns the listener, the core, the connections and the admin socket."""
 
-    def __init__(self, options: RouterOptions, db: RouterDatabase) -> None:
+    def __init__(self, options: RouterOptions, db: RouterStorage) -> None:
         self.options = options
         self.core = Router(db)
         self.loop = asyncio.get_running_loop()

@@ -33,8 +33,8 @@ from natrelay.aspia.messages import (
     serialize,
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
-from natrelay.aspia.router.db import DatabaseError, RouterDatabase
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
+from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -102,7 +102,7 @@ def _valid_key(key: router_common_pb2.RelayKey) -> bool:
 class RouterCore:
     """All router sessions, the host-ID map and the key pool; no I/O, no clocks of its own."""
 
-    def __init__(self, db: RouterDatabase, random_bytes: RandomBytes = crypto.default_random) -> None:
+    def __init__(self, db: RouterStorage, random_bytes: RandomBytes = crypto.default_random) -> None:
         self.db = db
         self.pool = KeyPool()
         self.sessions: dict[int, RouterSession] = {}
