@@ -38,6 +38,7 @@ from natrelay.aspia.router.sessions import SessionKind
 from natrelay.aspia.router.storage.base import RouterStorage
 from natrelay.aspia.router.storage.factory import open_storage, sqlite_path
 from natrelay.aspia.router.storage.postgres import PostgresStorage, is_postgres_url, redact
+from natrelay.aspia.router.storage.presence import DEFAULT_LEASE, PostgresPresence
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
 from natrelay.ops.aspia_logging import setup_aspia_logging
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="password logins in progress at once; more are refused (default %(default)s)")
     p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
                    help="the same, per source address (default %(default)s)")
+    p.add_argument("--lease", type=float, default=DEFAULT_LEASE, metavar="SECONDS",
+                   help="on PostgreSQL: how long other routers still see this router's hosts after it "
+                   "stops renewing (it renews every third of that; default %(default)s)")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -278,6 +282,16 @@ def format_status(status: dict[str, Any]) -> str:
         times = f"{_duration(s['duration']):>9} {_duration(s['idle']):>9}"
         lines.append(f"  {s['id']:<8} {s['host_id']:>8}  {s['client_address']:<22} {s['host_address']:<22} "
                      f"{s['user']:<16} {s['bytes']:>12} {times}")
+    if "cluster" in status:
+        routers = status["cluster"]
+        lines.append(f"Routers sharing the database ({sum(1 for r in routers if r['alive'])} alive)")
+        lines.append(f"  {'ID':>4}  {'LISTENING ON':<28} {'HOSTS':>6} {'CLIENTS':>7} {'RELAYS':>6} "
+                     f"{'POOL':>6} STATE")
+        for r in routers:
+            state = ("this router" if r.get("this") else "alive") if r["alive"] else "lease expired"
+            lines.append(f"  {r['id']:>4}  {r['address']:<28} {r.get('hosts', '-'):>6} "
+                         f"{r.get('clients', '-'):>7} {r.get('relays', '-'):>6} {r.get('pool_size', '-'):>6} "
+                         f"{state}")
     return "\n".join(lines)
 
 
@@ -327,13 +341,16 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         db.close()
         return fail(str(exc))
     log.info("Database: %s", db.description)
+    # On PostgreSQL every router is a cluster member: alone, it simply finds no other routers.
+    presence = PostgresPresence(db, "", args.lease) if isinstance(db, PostgresStorage) else None
     public_hex = X25519KeyPair.from_private_bytes(config.private_key).public_bytes.hex().upper()
     options = RouterOptions(config=config, database=paths.database, admin_socket=paths.socket,
                             public_key_hex=public_hex, max_logins=args.max_logins,
-                            max_logins_per_ip=args.max_logins_per_ip)
+                            max_logins_per_ip=args.max_logins_per_ip,
+                            cluster_url=database if presence is not None else "")
 
     async def main(stop: asyncio.Event) -> int:
-        server = RouterServer(options, db)
+        server = RouterServer(options, db, presence)
         try:
             await server.start()
         except OSError as exc:
@@ -355,6 +372,8 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    if not 1 <= args.lease <= 3600:
+        return fail("--lease must be between 1 and 3600 seconds", 2)
     if args.max_logins < 1 or args.max_logins_per_ip < 1:
         return fail("--max-logins and --max-logins-per-ip must be at least 1", 2)
     for switch in WINDOWS_ONLY:

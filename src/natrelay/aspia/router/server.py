@@ -35,8 +35,15 @@ from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
+from natrelay.aspia.router.cluster_link import ClusterLink
 from natrelay.aspia.router.sessions import Actions, SessionKind
-from natrelay.aspia.router.storage.base import RouterStorage
+from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
+from natrelay.aspia.router.storage.presence import (
+    MESSAGE_DELIVER,
+    MESSAGE_DISCONNECT,
+    PostgresPresence,
+    RemoteMessage,
+)
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
 from natrelay.engine.limits import Admission, Limits
@@ -64,6 +71,8 @@ class RouterOptions:
     """SRP (password) logins in progress at once."""
     max_logins_per_ip: int = DEFAULT_MAX_LOGINS_PER_IP
     auth_timeout: float = HANDSHAKE_TIMEOUT
+    cluster_url: str = ""
+    """The PostgreSQL URL when this router is one of a cluster (a ``presence`` is then given)."""
 
 
 def peer_ip(transport: asyncio.BaseTransport) -> str:
@@ -224,9 +233,14 @@ class RouterConnection(ChannelProtocol):
 class RouterServer:
     """Owns the listener, the core, the connections and the admin socket."""
 
-    def __init__(self, options: RouterOptions, db: RouterStorage) -> None:
+    def __init__(self, options: RouterOptions, db: RouterStorage,
+                 presence: PostgresPresence | None = None) -> None:
         self.options = options
-        self.core = Router(db)
+        self.core = Router(db, presence=presence)
+        self.cluster: ClusterLink | None = None
+        if presence is not None:
+            self.cluster = ClusterLink(presence, options.cluster_url, self.deliver_remote,
+                                       self.cluster_status, self.core.reannounce)
         self.loop = asyncio.get_running_loop()
         self.timers: WheelDriver[Any] = make_wheel(self.loop)
         self.admission = Admission(options.limits)
@@ -290,11 +304,38 @@ class RouterServer:
                 conn.send(payload)
         for conn, payload in relays:
             conn.send(payload)
+        if self.cluster is not None:
+            for message in actions.remote:
+                self.cluster.send(message)
         for session_id in actions.disconnect:
             conn = self.connections.get(session_id)
             if conn is not None:
                 # After the current event: the handler that asked may belong to this very session.
                 self.loop.call_soon(conn.close, "disconnected by the router")
+
+    def deliver_remote(self, message: RemoteMessage) -> None:
+        """A message another router of the cluster sent to one of our host sessions."""
+        conn = self.connections.get(message.session_id)
+        session = self.core.sessions.get(message.session_id)
+        if conn is None or session is None or session.kind is not SessionKind.HOST:
+            log.info("Cluster message for session %d, which is not one of our host sessions; dropped",
+                     message.session_id)
+            return
+        if message.kind == MESSAGE_DELIVER:
+            conn.send(message.payload)
+            log.info("Connection offer from another router delivered to host session %d", message.session_id)
+        elif message.kind == MESSAGE_DISCONNECT:
+            log.info("Host session %d reconnected through another router; disconnecting this copy",
+                     message.session_id)
+            session.host_ids.clear()  # its IDs belong to the new session now: withdraw nothing
+            self.loop.call_soon(conn.close, "the host reconnected through another router")
+
+    def cluster_status(self) -> dict[str, Any]:
+        """What this router publishes with each lease renewal, for ``--status`` anywhere in the cluster."""
+        kinds = [s.kind for s in self.core.sessions.values()]
+        return {"hosts": kinds.count(SessionKind.HOST), "clients": kinds.count(SessionKind.CLIENT),
+                "relays": kinds.count(SessionKind.RELAY), "pool_size": self.core.pool.total,
+                "keys_handed_out": self.core.pool.taken_total}
 
     async def start(self) -> None:
         config = self.options.config
@@ -310,6 +351,12 @@ class RouterServer:
             self.sockets.append((str(name[0]), int(name[1])))
         where = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sockets)
         log.info("Listening on %s", where)
+        if self.cluster is not None:
+            try:
+                await self.cluster.start(where)
+            except (DatabaseError, TimeoutError) as exc:
+                self.cluster = None
+                raise OSError(f"cannot join the router cluster: {exc}") from None
         if self.options.admin_socket is not None:
             self._admin = AdminSocketServer(self.options.admin_socket, self._admin_request)
             try:
@@ -322,7 +369,13 @@ class RouterServer:
     def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("command")
         if command == "status":
-            return {"ok": True, "status": self.core.status(self.wall_time())}
+            status = self.core.status(self.wall_time())
+            if self.cluster is not None:
+                try:
+                    status["cluster"] = self.cluster.presence.routers()
+                except DatabaseError as exc:
+                    status["cluster_error"] = str(exc)
+            return {"ok": True, "status": status}
         if command == "disconnect":
             actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
             if error is not None:
@@ -334,6 +387,8 @@ class RouterServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._admin is not None:
             await self._admin.close()
         for conn in list(self.connections.values()):

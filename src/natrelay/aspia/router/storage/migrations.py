@@ -40,6 +40,25 @@ MIGRATIONS: Final = (
         ' key bytea NOT NULL UNIQUE,'
         ' created timestamptz NOT NULL DEFAULT now())',
     )),
+    Migration(2, "cluster: routers with leases, and which router holds which host", (
+        # One row per running router process; a router is alive while lease_until is ahead.
+        'CREATE TABLE routers ('
+        ' id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
+        ' address text NOT NULL,'
+        ' started timestamptz NOT NULL DEFAULT now(),'
+        ' lease_until timestamptz NOT NULL,'
+        ' status jsonb NOT NULL DEFAULT \'{}\')',
+        'CREATE INDEX routers_lease ON routers (lease_until)',
+        # A host ID is online at one router session at a time; rows of a dead router are ignored
+        # once its lease is over and removed with its routers row.
+        'CREATE TABLE presence ('
+        ' host_id bigint PRIMARY KEY,'
+        ' router_id bigint NOT NULL REFERENCES routers (id) ON DELETE CASCADE,'
+        ' session_id bigint NOT NULL,'
+        ' address text NOT NULL,'
+        ' since timestamptz NOT NULL DEFAULT now())',
+        'CREATE INDEX presence_session ON presence (router_id, session_id)',
+    )),
 )
 
 SCHEMA_TABLE: Final = "natrelay_schema"

@@ -75,6 +75,11 @@ class PostgresStorage(RouterStorage):
     def description(self) -> str:
         return self._where
 
+    @property
+    def pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        """The connection pool, shared with the cluster's presence (``presence``)."""
+        return self._pool
+
     # ----------------------------------------------------------- open/close
     @classmethod
     def open(cls, url: str, *, min_size: int = DEFAULT_POOL_MIN, max_size: int = DEFAULT_POOL_MAX,
