@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.storage.base import RouterStorage, StoredUser
 from natrelay.aspia.router.storage.postgres import PostgresStorage
+from natrelay.aspia.router.storage.presence import (
+    MESSAGE_DELIVER,
+    PostgresPresence,
+    RemoteMessage,
+    channel_name,
+)
 from tests.postgres_server import PostgresServer, find_bindir
 
 USERS = 1000
@@ -47,6 +54,35 @@ def measure(name: str, db: RouterStorage, calls: int) -> None:
           f"add_host {add:8.0f} us")
 
 
+def cluster_messages(db: PostgresStorage, url: str, count: int) -> None:
+    """NOTIFY from one router to another, against polling a message table (the alternative)."""
+    import psycopg
+
+    a, b = PostgresPresence(db, "a"), PostgresPresence(db, "b")
+    a.register()
+    b.register()
+    offer = RemoteMessage(b.router_id, MESSAGE_DELIVER, 1, os.urandom(300))  # an offer is ~300 bytes
+    delays = []
+    with psycopg.connect(url, autocommit=True) as inbox:
+        inbox.execute(f"LISTEN {channel_name(b.router_id)}".encode())
+        for _ in range(count):
+            started = time.perf_counter()
+            a.send(offer)
+            next(inbox.notifies(timeout=5))
+            delays.append((time.perf_counter() - started) * 1e6)
+        inbox.execute("CREATE TABLE IF NOT EXISTS bench_inbox (id bigserial PRIMARY KEY, target bigint, "
+                      "body bytea)")
+        poll = "DELETE FROM bench_inbox WHERE id IN (SELECT id FROM bench_inbox WHERE target = %s " \
+               "FOR UPDATE SKIP LOCKED LIMIT 100) RETURNING body"
+        poll_cost = per_call(lambda _i: inbox.execute(poll, (b.router_id,)).fetchall(), count)
+    delays.sort()
+    p99 = delays[int(len(delays) * .99)]
+    print(f"NOTIFY offer a->b: median {statistics.median(delays):.0f} us, p99 {p99:.0f} us "
+          "(send + wake-up of the listener)")
+    print(f"polled table: {poll_cost:.0f} us per empty poll; at 20 polls/s (25 ms mean extra delay) that "
+          f"is {poll_cost * 20 / 1e4:.2f} % of a core per router, spent while nothing happens")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=2000)
@@ -62,8 +98,11 @@ def main() -> None:
         return
     server = PostgresServer.start(bindir)
     try:
-        with PostgresStorage.open(server.url(server.new_database())) as db:
+        url = server.url(server.new_database())
+        with PostgresStorage.open(url) as db:
             measure("postgresql", db, args.calls)
+            assert isinstance(db, PostgresStorage)
+            cluster_messages(db, url, min(args.calls, 1000))
     finally:
         server.stop()
 
