@@ -142,3 +142,34 @@ def test_status_lists_every_router_and_a_clean_stop_leaves_the_cluster(cluster: 
     assert b.stop() == 0
     rows = a.status()["cluster"]
     assert len(rows) == 2 and HOST in rows[0]["address"]
+
+
+def test_a_relay_with_two_routers_splits_its_keys_and_moves_them_when_one_dies(
+        cluster: list[Router], tmp_path: Path) -> None:
+    from tests.e2e.aspia_env import start_relay
+
+    a, b, _c = cluster
+    relay = start_relay(tmp_path / "relay", a.setup, {"NATRELAY_ASPIA_RELAY_TIMERS": "reconnect=0.5"},
+                        MaxPeerCount="10", RouterAddresses=b.setup.address())
+    try:
+        def pools() -> tuple[int, int]:
+            return a.status()["pool_size"], b.status()["pool_size"]
+
+        wait_for(lambda: pools() == (5, 5), 30, "the relay's 10 keys split 5 and 5")
+        # Offers from either router use keys of that router only: never the same key twice.
+        host, host_id, _key = new_host(b)
+        offered = []
+        for router in (a, b, a, b):
+            client = srp_login(router.setup.port, "bob", "bob-secret", CLIENT)
+            offer = ask(client, host_id)
+            assert offer.error_code == Offer.SUCCESS
+            offered.append(offer.relay.key.key_id)
+            host.receive(router_peer_pb2.RouterToPeer)
+            client.close()
+        assert len(set(offered)) == 4
+        a.kill()  # its unused keys die with it; the relay gives that capacity to B
+        wait_for(lambda: b.status()["pool_size"] == 8, 30, "A's keys to move to B (10 - 2 handed out at B)")
+        relay.wait_log("moved to the other routers")
+        host.close()
+    finally:
+        assert relay.stop() == 0, relay.log()

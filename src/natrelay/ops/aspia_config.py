@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Final, Self
 
+from natrelay.ops.addresses import AddressError, parse_host_port
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
     SettingsDocument,
@@ -240,6 +241,17 @@ class _Reader:
             return ()
         return tuple(_plain_ip(ip) for _, ip in parsed if ip is not None)
 
+    def host_port_list(self, key: str) -> tuple[tuple[str, int], ...]:
+        entries = [e.strip(" \t\r\n\f\v") for e in self._raw(key).split(";")]
+        parsed: list[tuple[str, int]] = []
+        for entry in (e for e in entries if e):
+            try:
+                parsed.append(parse_host_port(entry, what=key))
+            except AddressError as exc:
+                self._fail(key, str(exc))
+                return ()
+        return tuple(parsed)
+
     def database(self, key: str) -> str:
         raw = self._raw(key)
         if raw and not raw.startswith(DATABASE_URL_SCHEMES) and not os.path.isabs(raw):
@@ -352,6 +364,8 @@ _RELAY_FIELDS: Final = (
     FieldInfo("MaxPeerCount", "an integer from 0 to 4294967295; default 100"),
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
+    FieldInfo("RouterAddresses", "empty, or further routers of the same cluster as HOST:PORT separated by "
+                                 "';' (the relay splits its keys between them and RouterAddress)"),
 )
 
 
@@ -370,8 +384,15 @@ class RelayConfig(_SettingsFile):
     max_peer_count: int = 100
     statistics_enabled: bool = False
     statistics_interval: int = 5
+    router_addresses: tuple[tuple[str, int], ...] = ()
+    """Not in the original's relay.json; written only when set."""
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
+
+    @property
+    def routers(self) -> tuple[tuple[str, int], ...]:
+        """RouterAddress:RouterPort first, then RouterAddresses."""
+        return ((self.router_address, self.router_port), *self.router_addresses)
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
     FIELDS: ClassVar[tuple[FieldInfo, ...]] = _RELAY_FIELDS
 
@@ -388,6 +409,7 @@ class RelayConfig(_SettingsFile):
             max_peer_count=reader.uint("MaxPeerCount", 100, 0, 2**32 - 1),
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
+            router_addresses=reader.host_port_list("RouterAddresses"),
         )
 
     def to_settings(self) -> dict[str, str]:
@@ -402,7 +424,9 @@ class RelayConfig(_SettingsFile):
             "RouterPublicKey": self.router_public_key.hex().upper(),
             "StatisticsEnabled": "true" if self.statistics_enabled else "false",
             "StatisticsInterval": str(self.statistics_interval),
-        }
+        } | ({"RouterAddresses": ";".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                                          for h, p in self.router_addresses)}
+             if self.router_addresses else {})
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"
