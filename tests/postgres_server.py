@@ -53,6 +53,10 @@ class PostgresServer:
     root: Path
     port: int
     run_as: str | None
+    host: str = "127.0.0.1"
+    """The address it listens on (and routers connect to)."""
+    prefix: tuple[str, ...] = ()
+    """A command prefix, e.g. ``ip netns exec NS``, to run the server inside a network namespace."""
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -60,10 +64,13 @@ class PostgresServer:
         return self.root / "data"
 
     def _cmd(self, *args: str) -> list[str]:
-        return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
+        return [*self.prefix, *(["runuser", "-u", self.run_as, "--"] if self.run_as else []), *args]
 
     @classmethod
-    def start(cls, bindir: Path) -> PostgresServer:
+    def start(cls, bindir: Path, *, host: str = "127.0.0.1", prefix: tuple[str, ...] = (),
+              trust_network: str = "") -> PostgresServer:
+        """Start a server on ``host`` (inside a namespace with ``prefix``); ``trust_network`` is a
+        CIDR whose clients may log in without a password besides loopback."""
         run_as = None
         if os.geteuid() == 0:
             try:
@@ -76,19 +83,22 @@ class PostgresServer:
         if run_as:
             entry = pwd.getpwnam(run_as)
             os.chown(root, entry.pw_uid, entry.pw_gid)
-        server = cls(bindir, root, _free_port(), run_as)
+        server = cls(bindir, root, _free_port(), run_as, host, prefix)
         try:
-            server._init_and_start()
+            server._init_and_start(trust_network)
         except BaseException:
             server.stop()
             raise
         return server
 
-    def _init_and_start(self) -> None:
+    def _init_and_start(self, trust_network: str) -> None:
         subprocess.run(self._cmd(str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                                  "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"),
                        check=True, capture_output=True, timeout=START_TIMEOUT, cwd=self.root)
-        options = (f"-k {self.root} -h 127.0.0.1 -p {self.port} -c fsync=off -c synchronous_commit=off "
+        if trust_network:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {trust_network} trust\n")
+        options = (f"-k {self.root} -h {self.host} -p {self.port} -c fsync=off -c synchronous_commit=off "
                    "-c full_page_writes=off -c max_connections=200")
         subprocess.run(self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                                  str(self.root / "server.log"), "-o", options, "-w", "-t", str(START_TIMEOUT),
@@ -96,16 +106,20 @@ class PostgresServer:
                        check=True, capture_output=True, timeout=START_TIMEOUT + 10, cwd=self.root)
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
+
+    def socket_url(self, dbname: str = "postgres") -> str:
+        """Through the Unix socket: reachable from every network namespace of this machine."""
+        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.root}&port={self.port}"
 
     def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(self._names)}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
+        with psycopg.connect(self.socket_url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}".encode())
         return name
 
     def drop_database(self, name: str) -> None:
-        with psycopg.connect(self.url(), autocommit=True) as conn:
+        with psycopg.connect(self.socket_url(), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
     def log_tail(self, lines: int = 30) -> str:
