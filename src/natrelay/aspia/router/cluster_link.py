@@ -90,6 +90,7 @@ class ClusterLink:
 
     async def _renew(self) -> None:
         interval = self.presence.lease / 3
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
@@ -97,8 +98,12 @@ class ClusterLink:
             except DatabaseError as exc:
                 log.error("%s; other routers stop seeing this router's hosts %g s after the last renewal",
                           exc, self.presence.lease)
+                failing = True
                 continue
             if not kept:
                 log.error("This router had been removed from the cluster as dead; rejoined as router %d",
                           self.presence.router_id)
+            if not kept or failing:
+                # Announcements and withdrawals made while the database was away were lost.
                 self._reannounce()
+                failing = False

@@ -327,7 +327,7 @@ class RouterServer:
         elif message.kind == MESSAGE_DISCONNECT:
             log.info("Host session %d reconnected through another router; disconnecting this copy",
                      message.session_id)
-            session.host_ids.clear()  # its IDs belong to the new session now: withdraw nothing
+            # Closing withdraws only this router's presence rows: the new holder's stay.
             self.loop.call_soon(conn.close, "the host reconnected through another router")
 
     def cluster_status(self) -> dict[str, Any]:

@@ -159,13 +159,13 @@ class RouterCore:
             return None
 
     def reannounce(self) -> None:
-        """Put every local host back into the cluster's presence (after our row had been removed)."""
-        for session in list(self.sessions.values()):
-            if session.kind is SessionKind.HOST and session.host_ids:
-                try:
-                    self.presence.announce(session.session_id, session.address, list(session.host_ids))
-                except DatabaseError as exc:
-                    log.error("Host session %d: %s", session.session_id, exc)
+        """Make the cluster's presence match our host sessions again (after the database was away)."""
+        held = [(s.session_id, s.address, list(s.host_ids)) for s in self.sessions.values()
+                if s.kind is SessionKind.HOST and s.host_ids]
+        try:
+            self.presence.resync(held)
+        except DatabaseError as exc:
+            log.error("Cannot restore this router's hosts in the cluster: %s", exc)
 
     def host_session(self, host_id: int) -> RouterSession | None:
         session_id = self._host_index.get(host_id)

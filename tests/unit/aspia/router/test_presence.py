@@ -69,3 +69,19 @@ def test_malformed_messages_decode_to_none() -> None:
     assert decode_message(1, "not base64!") is None
     assert decode_message(1, "AAAA") is None  # shorter than the header
     assert decode_message(3, encode_message(RemoteMessage(3, 2, 7))) == RemoteMessage(3, 2, 7)
+
+
+def test_resync_replaces_our_rows_but_leaves_ids_another_router_took(postgres_url: str) -> None:
+    with PostgresStorage.open(postgres_url) as db:
+        assert isinstance(db, PostgresStorage)
+        a, b = PostgresPresence(db, "a:1"), PostgresPresence(db, "b:1")
+        a.register()
+        b.register()
+        a.announce(1, "10.0.0.1", [5, 6])
+        a.announce(2, "10.0.0.2", [7])  # session 2 closed while the database was away: a stale row
+        b.announce(9, "10.0.0.9", [6])  # host of ID 6 reconnected at B meanwhile
+        a.resync([(1, "10.0.0.1", [5, 6]), (3, "10.0.0.3", [8])])
+        assert b.locate(5) == RemoteSession(a.router_id, 1, "10.0.0.1")
+        assert a.locate(6) == RemoteSession(b.router_id, 9, "10.0.0.9")  # not taken back
+        assert b.locate(7) is None  # the stale row is gone
+        assert b.locate(8) == RemoteSession(a.router_id, 3, "10.0.0.3")

@@ -99,6 +99,9 @@ class NoCluster:
     def locate(self, host_id: int) -> RemoteSession | None:
         return None
 
+    def resync(self, held: list[tuple[int, str, list[int]]]) -> None:
+        return None
+
 
 class PostgresPresence(NoCluster):
     """This router's row in ``routers`` and its hosts in ``presence``."""
@@ -177,6 +180,22 @@ class PostgresPresence(NoCluster):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise DatabaseError(f"cluster: cannot announce hosts {host_ids}: {exc}") from None
         return [RemoteSession(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+    def resync(self, held: list[tuple[int, str, list[int]]]) -> None:
+        """Replace our presence rows by ``held`` (session, address, host IDs), in one transaction.
+
+        For after the database was away: announcements and withdrawals made meanwhile were lost.
+        IDs another router holds now stay with it (that host reconnected there meanwhile).
+        """
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("DELETE FROM presence WHERE router_id = %s", (self.router_id,))
+                conn.cursor().executemany(
+                    "INSERT INTO presence (host_id, router_id, session_id, address) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (host_id) DO NOTHING",
+                    [(h, self.router_id, session, address) for session, address, ids in held for h in ids])
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise DatabaseError(f"cluster: cannot restore presence: {exc}") from None
 
     def withdraw(self, session_id: int, host_ids: list[int]) -> None:
         if host_ids:
