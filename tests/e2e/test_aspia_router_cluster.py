@@ -173,3 +173,34 @@ def test_a_relay_with_two_routers_splits_its_keys_and_moves_them_when_one_dies(
         host.close()
     finally:
         assert relay.stop() == 0, relay.log()
+
+
+def test_status_and_disconnect_reach_relayed_sessions_at_other_routers(cluster: list[Router]) -> None:
+    from natrelay.aspia.messages import make_envelope
+    from natrelay.aspia.proto import router_common_pb2
+    from tests.e2e.aspia_env import run_tool
+
+    a, b, _c = cluster
+    relay = register_relay(b, 2)
+    conn = router_common_pb2.PeerConnection(session_id=7, status=1, client_address="10.0.0.2",
+                                            client_user_name="bob", host_address="10.0.0.3", host_id=4,
+                                            bytes_transferred=12345, duration=60, idle_time=3)
+    relay.send(make_envelope(router_relay_pb2.RelayToRouter, "relay_stat",
+                             router_relay_pb2.RelayStat(peer_connection=[conn], uptime=100)))
+
+    def listed_at_a() -> list[str]:
+        rows = [r for r in a.status()["cluster"] if not r["this"]]
+        return [f"{r['id']}/{s['id']}" for r in rows for s in r.get("sessions", [])]
+
+    wait_for(lambda: len(listed_at_a()) == 1, LEASE * 3, "B's relayed session in A's status")
+    [ident] = listed_at_a()
+    table = run_tool("aspia_router", *a.setup.args(), "--status").stdout
+    assert "Relayed sessions at the other routers (1" in table and ident in table and "12345" in table
+    done = run_tool("aspia_router", *a.setup.args(), "--disconnect", ident)
+    assert done.returncode == 0 and "sent to router" in done.stdout, done.stderr
+    request = relay.receive(router_relay_pb2.RouterToRelay).peer_connection_request
+    assert request.peer_session_id == 7
+    router_id = ident.split("/")[0]
+    wrong = run_tool("aspia_router", *a.setup.args(), "--disconnect", f"{router_id}/9.9")
+    assert wrong.returncode == 1 and "lists no relayed session" in wrong.stderr
+    relay.close()

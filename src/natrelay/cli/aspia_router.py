@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--list-users", action="store_true", help="list router accounts")
     cmd.add_argument("--status", action="store_true",
                      help="show relays and relayed sessions of the running router")
-    cmd.add_argument("--disconnect", metavar="ID", help="end a relayed session (ID as --status shows it)")
+    cmd.add_argument("--disconnect", metavar="ID", help="end a relayed session (ID as --status shows it; "
+                     "ROUTER/ID for one at another router of a cluster)")
     cmd.add_argument("--migrate-db", nargs=2, metavar=("FROM", "TO"),
                      help="copy an SQLite router database (ours or the original's router.db3) into an "
                      "empty PostgreSQL database given as a postgresql:// URL")
@@ -292,6 +293,14 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  {r['id']:>4}  {r['address']:<28} {r.get('hosts', '-'):>6} "
                          f"{r.get('clients', '-'):>7} {r.get('relays', '-'):>6} {r.get('pool_size', '-'):>6} "
                          f"{state}")
+        others = [(r, s) for r in routers if r["alive"] and not r.get("this") for s in r.get("sessions", [])]
+        if others:
+            lines.append(f"Relayed sessions at the other routers ({len(others)}; end one with --disconnect "
+                         "ROUTER/ID)")
+            for r, s in others:
+                ident = f"{r['id']}/{s['id']}"
+                lines.append(f"  {ident:<10} {s['host_id']:>8}  {s['client_address']:<22} "
+                             f"{s['host_address']:<22} {s['user']:<16} {s['bytes']:>12}")
     return "\n".join(lines)
 
 
@@ -304,7 +313,9 @@ def query(args: argparse.Namespace, paths: _Paths) -> int:
         return fail(str(exc))
     if not answer.get("ok"):
         return fail(str(answer.get("error", "the router refused the request")))
-    if args.disconnect is not None:
+    if args.disconnect is not None and "forwarded" in answer:
+        print(f"Disconnect of session {args.disconnect} sent to router {answer['forwarded']}.")
+    elif args.disconnect is not None:
         print(f"Disconnect of session {args.disconnect} sent to its relay.")
     elif args.json:
         print(json.dumps(answer["status"], indent=2))

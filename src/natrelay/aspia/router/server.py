@@ -39,8 +39,10 @@ from natrelay.aspia.router.cluster_link import ClusterLink
 from natrelay.aspia.router.sessions import Actions, SessionKind
 from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 from natrelay.aspia.router.storage.presence import (
+    MAX_PUBLISHED_SESSIONS,
     MESSAGE_DELIVER,
     MESSAGE_DISCONNECT,
+    MESSAGE_DISCONNECT_RELAYED,
     PostgresPresence,
     RemoteMessage,
 )
@@ -314,7 +316,13 @@ class RouterServer:
                 self.loop.call_soon(conn.close, "disconnected by the router")
 
     def deliver_remote(self, message: RemoteMessage) -> None:
-        """A message another router of the cluster sent to one of our host sessions."""
+        """A message another router of the cluster sent to one of our host sessions (or relays)."""
+        if message.kind == MESSAGE_DISCONNECT_RELAYED:
+            ident = message.payload.decode(errors="replace")
+            actions, error = self.core.disconnect_relayed(ident)
+            log.info("Disconnect of relayed session %s asked by another router: %s", ident, error or "sent")
+            self.apply(actions)
+            return
         conn = self.connections.get(message.session_id)
         session = self.core.sessions.get(message.session_id)
         if conn is None or session is None or session.kind is not SessionKind.HOST:
@@ -333,9 +341,11 @@ class RouterServer:
     def cluster_status(self) -> dict[str, Any]:
         """What this router publishes with each lease renewal, for ``--status`` anywhere in the cluster."""
         kinds = [s.kind for s in self.core.sessions.values()]
+        relayed = self.core.status(self.wall_time())["sessions"]
         return {"hosts": kinds.count(SessionKind.HOST), "clients": kinds.count(SessionKind.CLIENT),
                 "relays": kinds.count(SessionKind.RELAY), "pool_size": self.core.pool.total,
-                "keys_handed_out": self.core.pool.taken_total}
+                "keys_handed_out": self.core.pool.taken_total, "relayed": len(relayed),
+                "sessions": relayed[:MAX_PUBLISHED_SESSIONS]}
 
     async def start(self) -> None:
         config = self.options.config
@@ -377,12 +387,34 @@ class RouterServer:
                     status["cluster_error"] = str(exc)
             return {"ok": True, "status": status}
         if command == "disconnect":
-            actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
+            ident = str(request.get("id", ""))
+            router_text, slash, local = ident.partition("/")
+            if slash and self.cluster is not None and router_text.isdigit() \
+                    and int(router_text) != self.cluster.presence.router_id:
+                return self._forward_disconnect(int(router_text), local)
+            actions, error = self.core.disconnect_relayed(local if slash else ident)
             if error is not None:
                 return {"ok": False, "error": error}
             self.apply(actions)
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def _forward_disconnect(self, router_id: int, local: str) -> dict[str, Any]:
+        """``--disconnect ROUTER/RELAY.PEER`` for a session another router of the cluster lists."""
+        assert self.cluster is not None
+        try:
+            routers = {r["id"]: r for r in self.cluster.presence.routers()}
+        except DatabaseError as exc:
+            return {"ok": False, "error": str(exc)}
+        target = routers.get(router_id)
+        if target is None or not target["alive"]:
+            return {"ok": False,
+                    "error": f"router {router_id} is not a live router of this cluster (see --status)"}
+        if not any(s.get("id") == local for s in target.get("sessions", [])):
+            return {"ok": False,
+                    "error": f"router {router_id} lists no relayed session {local} (see --status)"}
+        self.cluster.send(RemoteMessage(router_id, MESSAGE_DISCONNECT_RELAYED, 0, local.encode()))
+        return {"ok": True, "forwarded": router_id}
 
     async def close(self) -> None:
         if self._server is not None:

@@ -45,6 +45,10 @@ MESSAGE_DELIVER: Final = 1
 """Deliver the payload to the named session (a host's ConnectionOffer)."""
 MESSAGE_DISCONNECT: Final = 2
 """Disconnect the named session (a stale copy of a host that reconnected elsewhere)."""
+MESSAGE_DISCONNECT_RELAYED: Final = 3
+"""End a relayed session ``RELAY.PEER`` (payload, as that router's --status names it)."""
+MAX_PUBLISHED_SESSIONS: Final = 200
+"""Relayed sessions a router lists in its published status (the rest only counted)."""
 _HEADER = struct.Struct(">BQ")
 
 
