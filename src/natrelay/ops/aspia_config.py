@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
+from natrelay.ops.addresses import AddressError, parse_host_port
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
     SettingsDocument,
@@ -58,6 +59,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"[0-9A-Fa-f]*")
+DATABASE_URL_SCHEMES: Final = ("postgresql://", "postgres://")
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -240,6 +242,24 @@ class _Reader:
             return ()
         return tuple(_plain_ip(ip) for _, ip in parsed if ip is not None)
 
+    def host_port_list(self, key: str) -> tuple[tuple[str, int], ...]:
+        entries = [e.strip(" \t\r\n\f\v") for e in self._raw(key).split(";")]
+        parsed: list[tuple[str, int]] = []
+        for entry in (e for e in entries if e):
+            try:
+                parsed.append(parse_host_port(entry, what=key))
+            except AddressError as exc:
+                self._fail(key, str(exc))
+                return ()
+        return tuple(parsed)
+
+    def database(self, key: str) -> str:
+        raw = self._raw(key)
+        if raw and not raw.startswith(DATABASE_URL_SCHEMES) and not os.path.isabs(raw):
+            self._fail(key, f"{raw!r} is neither a postgresql:// URL nor an absolute path")
+            return ""
+        return raw
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -383,6 +403,8 @@ _RELAY_FIELDS: Final = (
     FieldInfo("StatisticsEnabled", "true or false (or 1 or 0); default false"),
     FieldInfo("StatisticsInterval", "seconds, an integer from 1 to 3600; default 5"),
     *(FieldInfo(g.key, g.allowed) for g in _RELAY_GUARD),
+    FieldInfo("RouterAddresses", "empty, or further routers of the same cluster as HOST:PORT separated by "
+                                 "';' (the relay splits its keys between them and RouterAddress)"),
 )
 
 
@@ -410,10 +432,17 @@ class RelayConfig(_SettingsFile):
     max_session_duration: int = 1440
     max_connections: int = 10_000
     max_connections_per_ip: int = 256
+    router_addresses: tuple[tuple[str, int], ...] = ()
+    """Not in the original's relay.json; written only when set."""
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
     FIELDS: ClassVar[tuple[FieldInfo, ...]] = _RELAY_FIELDS
+
+    @property
+    def routers(self) -> tuple[tuple[str, int], ...]:
+        """RouterAddress:RouterPort first, then RouterAddresses."""
+        return ((self.router_address, self.router_port), *self.router_addresses)
 
     @classmethod
     def _from_reader(cls, reader: _Reader) -> Self:
@@ -429,6 +458,7 @@ class RelayConfig(_SettingsFile):
             statistics_enabled=reader.boolean("StatisticsEnabled", False),
             statistics_interval=reader.uint("StatisticsInterval", 5, 1, 3600),
             **{g.attr: reader.uint(g.key, g.default, g.low, g.high) for g in _RELAY_GUARD},
+            router_addresses=reader.host_port_list("RouterAddresses"),
         )
 
     def to_settings(self) -> dict[str, str]:
@@ -446,7 +476,9 @@ class RelayConfig(_SettingsFile):
             "RouterPublicKey": self.router_public_key.hex().upper(),
             "StatisticsEnabled": "true" if self.statistics_enabled else "false",
             "StatisticsInterval": str(self.statistics_interval),
-        }
+        } | ({"RouterAddresses": ";".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                                          for h, p in self.router_addresses)}
+             if self.router_addresses else {})
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"
@@ -495,7 +527,11 @@ _ROUTER_FIELDS: Final = _ROUTER_ORIGINAL_FIELDS + tuple(
     for key, _attr, default, low, high, what in ROUTER_GUARD_FIELDS
 ) + (FieldInfo("RelayAllowAnyAddress", "true or false (or 1 or 0); default false: with an empty "
                "RelayWhiteList only relays on this machine (loopback) may register; true: any "
-               "address, as the original does"),)
+               "address, as the original does"),
+    FieldInfo("Database", "empty (router.db3 in the data directory), a postgresql://user:password@host:port/"
+                          "dbname URL (routers sharing it form a cluster), or the absolute path of an SQLite "
+                          "database"),
+)
 
 
 @dataclass(frozen=True)
@@ -527,6 +563,9 @@ class RouterConfig(_SettingsFile):
     host_requests_per_minute: int = 120
     host_id_requests_per_minute: int = 10
     unused_host_id_days: int = 7
+    database: str = field(default="", repr=False)
+    """Not in the original's router.json; written only when set. Kept out of ``repr``: it may hold
+    a password."""
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -546,10 +585,12 @@ class RouterConfig(_SettingsFile):
             admin_white_list=reader.ip_list("AdminWhiteList"),
             relay_white_list=reader.ip_list("RelayWhiteList"),
             relay_any_address=reader.boolean("RelayAllowAnyAddress", False),
+            database=reader.database("Database"),
         ), **guard)
 
     def to_settings(self) -> dict[str, str]:
-        return {
+        extra = {"Database": self.database} if self.database else {}
+        return extra | {
             "AdminWhiteList": _ip_list_text(self.admin_white_list),
             "ClientWhiteList": _ip_list_text(self.client_white_list),
             "HostWhiteList": _ip_list_text(self.host_white_list),
