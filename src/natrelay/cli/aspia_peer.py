@@ -77,7 +77,9 @@ def add_parser(sub: Any) -> None:
 
 
 def _router_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", required=True, metavar="HOST:PORT", help="the Aspia router")
+    p.add_argument("--router", required=True, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="the Aspia router; further routers of the same cluster after commas are tried in "
+                        "turn when the current one cannot be reached")
     p.add_argument("--router-key", required=True, metavar="HEX",
                    help="the router's public key: the 64 hex digits of its router.pub")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -106,6 +108,12 @@ def parse_router_key(text: str) -> bytes:
     return key
 
 
+def parse_routers(text: str) -> tuple[tuple[str, int], tuple[tuple[str, int], ...]]:
+    """``--router A[,B...]``: the first router, and the cluster's others as fallbacks in order."""
+    first, *rest = (parse_host_port(part, what="--router") for part in text.split(","))
+    return first, tuple(rest)
+
+
 def parse_host_id(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 1 << 64:
         raise ValueError(f"--host-id must be a host ID as the host printed it (1 .. 2^64-1), got {text!r}")
@@ -130,8 +138,9 @@ def host_command(args: argparse.Namespace) -> int:
             users.extend(read_users_file(args.users_file))
         if not users:
             raise UsersError("define the host's users: --user NAME --password-file F, or --users-file F")
+        routers = parse_routers(args.router)
         settings = HostSettings(
-            router=parse_host_port(args.router, what="--router"),
+            router=routers[0], fallback_routers=routers[1],
             router_key=parse_router_key(args.router_key),
             expose=parse_host_port(args.expose, what="--expose"),
             state_path=args.state or default_state_path(),
@@ -155,8 +164,9 @@ def client_command(args: argparse.Namespace) -> int:
     try:
         password = read_password_file(args.password_file)
         host_password = read_password_file(args.host_password_file) if args.host_password_file else password
+        routers = parse_routers(args.router)
         settings = ClientSettings(
-            router=parse_host_port(args.router, what="--router"),
+            router=routers[0], fallback_routers=routers[1],
             router_key=parse_router_key(args.router_key),
             account=Credentials(args.user, password), host_id=parse_host_id(args.host_id),
             host_account=Credentials(args.host_user or args.user, host_password),
