@@ -251,7 +251,7 @@ def migrate_db(source: str, target: str) -> int:
     try:
         with RouterDatabase.open(Path(source), read_only=True) as old, PostgresStorage.open(target) as new:
             assert isinstance(new, PostgresStorage)
-            users, hosts = new.import_all(old.list_users(), old.iter_hosts())
+            users, hosts = new.import_all(old.list_users(), old.iter_hosts(), old.host_activity())
     except DatabaseError as exc:
         return fail(str(exc))
     print(f"Copied {users} users and {hosts} host IDs from {source} to {redact(target)}.")

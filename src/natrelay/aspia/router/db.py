@@ -21,6 +21,7 @@ from typing import Final
 from natrelay.aspia.router.storage.base import (
     MAX_NAME_LENGTH,
     DatabaseError,
+    HostActivity,
     RouterStorage,
     StoredHost,
     StoredUser,
@@ -212,6 +213,20 @@ class RouterDatabase(RouterStorage):
         for host_id, key in rows:
             if isinstance(host_id, int) and host_id > 0 and isinstance(key, bytes) and key:
                 yield StoredHost(host_id, key)
+
+    def host_activity(self) -> list[HostActivity]:
+        """The issue records; none in a file only the original has written (no such table)."""
+        try:
+            rows = self._conn.execute(
+                'SELECT "id","issued","used" FROM host_activity ORDER BY "id"').fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise DatabaseError(f"cannot list host activity: {exc}") from None
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot list host activity: {exc}") from None
+        return [HostActivity(i, float(issued), bool(used)) for i, issued, used in rows
+                if isinstance(i, int) and isinstance(issued, int | float) and isinstance(used, int)]
 
     def touch_host(self, host_id: int, now: float, *, new: bool) -> bool:
         """Record that host ``host_id`` was just issued (``new``) or presented again (used).

@@ -12,6 +12,7 @@ import pytest
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.storage.base import (
     DatabaseError,
+    HostActivity,
     RouterStorage,
     StoredHost,
     StoredUser,
@@ -160,6 +161,8 @@ def test_host_ids_issued_and_never_used_again_expire(db: RouterStorage) -> None:
     assert db.find_host(b"u" * 64) is None
     assert [h.host_id for h in db.iter_hosts()] == [used, fresh, original]
     assert db.expire_unused_hosts(5 * day) == 0  # its record went with it
+    # The expired ID's record went with it; the original's ID never had one.
+    assert db.host_activity() == [HostActivity(used, 0.0, True), HostActivity(fresh, 6 * day, False)]
     assert db.expire_unused_hosts(7 * day) == 1 and db.find_host(b"f" * 64) is None
     assert db.find_host(b"d" * 64) == used and db.find_host(b"o" * 64) == original
 

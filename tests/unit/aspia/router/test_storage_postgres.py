@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from natrelay.aspia.router.storage.base import DatabaseError, StoredHost, StoredUser
+from natrelay.aspia.router.storage.base import DatabaseError, HostActivity, StoredHost, StoredUser
 from natrelay.aspia.router.storage.migrations import MIGRATIONS
 from natrelay.aspia.router.storage.postgres import PostgresStorage, redact
 from tests.postgres_server import PostgresServer, _free_port
@@ -117,3 +117,13 @@ def test_import_keeps_ids_and_continues_the_sequences_after_them(postgres_url: s
         with pytest.raises(DatabaseError, match="is not empty"):
             db.import_all([], [StoredHost(2000, b"w" * 64)])
         assert db.find_host(b"w" * 64) is None
+
+
+def test_import_copies_the_issue_records_of_the_hosts_it_copies(postgres_url: str) -> None:
+    hosts = [StoredHost(3, b"x" * 64), StoredHost(4, b"y" * 64)]
+    records = [HostActivity(3, 10.0, False), HostActivity(4, 10.0, True), HostActivity(8, 10.0, False)]
+    with PostgresStorage.open(postgres_url) as db:
+        assert isinstance(db, PostgresStorage)
+        assert db.import_all([], hosts, records) == (0, 2)
+        assert db.host_activity() == records[:2]  # host 8 was not copied (a broken row): no record
+        assert db.expire_unused_hosts(20.0) == 1 and list(db.iter_hosts()) == [hosts[1]]

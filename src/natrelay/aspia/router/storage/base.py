@@ -72,6 +72,15 @@ class StoredHost:
     key_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class HostActivity:
+    """One ``host_activity`` row: when a host ID was issued and whether it was presented again."""
+
+    host_id: int
+    issued: float
+    used: bool
+
+
 def i32(value: int) -> int:
     """``sessions``/``flags`` are stored as 32-bit signed integers, as the C++ side writes them."""
     value &= 0xFFFFFFFF
@@ -163,9 +172,13 @@ class RouterStorage(abc.ABC):
         """Delete host IDs issued before ``issued_before`` and never presented again; how many.
 
         Issue 8: anonymous host-ID requests would otherwise grow the table without limit. IDs
-        with no issue record (written by the original router, or copied by ``--migrate-db``)
-        never expire. :class:`DatabaseError` on failure, with nothing deleted.
+        with no issue record (issued by the original router) never expire.
+        :class:`DatabaseError` on failure, with nothing deleted.
         """
+
+    @abc.abstractmethod
+    def host_activity(self) -> list[HostActivity]:
+        """Every issue record, in ID order (for copying a database; not used while serving)."""
 
     def __enter__(self) -> RouterStorage:
         return self

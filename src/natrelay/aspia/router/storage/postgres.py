@@ -26,6 +26,7 @@ import psycopg_pool
 
 from natrelay.aspia.router.storage.base import (
     DatabaseError,
+    HostActivity,
     RouterStorage,
     StoredHost,
     StoredUser,
@@ -209,6 +210,11 @@ class PostgresStorage(RouterStorage):
             return False
         return True
 
+    def host_activity(self) -> list[HostActivity]:
+        rows = self._fetch("cannot list host activity",
+                           "SELECT id, issued, used FROM host_activity ORDER BY id")
+        return [HostActivity(int(i), float(issued), bool(used)) for i, issued, used in rows]
+
     def expire_unused_hosts(self, issued_before: float) -> int:
         # One statement, so atomic; host_activity rows go with their hosts (ON DELETE CASCADE).
         # A host online at any router of the cluster (a presence row) is in use, whichever
@@ -243,8 +249,12 @@ class PostgresStorage(RouterStorage):
         except psycopg.Error as exc:
             raise DatabaseError(f"{self._where}: cannot create the accounts: {_first_line(exc)}") from None
 
-    def import_all(self, users: Iterable[StoredUser], hosts: Iterable[StoredHost]) -> tuple[int, int]:
+    def import_all(self, users: Iterable[StoredUser], hosts: Iterable[StoredHost],
+                   activity: Iterable[HostActivity] = ()) -> tuple[int, int]:
         """Copy users and hosts with their IDs into an empty database, in one transaction.
+
+        ``activity`` (the issue records of unused-ID expiry) is copied for the hosts copied, so
+        IDs that were due to expire still do; records of hosts not copied are left behind.
 
         The identity sequences then continue after the highest copied ID, so no host ID of the
         old database is ever handed out again. Returns (users, hosts) copied.
@@ -265,10 +275,16 @@ class PostgresStorage(RouterStorage):
                                     (user.entry_id, user.name, user.group, user.salt, user.verifier,
                                      i32(user.sessions), i32(user.flags)))
                         n_users += 1
+                    copied: set[int] = set()
                     with cur.copy("COPY hosts (id, key) FROM STDIN") as copy:
                         for host in hosts:
                             copy.write_row((host.host_id, host.key_hash))
-                            n_hosts += 1
+                            copied.add(host.host_id)
+                    n_hosts = len(copied)
+                    with cur.copy("COPY host_activity (id, issued, used) FROM STDIN") as copy:
+                        for record in activity:
+                            if record.host_id in copied:
+                                copy.write_row((record.host_id, record.issued, record.used))
                     for table in ("users", "hosts"):
                         cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                     f"(SELECT COALESCE(max(id), 0) + 1 FROM {table}), false)")
