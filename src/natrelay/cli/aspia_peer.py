@@ -13,7 +13,12 @@ from typing import Any
 from natrelay.aspia.crypto import usable_public_key
 from natrelay.aspia.peer.client import AspiaClient, ClientSettings
 from natrelay.aspia.peer.host import HOST_RETRY_INTERVAL, AspiaHost, HostSettings
-from natrelay.aspia.peer.relay_link import PeerError
+from natrelay.aspia.peer.relay_link import (
+    PEER_KEEPALIVE_INTERVAL,
+    PEER_KEEPALIVE_TIMEOUT,
+    KeepAliveTiming,
+    PeerError,
+)
 from natrelay.aspia.peer.state import StateError, default_state_path
 from natrelay.aspia.peer.users import (
     Credentials,
@@ -72,12 +77,20 @@ def add_parser(sub: Any) -> None:
 
 
 def _router_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--router", required=True, metavar="HOST:PORT", help="the Aspia router")
+    p.add_argument("--router", required=True, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="the Aspia router; further routers of the same cluster after commas are tried in "
+                        "turn when the current one cannot be reached")
     p.add_argument("--router-key", required=True, metavar="HEX",
                    help="the router's public key: the 64 hex digits of its router.pub")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="limit for reaching the router or a relay (default %(default)s)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    p.add_argument("--keepalive", type=float, default=PEER_KEEPALIVE_INTERVAL, metavar="SECONDS",
+                   help="ping the router and relays this often, so NATs keep the connections (15..300, "
+                        "default %(default)s)")
+    p.add_argument("--keepalive-timeout", type=float, default=PEER_KEEPALIVE_TIMEOUT, metavar="SECONDS",
+                   help="drop a connection whose pong is this late, e.g. after a NAT forgot it (5..60, "
+                        "default %(default)s)")
 
 
 _fail = stdio_mode.fail
@@ -93,6 +106,12 @@ def parse_router_key(text: str) -> bytes:
         raise ValueError(f"--router-key {text!r} is not a usable X25519 public key (all zeros or another "
                          "low-order point); copy it from the router's router.pub")
     return key
+
+
+def parse_routers(text: str) -> tuple[tuple[str, int], tuple[tuple[str, int], ...]]:
+    """``--router A[,B...]``: the first router, and the cluster's others as fallbacks in order."""
+    first, *rest = (parse_host_port(part, what="--router") for part in text.split(","))
+    return first, tuple(rest)
 
 
 def parse_host_id(text: str) -> int:
@@ -119,13 +138,15 @@ def host_command(args: argparse.Namespace) -> int:
             users.extend(read_users_file(args.users_file))
         if not users:
             raise UsersError("define the host's users: --user NAME --password-file F, or --users-file F")
+        routers = parse_routers(args.router)
         settings = HostSettings(
-            router=parse_host_port(args.router, what="--router"),
+            router=routers[0], fallback_routers=routers[1],
             router_key=parse_router_key(args.router_key),
             expose=parse_host_port(args.expose, what="--expose"),
             state_path=args.state or default_state_path(),
             retry_interval=_positive(args.retry_interval, "--retry-interval"),
-            connect_timeout=_positive(args.timeout, "--timeout"))
+            connect_timeout=_positive(args.timeout, "--timeout"),
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
         host = AspiaHost(settings, HostUsers(users), on_host_id=_print_host_id)
     except (ValueError, AddressError, StateError) as exc:
         return _fail(str(exc))
@@ -143,12 +164,14 @@ def client_command(args: argparse.Namespace) -> int:
     try:
         password = read_password_file(args.password_file)
         host_password = read_password_file(args.host_password_file) if args.host_password_file else password
+        routers = parse_routers(args.router)
         settings = ClientSettings(
-            router=parse_host_port(args.router, what="--router"),
+            router=routers[0], fallback_routers=routers[1],
             router_key=parse_router_key(args.router_key),
             account=Credentials(args.user, password), host_id=parse_host_id(args.host_id),
             host_account=Credentials(args.host_user or args.user, host_password),
-            connect_timeout=_positive(args.timeout, "--timeout"))
+            connect_timeout=_positive(args.timeout, "--timeout"),
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
         local = parse_host_port(args.listen, what="--listen") if args.listen else None
     except (ValueError, AddressError) as exc:
         return _fail(str(exc))

@@ -35,6 +35,10 @@ from natrelay.aspia.router.server import (
     remove_stale_socket,
 )
 from natrelay.aspia.router.sessions import SessionKind
+from natrelay.aspia.router.storage.base import RouterStorage
+from natrelay.aspia.router.storage.factory import open_storage, sqlite_path
+from natrelay.aspia.router.storage.postgres import PostgresStorage, is_postgres_url, redact
+from natrelay.aspia.router.storage.presence import DEFAULT_LEASE, PostgresPresence
 from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
@@ -91,7 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--list-users", action="store_true", help="list router accounts")
     cmd.add_argument("--status", action="store_true",
                      help="show relays and relayed sessions of the running router")
-    cmd.add_argument("--disconnect", metavar="ID", help="end a relayed session (ID as --status shows it)")
+    cmd.add_argument("--disconnect", metavar="ID", help="end a relayed session (ID as --status shows it; "
+                     "ROUTER/ID for one at another router of a cluster)")
+    cmd.add_argument("--migrate-db", nargs=2, metavar=("FROM", "TO"),
+                     help="copy an SQLite router database (ours or the original's router.db3) into an "
+                     "empty PostgreSQL database given as a postgresql:// URL")
+    p.add_argument("--database", metavar="URL|PATH",
+                   help="the database instead of router.db3 in the data directory and router.json's "
+                   "Database: a postgresql://user:password@host:port/dbname URL (routers sharing it form "
+                   "a cluster) or the path of an SQLite file")
     p.add_argument("--password-file", type=Path, metavar="F", help="file holding the new user's password")
     p.add_argument("--admin", action="store_true", help="with --add-user: may also administer the router")
     p.add_argument("--json", action="store_true", help="with --status: print JSON")
@@ -105,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-logins-per-ip", type=int, default=DEFAULT_MAX_LOGINS_PER_IP, metavar="N",
                    help="the same, per source address (default %(default)s)")
     add_http_arguments(p, users=False)
+    p.add_argument("--lease", type=float, default=DEFAULT_LEASE, metavar="SECONDS",
+                   help="on PostgreSQL: how long other routers still see this router's hosts after it "
+                   "stops renewing (it renews every third of that; default %(default)s)")
     p.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -124,8 +139,9 @@ class _Paths:
 
 
 # ------------------------------------------------------------------ create
-def create_config(paths: _Paths) -> int:
-    for path in (paths.config, paths.public_key, paths.database):
+def create_config(paths: _Paths, database: str = "") -> int:
+    sqlite_file = sqlite_path(database, paths.database)
+    for path in (paths.config, paths.public_key, *([sqlite_file] if sqlite_file else [])):
         if os.path.lexists(path):
             return fail(f"{path} already exists; refusing to overwrite it (move it away to start afresh)")
     keys = X25519KeyPair.generate()
@@ -135,13 +151,19 @@ def create_config(paths: _Paths) -> int:
     admin = StoredUser("admin", group, salt, verifier, int(SessionKind.ADMIN | SessionKind.CLIENT))
     public_hex = keys.public_bytes.hex().upper()
     created: list[Path] = []
+    pg: PostgresStorage | None = None
     try:
-        RouterDatabase.create(paths.database, [admin])
-        created.append(paths.database)
+        if sqlite_file is not None:
+            RouterDatabase.create(sqlite_file, [admin])
+            created.append(sqlite_file)
+        else:
+            pg = PostgresStorage.open(database)  # connects and migrates; accounts go in last
         write_file_atomically(paths.public_key, public_hex.encode(), exclusive=True, mode=0o644)
         created.append(paths.public_key)
-        RouterConfig(private_key=keys.private_bytes, seed_key=seed).write_new(paths.config)
+        RouterConfig(private_key=keys.private_bytes, seed_key=seed, database=database).write_new(paths.config)
         created.append(paths.config)
+        if pg is not None:
+            pg.create_accounts([admin])
     except (OSError, ConfigError, DatabaseError) as exc:
         for path in created:  # all or nothing: a half-made setup would block the next attempt
             with contextlib.suppress(OSError):
@@ -150,7 +172,11 @@ def create_config(paths: _Paths) -> int:
         if isinstance(exc, FileExistsError):
             text = f"{exc.filename or exc} already exists; refusing to overwrite it"
         return fail(f"configuration not created: {text}")
-    print(f"Configuration created:\n  {paths.config}\n  {paths.public_key}\n  {paths.database}")
+    finally:
+        if pg is not None:
+            pg.close()
+    where = str(sqlite_file) if sqlite_file is not None else redact(database)
+    print(f"Configuration created:\n  {paths.config}\n  {paths.public_key}\n  {where}")
     print("Administrator account (shown only once, change it after the first login):")
     print("  user name: admin")
     print(f"  password: {password}")
@@ -177,9 +203,20 @@ def read_password(args: argparse.Namespace) -> str:
     return text
 
 
+def database_setting(args: argparse.Namespace, paths: _Paths) -> str:
+    """``--database``, else router.json's ``Database`` (if router.json exists), else "" (router.db3)."""
+    if args.database is not None:
+        return str(args.database)
+    if not paths.config.exists():
+        return ""
+    return RouterConfig.load(paths.config).database
+
+
 def manage_users(args: argparse.Namespace, paths: _Paths) -> int:
     try:
-        db = RouterDatabase.open(paths.database)
+        db = open_storage(database_setting(args, paths), paths.database)
+    except ConfigError as exc:
+        return fail("\n".join(exc.lines()), EXIT_CONFIG_ERROR)
     except DatabaseError as exc:
         return fail(str(exc), EXIT_CONFIG_ERROR)
     try:
@@ -212,6 +249,24 @@ def manage_users(args: argparse.Namespace, paths: _Paths) -> int:
         db.close()
 
 
+# ----------------------------------------------------------------- migrate
+def migrate_db(source: str, target: str) -> int:
+    """Copy users and host IDs, with their IDs, from an SQLite database into empty PostgreSQL."""
+    if is_postgres_url(source):
+        return fail("--migrate-db FROM must be an SQLite database file (router.db3)", 2)
+    if not is_postgres_url(target):
+        return fail("--migrate-db TO must be a postgresql:// URL", 2)
+    try:
+        with RouterDatabase.open(Path(source), read_only=True) as old, PostgresStorage.open(target) as new:
+            assert isinstance(new, PostgresStorage)
+            users, hosts = new.import_all(old.list_users(), old.iter_hosts(), old.host_activity())
+    except DatabaseError as exc:
+        return fail(str(exc))
+    print(f"Copied {users} users and {hosts} host IDs from {source} to {redact(target)}.")
+    print("Set Database in router.json (or start with --database) to that URL to use it.")
+    return 0
+
+
 # ------------------------------------------------------------------ status
 def _duration(seconds: Any) -> str:
     if seconds is None:
@@ -241,6 +296,24 @@ def format_status(status: dict[str, Any]) -> str:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(guard["refused"].items()) if v) or "none"
         lines.append(f"Connections {guard['connections']} ({guard['pending']} not authenticated, "
                      f"{guard['logins']} logging in), accepted {guard['accepted']}; refused: {refused}")
+    if "cluster" in status:
+        routers = status["cluster"]
+        lines.append(f"Routers sharing the database ({sum(1 for r in routers if r['alive'])} alive)")
+        lines.append(f"  {'ID':>4}  {'LISTENING ON':<28} {'HOSTS':>6} {'CLIENTS':>7} {'RELAYS':>6} "
+                     f"{'POOL':>6} STATE")
+        for r in routers:
+            state = ("this router" if r.get("this") else "alive") if r["alive"] else "lease expired"
+            lines.append(f"  {r['id']:>4}  {r['address']:<28} {r.get('hosts', '-'):>6} "
+                         f"{r.get('clients', '-'):>7} {r.get('relays', '-'):>6} {r.get('pool_size', '-'):>6} "
+                         f"{state}")
+        others = [(r, s) for r in routers if r["alive"] and not r.get("this") for s in r.get("sessions", [])]
+        if others:
+            lines.append(f"Relayed sessions at the other routers ({len(others)}; end one with --disconnect "
+                         "ROUTER/ID)")
+            for r, s in others:
+                ident = f"{r['id']}/{s['id']}"
+                lines.append(f"  {ident:<10} {s['host_id']:>8}  {s['client_address']:<22} "
+                             f"{s['host_address']:<22} {s['user']:<16} {s['bytes']:>12}")
     return "\n".join(lines)
 
 
@@ -253,7 +326,9 @@ def query(args: argparse.Namespace, paths: _Paths) -> int:
         return fail(str(exc))
     if not answer.get("ok"):
         return fail(str(answer.get("error", "the router refused the request")))
-    if args.disconnect is not None:
+    if args.disconnect is not None and "forwarded" in answer:
+        print(f"Disconnect of session {args.disconnect} sent to router {answer['forwarded']}.")
+    elif args.disconnect is not None:
         print(f"Disconnect of session {args.disconnect} sent to its relay.")
     elif args.json:
         print(json.dumps(answer["status"], indent=2))
@@ -282,21 +357,28 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
         except OSError as exc:
             return fail(f"cannot store the generated SeedKey in {paths.config}: {exc}")
         config = dataclasses.replace(config, seed_key=seed)
+    database = args.database if args.database is not None else config.database
     try:
-        db = RouterDatabase.open(paths.database)
-        remove_stale_socket(paths.socket)
+        db: RouterStorage = open_storage(database, paths.database)
     except DatabaseError as exc:
         log.critical("%s", exc)
         return fail(str(exc), EXIT_CONFIG_ERROR)
+    try:
+        remove_stale_socket(paths.socket)
     except OSError as exc:
+        db.close()
         return fail(str(exc))
+    log.info("Database: %s", db.description)
+    # On PostgreSQL every router is a cluster member: alone, it simply finds no other routers.
+    presence = PostgresPresence(db, "", args.lease) if isinstance(db, PostgresStorage) else None
     public_hex = X25519KeyPair.from_private_bytes(config.private_key).public_bytes.hex().upper()
     options = RouterOptions(config=config, database=paths.database, admin_socket=paths.socket,
                             public_key_hex=public_hex, max_logins=args.max_logins,
-                            max_logins_per_ip=args.max_logins_per_ip)
+                            max_logins_per_ip=args.max_logins_per_ip,
+                            cluster_url=database if presence is not None else "")
 
     async def main(stop: asyncio.Event) -> int:
-        server = RouterServer(options, db)
+        server = RouterServer(options, db, presence)
         try:
             await server.start()
         except OSError as exc:
@@ -327,7 +409,7 @@ def serve(args: argparse.Namespace, paths: _Paths) -> int:
 
 
 async def _start_http(options: HttpOptions | None, server: RouterServer,
-                      db: RouterDatabase) -> HttpServer | None:
+                      db: RouterStorage) -> HttpServer | None:
     """The HTTP surface, its logins checked against this router's administrators."""
     if options is None:
         return None
@@ -340,6 +422,8 @@ async def _start_http(options: HttpOptions | None, server: RouterServer,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    if not 1 <= args.lease <= 3600:
+        return fail("--lease must be between 1 and 3600 seconds", 2)
     if args.max_logins < 1 or args.max_logins_per_ip < 1:
         return fail("--max-logins and --max-logins-per-ip must be at least 1", 2)
     for switch in WINDOWS_ONLY:
@@ -355,7 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     paths = _Paths(args)
     if args.create_config:
-        return create_config(paths)
+        return create_config(paths, args.database or "")
+    if args.migrate_db is not None:
+        return migrate_db(*args.migrate_db)
     if args.add_user is not None or args.remove_user is not None or args.list_users:
         return manage_users(args, paths)
     if args.status or args.disconnect is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from natrelay.cli import stdio_mode
 from natrelay.engine.streams import abort_stream, bridge
+from natrelay.offset import constants as C
 from natrelay.offset.client import OffsetClient, TunnelError
 from natrelay.offset.crypto import Identity
 from natrelay.offset.files import b64url_decode, b64url_encode, read_identity_seed, read_ticket
@@ -57,10 +58,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-i", "--idfile", required=True, help="this node's identity file (stmgr gen-ident)")
     p.add_argument("-r", "--relay", required=True, metavar="TICKET", help="the relay's ticket file")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    p.add_argument("--keepalive", type=float, default=C.HEARTBEAT_INTERVAL, metavar="SECONDS",
+                   help="send a heartbeat after this many idle seconds, so NATs keep the connection "
+                        "(1..%(default)g: relays drop a link silent for 32 s; default %(default)g)")
 
 
 def _client(args: argparse.Namespace) -> OffsetClient:
-    return OffsetClient(Identity(read_identity_seed(args.idfile)), read_ticket(args.relay))
+    if not 1 <= args.keepalive <= C.HEARTBEAT_INTERVAL:
+        raise ValueError(f"--keepalive must be 1..{C.HEARTBEAT_INTERVAL:g} seconds, got {args.keepalive:g}")
+    return OffsetClient(Identity(read_identity_seed(args.idfile)), read_ticket(args.relay),
+                        heartbeat_interval=args.keepalive)
 
 
 def _key(text: str, what: str) -> bytes:

@@ -110,6 +110,31 @@ def split_data(data: bytes | bytearray | memoryview) -> list[bytes]:
     return [encode_data(view[i:i + MAX_CHUNK]) for i in range(0, len(view), MAX_CHUNK)]
 
 
+class TunnelStreamProtocol(asyncio.StreamReaderProtocol):
+    """The application protocol of a tunnel's ``StreamReader``/``StreamWriter`` pair.
+
+    asyncio's ``drain()`` can raise a bare ``ConnectionResetError('Connection lost')`` once the
+    transport is gone (it checks the reader's error first, but only when it saw it in time): a
+    user would then read "Connection lost" where the carrier knew "the relay went away". This
+    keeps the reason the tunnel was lost with and raises that instead.
+    """
+
+    lost: BaseException | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.lost = exc
+        super().connection_lost(exc)
+
+    async def _drain_helper(self) -> None:
+        try:
+            await super()._drain_helper()  # type: ignore[misc]
+        except ConnectionResetError as exc:
+            if self.lost is None or exc is self.lost:
+                raise
+            raise ConnectionResetError(str(self.lost)) from exc
+
+
 class TunnelTransport(asyncio.Transport):
     """An end-to-end tunnel as an asyncio transport (stream semantics, half-close)."""
 

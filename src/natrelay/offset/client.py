@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.streams import abort_stream, describe
-from natrelay.engine.tunnel import StreamEnd, TunnelTransport
+from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol, TunnelTransport
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
 from natrelay.offset.errors import ProtocolError
@@ -179,6 +179,12 @@ class TunnelConnection(RelayLinkClient):
         super().on_closed(reason)
         if self.stream.transport is None and not self.ready.done():
             self.ready.set_exception(self.refusal(reason))
+        if reason == "peer closed the connection" or reason.startswith("connection lost") \
+                or "keepalive" in reason:
+            # Only the relay's socket is visible here: a relay that died and one that closed our
+            # side because the other node died look alike, so the message names both.
+            reason = (f"the relay at {self.client.ticket.address} went away, or "
+                      f"{b64url_encode(self.remote_key)} did ({reason})")
         self.stream.connection_lost(reason)
 
 
@@ -264,7 +270,7 @@ class OffsetClient:
         """A relay connection sending ``init``, carrying a tunnel to ``remote_key``."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-        app = asyncio.StreamReaderProtocol(reader, loop=loop)
+        app = TunnelStreamProtocol(reader, loop=loop)
         proto = await self._dial(lambda: TunnelConnection(self, init, remote_key, app))
         assert isinstance(proto, TunnelConnection)
         tunnel = await proto.ready

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final, Self
 
-from natrelay.ops.addresses import AddressError, parse_listen_address
+from natrelay.ops.addresses import AddressError, parse_host_port, parse_listen_address
 from natrelay.ops.bandwidth import format_rate, parse_rate
 from natrelay.ops.jsonsettings import (
     JsonSettingsError,
@@ -60,6 +60,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _HEX = re.compile(r"[0-9A-Fa-f]*")
+DATABASE_URL_SCHEMES: Final = ("postgresql://", "postgres://")
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
@@ -263,6 +264,24 @@ class _Reader:
             self._fail(key, f"got {raw!r}")
             return 0
 
+    def host_port_list(self, key: str) -> tuple[tuple[str, int], ...]:
+        entries = [e.strip(" \t\r\n\f\v") for e in self._raw(key).split(";")]
+        parsed: list[tuple[str, int]] = []
+        for entry in (e for e in entries if e):
+            try:
+                parsed.append(parse_host_port(entry, what=key))
+            except AddressError as exc:
+                self._fail(key, str(exc))
+                return ()
+        return tuple(parsed)
+
+    def database(self, key: str) -> str:
+        raw = self._raw(key)
+        if raw and not raw.startswith(DATABASE_URL_SCHEMES) and not os.path.isabs(raw):
+            self._fail(key, f"{raw!r} is neither a postgresql:// URL nor an absolute path")
+            return ""
+        return raw
+
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
         for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
@@ -413,6 +432,8 @@ _RELAY_FIELDS: Final = (
     FieldInfo("HttpListen", _HTTP_LISTEN),
     FieldInfo("RateSession", _RATE.format("each session (both directions together)")),
     FieldInfo("RateGlobal", _RATE.format("all sessions together")),
+    FieldInfo("RouterAddresses", "empty, or further routers of the same cluster as HOST:PORT separated by "
+                                 "';' (the relay splits its keys between them and RouterAddress)"),
 )
 
 
@@ -443,10 +464,17 @@ class RelayConfig(_SettingsFile):
     http_listen: str = ""
     rate_session: int = 0
     rate_global: int = 0
+    router_addresses: tuple[tuple[str, int], ...] = ()
+    """Not in the original's relay.json; written only when set."""
 
     FILE_NAME: ClassVar[str] = RELAY_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o644  # no secrets inside; a non-root service user must be able to read it
     FIELDS: ClassVar[tuple[FieldInfo, ...]] = _RELAY_FIELDS
+
+    @property
+    def routers(self) -> tuple[tuple[str, int], ...]:
+        """RouterAddress:RouterPort first, then RouterAddresses."""
+        return ((self.router_address, self.router_port), *self.router_addresses)
 
     @classmethod
     def _from_reader(cls, reader: _Reader) -> Self:
@@ -465,6 +493,7 @@ class RelayConfig(_SettingsFile):
             http_listen=reader.listen("HttpListen"),
             rate_session=reader.rate("RateSession"),
             rate_global=reader.rate("RateGlobal"),
+            router_addresses=reader.host_port_list("RouterAddresses"),
         )
 
     def to_settings(self) -> dict[str, str]:
@@ -488,7 +517,9 @@ class RelayConfig(_SettingsFile):
             "RouterPublicKey": self.router_public_key.hex().upper(),
             "StatisticsEnabled": "true" if self.statistics_enabled else "false",
             "StatisticsInterval": str(self.statistics_interval),
-        }
+        } | ({"RouterAddresses": ";".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                                          for h, p in self.router_addresses)}
+             if self.router_addresses else {})
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"
@@ -538,7 +569,11 @@ _ROUTER_FIELDS: Final = _ROUTER_ORIGINAL_FIELDS + tuple(
     for key, _attr, default, low, high, what in ROUTER_GUARD_FIELDS
 ) + (FieldInfo("RelayAllowAnyAddress", "true or false (or 1 or 0); default false: with an empty "
                "RelayWhiteList only relays on this machine (loopback) may register; true: any "
-               "address, as the original does"),)
+               "address, as the original does"),
+    FieldInfo("Database", "empty (router.db3 in the data directory), a postgresql://user:password@host:port/"
+                          "dbname URL (routers sharing it form a cluster), or the absolute path of an SQLite "
+                          "database"),
+)
 
 
 @dataclass(frozen=True)
@@ -571,6 +606,9 @@ class RouterConfig(_SettingsFile):
     host_id_requests_per_minute: int = 10
     unused_host_id_days: int = 7
     http_listen: str = ""
+    database: str = field(default="", repr=False)
+    """Not in the original's router.json; written only when set. Kept out of ``repr``: it may hold
+    a password."""
 
     FILE_NAME: ClassVar[str] = ROUTER_CONFIG_NAME
     FILE_MODE: ClassVar[int] = 0o600  # holds the private key and the seed key
@@ -591,10 +629,12 @@ class RouterConfig(_SettingsFile):
             relay_white_list=reader.ip_list("RelayWhiteList"),
             relay_any_address=reader.boolean("RelayAllowAnyAddress", False),
             http_listen=reader.listen("HttpListen"),
+            database=reader.database("Database"),
         ), **guard)
 
     def to_settings(self) -> dict[str, str]:
-        return {
+        extra = {"Database": self.database} if self.database else {}
+        return extra | {
             "AdminWhiteList": _ip_list_text(self.admin_white_list),
             "ClientWhiteList": _ip_list_text(self.client_white_list),
             "HostWhiteList": _ip_list_text(self.host_white_list),

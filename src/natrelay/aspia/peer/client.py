@@ -15,8 +15,11 @@ from typing import Any
 
 from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_channel
 from natrelay.aspia.crypto import RandomBytes, default_random
+from natrelay.aspia.errors import ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import (
+    DEFAULT_KEEPALIVE,
+    KeepAliveTiming,
     PeerError,
     RelayTunnel,
     Streams,
@@ -55,6 +58,10 @@ class ClientSettings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     random_bytes: RandomBytes = default_random
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
+    keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
+    """Pings on the router link and on every relayed connection (they keep NAT mappings alive)."""
+    fallback_routers: tuple[tuple[str, int], ...] = ()
+    """Other routers of the same cluster, tried in order when the current one cannot be reached."""
 
 
 def explain_offer_error(error: OfferError, host_id: int) -> str:
@@ -78,6 +85,7 @@ class AspiaClient:
         self._timers: WheelDriver[Any] | None = None
         self._link: ClientRouterLink | None = None
         self._lock = asyncio.Lock()
+        self._router = settings.router
         info = local_info()
         self._router_config = ClientConfig(
             session_type=SESSION_CLIENT, username=settings.account.name, password=settings.account.password,
@@ -95,7 +103,7 @@ class AspiaClient:
 
     @property
     def router_address(self) -> str:
-        return format_address(*self.settings.router)
+        return format_address(*self._router)
 
     async def router(self) -> ClientRouterLink:
         """The authenticated router link, dialled if there is none (raises :class:`PeerError`)."""
@@ -104,25 +112,47 @@ class AspiaClient:
             if link is not None and not link.closing:
                 return link
             s = self.settings
-            made: list[ClientRouterLink] = []
-
-            def factory() -> ClientRouterLink:
-                made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes))
-                return made[-1]
-
+            # The router that served last first, then the others of the cluster in order.
+            order = [self._router, *(r for r in (s.router, *s.fallback_routers) if r != self._router)]
+            errors: list[str] = []
+            for address in order:
+                try:
+                    proto = await self._dial(address)
+                except PeerError as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, ChannelClosedError) and cause.error is not None \
+                            and cause.error.code is ErrorCode.ACCESS_DENIED:
+                        raise  # a wrong password or key is wrong at every router of the cluster
+                    errors.append(str(exc))
+                    continue
+                self._router = address
+                break
+            else:
+                raise PeerError("; ".join(errors))
             where = self.router_address
-            try:
-                proto = await open_channel(*s.router, factory, timeout=s.connect_timeout)
-            except (ChannelClosedError, TimeoutError) as exc:  # before OSError: these are OSErrors too
-                who = s.account.name
-                raise PeerError(describe_router_failure(made[-1], exc, where, who) if made
-                                else f"cannot reach the router at {where}: timed out") from exc
-            except OSError as exc:
-                raise PeerError(f"cannot reach the router at {where}: {exc.strerror or exc}") from exc
-            assert isinstance(proto, ClientRouterLink)
             self._link = proto
             log.info("logged in to the router at %s as %r", where, s.account.name)
             return proto
+
+    async def _dial(self, address: tuple[str, int]) -> ClientRouterLink:
+        s = self.settings
+        made: list[ClientRouterLink] = []
+
+        def factory() -> ClientRouterLink:
+            made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes, s.keepalive))
+            return made[-1]
+
+        where = format_address(*address)
+        try:
+            proto = await open_channel(*address, factory, timeout=s.connect_timeout)
+        except (ChannelClosedError, TimeoutError) as exc:  # before OSError: these are OSErrors too
+            who = s.account.name
+            raise PeerError(describe_router_failure(made[-1], exc, where, who) if made
+                            else f"cannot reach the router at {where}: timed out") from exc
+        except OSError as exc:
+            raise PeerError(f"cannot reach the router at {where}: {exc.strerror or exc}") from exc
+        assert isinstance(proto, ClientRouterLink)
+        return proto
 
     async def connect(self) -> Streams:
         """A new stream to the host's exposed service (raises :class:`PeerError`)."""
@@ -144,7 +174,7 @@ class AspiaClient:
         credentials = offer.credentials
         where = relay_address(credentials)
         proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=False,
-                                        timeout=s.connect_timeout)
+                                        timeout=s.connect_timeout, keepalive=s.keepalive)
         try:
             await proto.wait_established()  # bounded by the relay's pairing and the handshake timer
         except ChannelClosedError as exc:

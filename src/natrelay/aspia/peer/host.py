@@ -22,7 +22,13 @@ from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_chann
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.errors import ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake
-from natrelay.aspia.peer.relay_link import PeerError, open_relay_tunnel, relay_address
+from natrelay.aspia.peer.relay_link import (
+    DEFAULT_KEEPALIVE,
+    KeepAliveTiming,
+    PeerError,
+    open_relay_tunnel,
+    relay_address,
+)
 from natrelay.aspia.peer.router_link import (
     HostRouterLink,
     describe_router_failure,
@@ -64,6 +70,15 @@ class HostSettings:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     random_bytes: RandomBytes = default_random
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
+    keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
+    """Pings on the router link and on every relayed session (they keep NAT mappings alive)."""
+    fallback_routers: tuple[tuple[str, int], ...] = ()
+    """Other routers of the same cluster (same key, same database), tried in turn when the
+    current one is lost or unreachable; the wait of ``retry_interval`` comes after a whole round."""
+
+    @property
+    def routers(self) -> tuple[tuple[str, int], ...]:
+        return (self.router, *self.fallback_routers)
 
 
 class AspiaHost:
@@ -81,6 +96,9 @@ class AspiaHost:
         self._tasks: set[asyncio.Task[None]] = set()
         self._link: HostRouterLink | None = None
         self._pending = 0
+        self._router = settings.router
+        self.router_connections = 0
+        """Router connections established so far (one per successful dial)."""
         # One seed per process: a probed unknown name gets the same fake salt every time (§4.8).
         self._server_config = ServerConfig(users=users.lookup, seed_key=os.urandom(64), info=local_info(),
                                            timeout=settings.handshake_timeout)
@@ -93,20 +111,29 @@ class AspiaHost:
 
     @property
     def router_address(self) -> str:
-        return format_address(*self.settings.router)
+        return format_address(*self._router)
 
     # ------------------------------------------------------------- router loop
     async def run(self, stop: asyncio.Event) -> int:
         """Stay registered until ``stop``; returns 1 on a misconfiguration that retrying cannot fix."""
         s = self.settings
+        routers = s.routers
+        index = failed = 0
         try:
             while not stop.is_set():
+                self._router = routers[index]
+                before = self.router_connections
                 outcome = await self._router_session(stop)
                 if outcome is not None:
                     log.error("%s", outcome)
                     return 1
                 if stop.is_set():
                     break
+                failed = 0 if self.router_connections > before else failed + 1
+                index = (index + 1) % len(routers)
+                if len(routers) > 1 and failed < len(routers):
+                    continue  # another router of the cluster may be up: try it at once
+                failed = 0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), s.retry_interval)
             return 0
@@ -121,11 +148,12 @@ class AspiaHost:
         made: list[HostRouterLink] = []
 
         def factory() -> HostRouterLink:
-            made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes))
+            made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes,
+                                       s.keepalive))
             return made[-1]
 
         try:
-            link = await open_channel(*s.router, factory, timeout=s.connect_timeout)
+            link = await open_channel(*self._router, factory, timeout=s.connect_timeout)
         except (ChannelClosedError, TimeoutError) as exc:  # before OSError: these are OSErrors too
             if not made:  # the TCP connection itself timed out
                 log.warning("cannot reach the router at %s: timed out; retrying in %.0f s", where,
@@ -143,6 +171,7 @@ class AspiaHost:
             return None
         assert isinstance(link, HostRouterLink)
         self._link = link
+        self.router_connections += 1
         log.info("connected to the router at %s", where)
         stopper = asyncio.ensure_future(stop.wait())
         waiters: set[asyncio.Future[Any]] = {stopper, link.closed}
@@ -201,7 +230,7 @@ class AspiaHost:
         where = relay_address(credentials)
         try:
             proto = await open_relay_tunnel(credentials, self._handshake, self.timers, server=True,
-                                            timeout=s.connect_timeout)
+                                            timeout=s.connect_timeout, keepalive=s.keepalive)
             await proto.wait_established()  # the channel's own handshake timer bounds this
         except PeerError as exc:
             log.warning("%s", exc)

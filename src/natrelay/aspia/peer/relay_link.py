@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol
 from natrelay.aspia.errors import ErrorCode
+from natrelay.aspia.framing import KeepAlive
 from natrelay.aspia.handshake import ClientHandshake, ServerHandshake
 from natrelay.aspia.messages import build_peer_to_relay
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver
-from natrelay.engine.tunnel import StreamEnd
+from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -31,6 +33,34 @@ Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 STREAM_LIMIT = 1024 * 1024
 
 HandshakeFactory = Callable[[float], ServerHandshake | ClientHandshake]
+
+PEER_KEEPALIVE_INTERVAL = 20.0
+"""Seconds between our pings on the router and relay connections. The C++ peers ping every 60 s,
+longer than many NATs keep an idle TCP mapping (30 s in the NAT test bed, a few minutes on common
+home routers): a ping every 20 s keeps the mapping of every hop alive, and stays inside the
+15..300 s the C++ components accept for their own setting (they answer pings at any rate)."""
+PEER_KEEPALIVE_TIMEOUT = 15.0
+"""Seconds we wait for a pong. When a NAT forgets a mapping the connection turns into a black
+hole; this bounds how long a host or client keeps using it (interval + timeout at most)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveTiming:
+    """How often a peer pings on its connections, and how long it waits for each pong (§2.4)."""
+
+    interval: float = PEER_KEEPALIVE_INTERVAL
+    timeout: float = PEER_KEEPALIVE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        KeepAlive(self.interval, self.timeout)  # raises ValueError outside what the C++ side accepts
+
+    def channel(self, handshake: ServerHandshake | ClientHandshake, now: float, *,
+                keepalive: bool = True) -> Channel:
+        return Channel(handshake, now=now, keepalive=keepalive, keepalive_interval=self.interval,
+                       keepalive_timeout=self.timeout)
+
+
+DEFAULT_KEEPALIVE = KeepAliveTiming()
 
 
 class PeerError(ConnectionError):
@@ -45,15 +75,16 @@ class RelayTunnel(ChannelProtocol):
     """
 
     def __init__(self, prefix: bytes, make_handshake: HandshakeFactory, timers: WheelDriver[Any], *,
-                 server: bool) -> None:
+                 server: bool, keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE, where: str = "") -> None:
         def make_channel(now: float) -> Channel:
-            return Channel(make_handshake(now), now=now, keepalive=not server)
+            return keepalive.channel(make_handshake(now), now, keepalive=not server)
 
         super().__init__(make_channel, timers)
         self._prefix = prefix
         self._server = server
+        self.where = f" at {where}" if where else ""
         self.reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=self.loop)
-        self.app = asyncio.StreamReaderProtocol(self.reader, loop=self.loop)
+        self.app = TunnelStreamProtocol(self.reader, loop=self.loop)
         self.stream = StreamEnd(self.app)
         self.bytes_from_peer = 0
 
@@ -109,6 +140,11 @@ class RelayTunnel(ChannelProtocol):
         return self.reader, asyncio.StreamWriter(tunnel, self.app, self.reader, self.loop)
 
     def on_closed(self, reason: str) -> None:
+        if reason == "peer closed the connection" or reason.startswith("connection lost") \
+                or "keep-alive" in reason:
+            # The relay's socket is all we see: a relay that died and one that closed our side
+            # because the other peer died look alike, so the message names both.
+            reason = f"the relay{self.where} went away, or the other peer did ({reason})"
         self.stream.connection_lost(reason)
 
 
@@ -136,7 +172,8 @@ def relay_address(credentials: router_common_pb2.RelayCredentials) -> str:
 
 
 async def open_relay_tunnel(credentials: router_common_pb2.RelayCredentials, make_handshake: HandshakeFactory,
-                            timers: WheelDriver[Any], *, server: bool, timeout: float) -> RelayTunnel:
+                            timers: WheelDriver[Any], *, server: bool, timeout: float,
+                            keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> RelayTunnel:
     """Connect to the relay and start the channel; returns before authentication.
 
     Raises :class:`PeerError` if the relay cannot be reached. The caller awaits
@@ -147,7 +184,8 @@ async def open_relay_tunnel(credentials: router_common_pb2.RelayCredentials, mak
     where = relay_address(credentials)
     try:
         _, proto = await asyncio.wait_for(loop.create_connection(
-            lambda: RelayTunnel(prefix, make_handshake, timers, server=server),
+            lambda: RelayTunnel(prefix, make_handshake, timers, server=server, keepalive=keepalive,
+                                where=where),
             credentials.host, credentials.port), timeout)
     except (OSError, TimeoutError) as exc:
         raise PeerError(f"cannot reach the relay at {where}: {exc or 'timed out'}") from exc

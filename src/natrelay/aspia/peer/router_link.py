@@ -23,7 +23,7 @@ from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
 from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify, SessionInfo
-from natrelay.aspia.peer.relay_link import PeerError
+from natrelay.aspia.peer.relay_link import DEFAULT_KEEPALIVE, KeepAliveTiming, PeerError
 from natrelay.aspia.peer.router_session import (
     ClientOffer,
     ClientRouterSession,
@@ -56,9 +56,10 @@ class RouterLink(ChannelProtocol):
     """A peer's router connection: hands decrypted router messages to ``on_router_message``."""
 
     def __init__(self, config: ClientConfig, timers: WheelDriver[Any],
-                 random_bytes: RandomBytes = default_random) -> None:
+                 random_bytes: RandomBytes = default_random,
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
         def make_channel(now: float) -> Channel:
-            return Channel(ClientHandshake(config, now, random_bytes), now=now)
+            return keepalive.channel(ClientHandshake(config, now, random_bytes), now)
 
         super().__init__(make_channel, timers)
         self.bytes_from_router = 0
@@ -76,10 +77,11 @@ class HostRouterLink(RouterLink):
     """The host's router session; events go to the callback in arrival order."""
 
     def __init__(self, router_key: bytes, session: HostRouterSession, timers: WheelDriver[Any],
-                 on_event: Callable[[HostEvent], None], random_bytes: RandomBytes = default_random) -> None:
+                 on_event: Callable[[HostEvent], None], random_bytes: RandomBytes = default_random,
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
         config = ClientConfig(session_type=SESSION_HOST, identify=Identify.ANONYMOUS,
                               server_public_key=router_key, info=local_info())
-        super().__init__(config, timers, random_bytes)
+        super().__init__(config, timers, random_bytes, keepalive)
         self.session = session
         self._on_event = on_event
 
@@ -100,8 +102,9 @@ class ClientRouterLink(RouterLink):
     """The client's router session: ``request`` returns a future for the matching offer."""
 
     def __init__(self, config: ClientConfig, timers: WheelDriver[Any],
-                 random_bytes: RandomBytes = default_random) -> None:
-        super().__init__(config, timers, random_bytes)
+                 random_bytes: RandomBytes = default_random,
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
+        super().__init__(config, timers, random_bytes, keepalive)
         self.session = ClientRouterSession()
         self._waiters: list[asyncio.Future[ClientOffer]] = []
 

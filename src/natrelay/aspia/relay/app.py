@@ -157,12 +157,13 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
         capacity = MAX_POOL_KEYS
     if capacity == 0:
         log.error("MaxPeerCount is 0 in %s: the router gets no keys and no peer can connect", source)
-    pool = KeyPool(capacity, expiry=timers.key_expiry)
-    controller: RouterController | None = None
+    pool = KeyPool(capacity, expiry=timers.key_expiry, links=len(config.routers))
+    controllers: list[RouterController] = []
 
     def announce(keys: list[PoolKey]) -> None:
-        if controller is not None:
-            controller.announce(keys)
+        """Each key to the router link the pool gave it to (one link per router of a cluster)."""
+        for controller in controllers:
+            controller.announce(keys)  # takes only the keys of its own link
 
     listener = PeerListener(pool, listener_config(config, timers, workers), on_keys=announce)
     try:
@@ -181,22 +182,26 @@ async def serve_relay(config: RelayConfig, stop: asyncio.Event, *, source: str =
     log.info("Listening for peers on %s; peers are told to connect to %s:%d; forwarding on %s", shown,
              config.peer_address, config.peer_port,
              f"{workers} thread{'s' if workers != 1 else ''}" if workers else "the main loop")
-    link = RouterLinkConfig(
-        router_host=config.router_address, router_port=config.router_port,
-        router_public_key=config.router_public_key, peer_host=config.peer_address, peer_port=config.peer_port,
-        config_source=source,
-        statistics_interval=float(config.statistics_interval) if config.statistics_enabled else None,
-        reconnect_delay=timers.reconnect, handshake_timeout=timers.handshake,
-        keepalive_interval=timers.keepalive_interval, keepalive_timeout=timers.keepalive_timeout,
-    )
-    controller = RouterController(
-        link, pool, wheel, stats=lambda now: relay_stat(listener.snapshots(), listener.uptime, now),
-        disconnect=listener.disconnect, started_at=listener.started_at,
-    )
+    for number, (router_host, router_port) in enumerate(config.routers):
+        link = RouterLinkConfig(
+            router_host=router_host, router_port=router_port,
+            router_public_key=config.router_public_key, peer_host=config.peer_address,
+            peer_port=config.peer_port, config_source=source,
+            statistics_interval=float(config.statistics_interval) if config.statistics_enabled else None,
+            reconnect_delay=timers.reconnect, handshake_timeout=timers.handshake,
+            keepalive_interval=timers.keepalive_interval, keepalive_timeout=timers.keepalive_timeout,
+        )
+        controllers.append(RouterController(
+            link, pool, wheel, stats=lambda now: relay_stat(listener.snapshots(), listener.uptime, now),
+            disconnect=listener.disconnect, started_at=listener.started_at, link=number, route=announce,
+        ))
+    if len(controllers) > 1:
+        log.info("Registering with %d routers of a cluster; the %d keys are split between them",
+                 len(controllers), capacity)
     if on_ready is not None:
-        on_ready(listener, controller)
+        on_ready(listener, controllers[0])  # the primary router's link (RouterAddress)
     try:
-        await controller.run(stop)
+        await asyncio.gather(*(controller.run(stop) for controller in controllers))
     finally:
         listener.close()
         wheel.close()

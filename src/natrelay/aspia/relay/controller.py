@@ -136,8 +136,13 @@ class RouterController:
 
     def __init__(self, config: RouterLinkConfig, pool: KeyPool, timers: WheelDriver[Any], *,
                  stats: StatsSource | None = None, disconnect: DisconnectHandler | None = None,
-                 started_at: float | None = None) -> None:
+                 started_at: float | None = None, link: int = 0,
+                 route: Callable[[list[PoolKey]], None] | None = None) -> None:
         self.config = config
+        self.link = link
+        """This router link's number in a relay registered with several routers (``RouterAddresses``)."""
+        self.route = route if route is not None else self.announce
+        """Announces new keys through whichever link the pool gave them to."""
         self.pool = pool
         self.timers = timers
         self.stats = stats
@@ -230,6 +235,9 @@ class RouterController:
 
     def _failed(self, message: str) -> None:
         self.last_error = message
+        moved = self.pool.on_disconnected(self.link)  # a router that cannot be reached holds nothing
+        if moved:
+            self.route(moved)
         log.error("%s; retrying in %g s", message, self.config.reconnect_delay)
 
     def _registered(self, proto: _RouterChannel) -> None:
@@ -237,7 +245,7 @@ class RouterController:
         self.channel = proto
         self.connects += 1
         self.batch.clear()
-        keys = self.pool.on_connected()
+        keys = self.pool.on_connected(self.link)
         if config.statistics_interval is not None:
             proto.next_stats = self._next_stats_tick(self.loop.time())
         proto.send_many(key_pool_messages(keys, config.peer_host, config.peer_port))
@@ -251,9 +259,13 @@ class RouterController:
     def _drop(self, reason: str | None) -> None:
         proto, self.channel = self.channel, None
         self.batch.clear()
-        self.pool.on_disconnected()
+        moved = self.pool.on_disconnected(self.link)
         if proto is not None and reason is not None:
             proto.close(reason)
+        if moved:  # this router's capacity goes to the routers left
+            log.info("%d keys of the router at %s moved to the other routers", len(moved),
+                     self.config.router_address)
+            self.route(moved)
 
     def _next_stats_tick(self, now: float) -> float:
         interval = self.config.statistics_interval
@@ -268,6 +280,7 @@ class RouterController:
         They go at once or with the current batch (:class:`AnnounceBatch`).
         """
         proto = self.channel
+        keys = [k for k in keys if self.pool.owner(k.key_id) == self.link]
         if proto is None or not keys:
             return
         waiting = self.batch.next_deadline() is not None
@@ -314,7 +327,7 @@ class RouterController:
         expired, keys = self.pool.expire(now)
         for key_id in expired:
             log.info("Key %d expired unused; announcing a replacement", key_id)
-        self.announce(keys)
+        self.route(keys)
         if proto.next_stats is not None and now >= proto.next_stats:
             if self.stats is not None:
                 proto.send(serialize(self.stats(now)))

@@ -52,10 +52,20 @@ class KeyPool:
     While ``connected`` is False nothing is announced: the router could not receive it (§12 bug
     6), and the next successful (re)authentication announces ``MaxPeerCount - active`` fresh keys
     anyway, which is exactly the capacity a key made now would have stood for.
+
+    A relay registered with several routers of a cluster (``RouterAddresses``) splits the pool
+    between its ``links`` router links, numbered from 0: every key belongs to exactly one link,
+    so no two routers can hand out the same key. A link that connects gets its share of the
+    capacity (split between the links not known to be down), as far as the others left it free;
+    a link that is lost or cannot connect takes its keys along and its capacity goes to the links
+    left at once; every later key (a session ended, a key expired) goes to the connected link
+    holding the fewest, so the split evens out again as keys are used. With one link all of
+    this reduces to the single-router behaviour above.
     """
 
     def __init__(
-        self, max_peer_count: int, *, expiry: float = KEY_EXPIRY, random_bytes: RandomBytes = default_random
+        self, max_peer_count: int, *, expiry: float = KEY_EXPIRY, random_bytes: RandomBytes = default_random,
+        links: int = 1,
     ) -> None:
         if max_peer_count < 0:
             raise ValueError("max_peer_count must not be negative")
@@ -67,7 +77,23 @@ class KeyPool:
         self._heap: list[tuple[float, int]] = []
         self._next_id = 0
         self.active = 0
-        self.connected = False
+        self._owner: dict[int, int] = {}
+        """key ID -> router link holding it."""
+        self.links = max(1, links)
+        """Router links configured; the capacity is split between those not known to be down."""
+        self._links: set[int] = set()
+        self._down: set[int] = set()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._links)
+
+    def owner(self, key_id: int) -> int | None:
+        """The router link a key was announced to."""
+        return self._owner.get(key_id)
+
+    def held_by(self, link: int) -> int:
+        return sum(1 for owner in self._owner.values() if owner == link)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -85,16 +111,29 @@ class KeyPool:
         return len(self._expiring)
 
     # ------------------------------------------------------------- router link
-    def on_connected(self) -> list[PoolKey]:
-        """Authenticated to the router: a fresh pool of ``MaxPeerCount - active`` keys (never negative)."""
-        self._clear()
-        self.connected = True
-        return self._generate(max(0, self.max_peer_count - self.active))
+    def on_connected(self, link: int = 0) -> list[PoolKey]:
+        """Authenticated to a router: fresh keys for it, ``MaxPeerCount - active`` with one router.
 
-    def on_disconnected(self) -> None:
-        """Router link lost (or never made): every key is void, peers holding offers will fail (§7.2)."""
-        self._clear()
-        self.connected = False
+        With several links it gets its fair share of the capacity, as far as the other links
+        have left any free (never negative).
+        """
+        self._clear(link)
+        self._links.add(link)
+        self._down.discard(link)
+        room = max(0, self.max_peer_count - self.active)
+        share = -(-room // max(1, self.links - len(self._down)))
+        return self._generate(max(0, min(share, room - len(self._keys))), link)
+
+    def on_disconnected(self, link: int = 0) -> list[PoolKey]:
+        """Router link lost (or never made): its keys are void, peers holding offers will fail (§7.2).
+
+        Returns replacement keys for the links still connected (their :meth:`owner` says which),
+        so the capacity the lost router held moves to the routers left.
+        """
+        self._clear(link)
+        self._links.discard(link)
+        self._down.add(link)
+        return self._generate(max(0, self.max_peer_count - self.active - len(self._keys)))
 
     def key_used(self, key_id: int, now: float) -> None:
         """The router handed ``key_id`` to a pair of peers: it must pair within ``expiry`` seconds.
@@ -116,6 +155,7 @@ class KeyPool:
         if self._keys.pop(key_id, None) is None:
             return False
         self._expiring.pop(key_id, None)
+        self._owner.pop(key_id, None)
         self.active += 1
         return True
 
@@ -142,22 +182,39 @@ class KeyPool:
             _, key_id = heapq.heappop(heap)
             del self._expiring[key_id]
             del self._keys[key_id]
+            self._owner.pop(key_id, None)
             expired.append(key_id)
         return expired, self._generate(len(expired)) if self.connected else []
 
     # --------------------------------------------------------------- internals
-    def _clear(self) -> None:
-        self._keys.clear()
-        self._expiring.clear()
-        self._heap.clear()
+    def _clear(self, link: int) -> None:
+        """Void the keys of ``link`` (all keys when it is the only link ever used)."""
+        gone = [k for k, owner in self._owner.items() if owner == link]
+        for key_id in gone:
+            del self._keys[key_id]
+            del self._owner[key_id]
+            self._expiring.pop(key_id, None)  # stale heap entries are skipped by next_deadline
+        if not self._keys:
+            self._heap.clear()
 
-    def _generate(self, count: int) -> list[PoolKey]:
+    def _generate(self, count: int, link: int | None = None) -> list[PoolKey]:
+        """``count`` new keys for ``link``, or each for the connected link holding the fewest."""
         keys: list[PoolKey] = []
+        if count <= 0 or not self._links:
+            return keys
+        held = {n: 0 for n in self._links}
+        if link is None:
+            for owner in self._owner.values():
+                if owner in held:
+                    held[owner] += 1
         for _ in range(count):
+            target = link if link is not None else min(held, key=lambda n: (held[n], n))
+            held[target] = held.get(target, 0) + 1
             key = PoolKey(self._next_id, X25519KeyPair.generate(self._random), self._random(IV_SIZE))
             # Process-lifetime counter, not reset on reconnect (§5.1); 32 bits on the wire.
             self._next_id = (self._next_id + 1) & _KEY_ID_MASK
             self._keys[key.key_id] = key
+            self._owner[key.key_id] = target
             keys.append(key)
         return keys
 

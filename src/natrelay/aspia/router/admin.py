@@ -14,8 +14,8 @@ from typing import Any
 
 from natrelay.aspia.messages import ROUTER_FROM_ADMIN, first_present, make_envelope, parse
 from natrelay.aspia.proto import router_admin_pb2, router_common_pb2
-from natrelay.aspia.router.db import DatabaseError, StoredUser, UserExistsError, valid_user_name
 from natrelay.aspia.router.sessions import Actions, RouterCore, RouterSession, SessionKind
+from natrelay.aspia.router.storage.base import DatabaseError, StoredUser, UserExistsError, valid_user_name
 
 log = logging.getLogger("natrelay.aspia.router")
 

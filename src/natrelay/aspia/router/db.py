@@ -1,4 +1,4 @@
-"""The router's SQLite store: user accounts and host IDs (spec §6.9).
+"""The router's SQLite store, the default backend of :class:`RouterStorage` (spec §6.9).
 
 The schema, column order and lookup rules are the original's, so a ``router.db3`` written by
 Aspia 2.7.0 works here and the other way round. Two deliberate differences (spec §12 bug 10):
@@ -14,11 +14,25 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from natrelay.aspia.handshake import USER_FLAG_ENABLED, UserRecord
+from natrelay.aspia.router.storage.base import (
+    MAX_NAME_LENGTH,
+    DatabaseError,
+    HostActivity,
+    RouterStorage,
+    StoredHost,
+    StoredUser,
+    UserExistsError,
+    i32,
+    row_to_user,
+    valid_user_name,
+)
+
+__all__ = ["DB_FILE_MODE", "DB_FILE_NAME", "MAX_NAME_LENGTH", "DatabaseError", "RouterDatabase", "StoredUser",
+           "UserExistsError", "valid_user_name"]
 
 DB_FILE_NAME: Final = "router.db3"
 DB_FILE_MODE: Final = 0o600  # verifiers and host-key hashes: not for other local users
@@ -39,77 +53,36 @@ _ACTIVITY_TABLE: Final = ('CREATE TABLE IF NOT EXISTS "host_activity" ("id" INTE
                           '"issued" REAL NOT NULL, "used" INTEGER NOT NULL DEFAULT 0)')
 _USER_COLUMNS: Final = ("id", "name", "group", "salt", "verifier", "sessions", "flags")
 _HOST_COLUMNS: Final = ("id", "key")
-MAX_NAME_LENGTH: Final = 64
-
-
-class DatabaseError(Exception):
-    """The database is missing, unreadable or not a router database; the message says which."""
-
-
-class UserExistsError(DatabaseError):
-    """An account with that name is already stored."""
-
-
-def valid_user_name(name: str) -> bool:
-    """The router's rule for account names: 1-64 characters, letters, digits or ``. _ - @`` (§6.7)."""
-    return 1 <= len(name) <= MAX_NAME_LENGTH and all(c.isalnum() or c in "._-@" for c in name)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredUser:
-    """One ``users`` row; ``entry_id`` is 0 for a user not stored yet."""
-
-    name: str
-    group: str
-    salt: bytes
-    verifier: bytes
-    sessions: int
-    flags: int = USER_FLAG_ENABLED
-    entry_id: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.flags & USER_FLAG_ENABLED)
-
-    def record(self) -> UserRecord:
-        return UserRecord(self.name, self.group, self.salt, self.verifier, self.sessions, self.flags)
-
-    def complete(self) -> bool:
-        """Whether every field the handshake needs is filled in (the admin protocol's check)."""
-        return bool(self.name and self.group and self.salt and self.verifier)
-
-
-def _row_to_user(row: tuple[object, ...]) -> StoredUser | None:
-    """A row as the C++ router reads it: any wrongly typed or empty column skips the row."""
-    entry_id, name, group, salt, verifier, sessions, flags = row
-    if not (isinstance(entry_id, int) and isinstance(name, str) and isinstance(group, str)
-            and isinstance(salt, bytes) and isinstance(verifier, bytes)
-            and isinstance(sessions, int) and isinstance(flags, int)):
-        return None
-    if not (name and group and salt and verifier):
-        return None
-    return StoredUser(name, group, salt, verifier, sessions & 0xFFFFFFFF, flags & 0xFFFFFFFF, entry_id)
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
     return tuple(str(row[1]) for row in conn.execute(f'PRAGMA table_info("{table}")'))
 
 
-class RouterDatabase:
+class RouterDatabase(RouterStorage):
     """An open ``router.db3``. Every call is one short statement; the router runs them inline."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
 
+    @property
+    def description(self) -> str:
+        return str(self.path)
+
     # ----------------------------------------------------------- open/create
     @classmethod
-    def open(cls, path: Path) -> RouterDatabase:
-        """Open an existing database and check its schema; never creates anything."""
+    def open(cls, path: Path, *, read_only: bool = False) -> RouterDatabase:
+        """Open an existing database and check its schema; never creates anything.
+
+        ``read_only`` (``--migrate-db``'s source) also leaves the file exactly as it was: no
+        ``host_activity`` table is added.
+        """
         if not path.is_file():
             raise DatabaseError(f"{path}: database does not exist; create it with --create-config")
+        mode = "ro" if read_only else "rw"
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None,
+            conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, isolation_level=None,
                                    check_same_thread=False)
         except sqlite3.Error as exc:
             raise DatabaseError(f"{path}: cannot open the database: {exc}") from None
@@ -124,8 +97,9 @@ class RouterDatabase:
                 f"{path}: not a router database (tables 'users' and 'hosts' missing or with other columns)"
             )
         conn.execute("PRAGMA busy_timeout = 2000")
-        with contextlib.suppress(sqlite3.Error):  # a read-only file still serves; nothing expires
-            conn.execute(_ACTIVITY_TABLE)
+        if not read_only:
+            with contextlib.suppress(sqlite3.Error):  # a read-only file still serves; nothing expires
+                conn.execute(_ACTIVITY_TABLE)
         return cls(conn, path)
 
     @classmethod
@@ -170,13 +144,13 @@ class RouterDatabase:
             ).fetchone()
         except sqlite3.Error:
             return None
-        return _row_to_user(tuple(row)) if row is not None else None
+        return row_to_user(tuple(row)) if row is not None else None
 
     def list_users(self) -> list[StoredUser]:
         rows = self._conn.execute(
             'SELECT "id","name","group","salt","verifier","sessions","flags" FROM users ORDER BY id'
         ).fetchall()
-        return [u for u in (_row_to_user(tuple(r)) for r in rows) if u is not None]
+        return [u for u in (row_to_user(tuple(r)) for r in rows) if u is not None]
 
     def add_user(self, user: StoredUser) -> int:
         """Insert and return the new entry ID; :class:`UserExistsError` for a taken name."""
@@ -192,7 +166,7 @@ class RouterDatabase:
         try:
             cur = self._conn.execute(
                 'UPDATE users SET "name"=?,"group"=?,"salt"=?,"verifier"=?,"sessions"=?,"flags"=? WHERE id=?',
-                (user.name, user.group, user.salt, user.verifier, _i32(user.sessions), _i32(user.flags),
+                (user.name, user.group, user.salt, user.verifier, i32(user.sessions), i32(user.flags),
                  user.entry_id),
             )
         except sqlite3.IntegrityError:
@@ -231,6 +205,29 @@ class RouterDatabase:
             return None
         return int(row[0])
 
+    def iter_hosts(self) -> Iterator[StoredHost]:
+        try:
+            rows = self._conn.execute("SELECT id, key FROM hosts ORDER BY id").fetchall()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot list hosts: {exc}") from None
+        for host_id, key in rows:
+            if isinstance(host_id, int) and host_id > 0 and isinstance(key, bytes) and key:
+                yield StoredHost(host_id, key)
+
+    def host_activity(self) -> list[HostActivity]:
+        """The issue records; none in a file only the original has written (no such table)."""
+        try:
+            rows = self._conn.execute(
+                'SELECT "id","issued","used" FROM host_activity ORDER BY "id"').fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise DatabaseError(f"cannot list host activity: {exc}") from None
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot list host activity: {exc}") from None
+        return [HostActivity(i, float(issued), bool(used)) for i, issued, used in rows
+                if isinstance(i, int) and isinstance(issued, int | float) and isinstance(used, int)]
+
     def touch_host(self, host_id: int, now: float, *, new: bool) -> bool:
         """Record that host ``host_id`` was just issued (``new``) or presented again (used).
 
@@ -267,15 +264,9 @@ class RouterDatabase:
         return int(cur.rowcount)
 
 
-def _i32(value: int) -> int:
-    """``sessions``/``flags`` are stored as 32-bit signed integers, as the C++ side writes them."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
 def _insert_user(conn: sqlite3.Connection, user: StoredUser) -> int:
     cur = conn.execute(
         'INSERT INTO users ("name","group","salt","verifier","sessions","flags") VALUES (?,?,?,?,?,?)',
-        (user.name, user.group, user.salt, user.verifier, _i32(user.sessions), _i32(user.flags)),
+        (user.name, user.group, user.salt, user.verifier, i32(user.sessions), i32(user.flags)),
     )
     return int(cur.lastrowid or 0)

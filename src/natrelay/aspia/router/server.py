@@ -46,9 +46,18 @@ from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHand
 from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
-from natrelay.aspia.router.db import DatabaseError, RouterDatabase
+from natrelay.aspia.router.cluster_link import ClusterLink
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits
 from natrelay.aspia.router.sessions import Actions, RequestLimits, SessionKind
+from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
+from natrelay.aspia.router.storage.presence import (
+    MAX_PUBLISHED_SESSIONS,
+    MESSAGE_DELIVER,
+    MESSAGE_DISCONNECT,
+    MESSAGE_DISCONNECT_RELAYED,
+    PostgresPresence,
+    RemoteMessage,
+)
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
 from natrelay.engine.stats import RelayStats
@@ -75,6 +84,8 @@ class RouterOptions:
     max_logins: int = DEFAULT_MAX_LOGINS
     """SRP (password) logins in progress at once."""
     max_logins_per_ip: int = DEFAULT_MAX_LOGINS_PER_IP
+    cluster_url: str = ""
+    """The PostgreSQL URL when this router is one of a cluster (a ``presence`` is then given)."""
     guard: GuardLimits | None = None
     """Overrides the flood-guard limits router.json sets (tests)."""
 
@@ -332,9 +343,14 @@ class RouterConnection(ChannelProtocol):
 class RouterServer:
     """Owns the listener, the core, the connections and the admin socket."""
 
-    def __init__(self, options: RouterOptions, db: RouterDatabase) -> None:
+    def __init__(self, options: RouterOptions, db: RouterStorage,
+                 presence: PostgresPresence | None = None) -> None:
         self.options = options
-        self.core = Router(db, limits=options.request_limits())
+        self.core = Router(db, limits=options.request_limits(), presence=presence)
+        self.cluster: ClusterLink | None = None
+        if presence is not None:
+            self.cluster = ClusterLink(presence, options.cluster_url, self.deliver_remote,
+                                       self.cluster_status, self.core.reannounce)
         self.loop = asyncio.get_running_loop()
         self.timers: WheelDriver[Any] = make_wheel(self.loop)
         self.guard = FloodGuard(options.guard_limits())
@@ -430,11 +446,46 @@ class RouterServer:
                 conn.send(payload)
         for conn, payload in relays:
             conn.send(payload)
+        if self.cluster is not None:
+            for message in actions.remote:
+                self.cluster.send(message)
         for session_id in actions.disconnect:
             conn = self.connections.get(session_id)
             if conn is not None:
                 # After the current event: the handler that asked may belong to this very session.
                 self.loop.call_soon(conn.close, "disconnected by the router")
+
+    def deliver_remote(self, message: RemoteMessage) -> None:
+        """A message another router of the cluster sent to one of our host sessions (or relays)."""
+        if message.kind == MESSAGE_DISCONNECT_RELAYED:
+            ident = message.payload.decode(errors="replace")
+            actions, error = self.core.disconnect_relayed(ident)
+            log.info("Disconnect of relayed session %s asked by another router: %s", ident, error or "sent")
+            self.apply(actions)
+            return
+        conn = self.connections.get(message.session_id)
+        session = self.core.sessions.get(message.session_id)
+        if conn is None or session is None or session.kind is not SessionKind.HOST:
+            log.info("Cluster message for session %d, which is not one of our host sessions; dropped",
+                     message.session_id)
+            return
+        if message.kind == MESSAGE_DELIVER:
+            conn.send(message.payload)
+            log.info("Connection offer from another router delivered to host session %d", message.session_id)
+        elif message.kind == MESSAGE_DISCONNECT:
+            log.info("Host session %d reconnected through another router; disconnecting this copy",
+                     message.session_id)
+            # Closing withdraws only this router's presence rows: the new holder's stay.
+            self.loop.call_soon(conn.close, "the host reconnected through another router")
+
+    def cluster_status(self) -> dict[str, Any]:
+        """What this router publishes with each lease renewal, for ``--status`` anywhere in the cluster."""
+        kinds = [s.kind for s in self.core.sessions.values()]
+        relayed = self.core.status(self.wall_time())["sessions"]
+        return {"hosts": kinds.count(SessionKind.HOST), "clients": kinds.count(SessionKind.CLIENT),
+                "relays": kinds.count(SessionKind.RELAY), "pool_size": self.core.pool.total,
+                "keys_handed_out": self.core.pool.taken_total, "relayed": len(relayed),
+                "sessions": relayed[:MAX_PUBLISHED_SESSIONS]}
 
     async def start(self) -> None:
         config = self.options.config
@@ -460,6 +511,12 @@ class RouterServer:
                             "(loopback, or the router's own address); list remote relays' addresses "
                             "in RelayWhiteList, or set "
                             "RelayAllowAnyAddress to true for the original's behaviour")
+        if self.cluster is not None:
+            try:
+                await self.cluster.start(where)
+            except (DatabaseError, TimeoutError) as exc:
+                self.cluster = None
+                raise OSError(f"cannot join the router cluster: {exc}") from None
         self.housekeeping()
         if self.options.admin_socket is not None:
             self._admin = AdminSocketServer(self.options.admin_socket, self._admin_request)
@@ -475,20 +532,49 @@ class RouterServer:
         if command == "status":
             status = self.core.status(self.wall_time())
             status["guard"] = self.counters()
+            if self.cluster is not None:
+                try:
+                    status["cluster"] = self.cluster.presence.routers()
+                except DatabaseError as exc:
+                    status["cluster_error"] = str(exc)
             return {"ok": True, "status": status}
         if command == "disconnect":
-            actions, error = self.core.disconnect_relayed(str(request.get("id", "")))
+            ident = str(request.get("id", ""))
+            router_text, slash, local = ident.partition("/")
+            if slash and self.cluster is not None and router_text.isdigit() \
+                    and int(router_text) != self.cluster.presence.router_id:
+                return self._forward_disconnect(int(router_text), local)
+            actions, error = self.core.disconnect_relayed(local if slash else ident)
             if error is not None:
                 return {"ok": False, "error": error}
             self.apply(actions)
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
+    def _forward_disconnect(self, router_id: int, local: str) -> dict[str, Any]:
+        """``--disconnect ROUTER/RELAY.PEER`` for a session another router of the cluster lists."""
+        assert self.cluster is not None
+        try:
+            routers = {r["id"]: r for r in self.cluster.presence.routers()}
+        except DatabaseError as exc:
+            return {"ok": False, "error": str(exc)}
+        target = routers.get(router_id)
+        if target is None or not target["alive"]:
+            return {"ok": False,
+                    "error": f"router {router_id} is not a live router of this cluster (see --status)"}
+        if not any(s.get("id") == local for s in target.get("sessions", [])):
+            return {"ok": False,
+                    "error": f"router {router_id} lists no relayed session {local} (see --status)"}
+        self.cluster.send(RemoteMessage(router_id, MESSAGE_DISCONNECT_RELAYED, 0, local.encode()))
+        return {"ok": True, "forwarded": router_id}
+
     async def close(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         if self._server is not None:
             self._server.close()
+        if self.cluster is not None:
+            await self.cluster.close()
         if self._admin is not None:
             await self._admin.close()
         for conn in list(self.connections.values()):

@@ -41,10 +41,17 @@ from natrelay.aspia.messages import (
     serialize,
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
-from natrelay.aspia.router.db import DatabaseError, RouterDatabase
 from natrelay.aspia.router.guard import LogLimiter, address_key
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
 from natrelay.aspia.router.ratelimit import KeyedBuckets
+from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
+from natrelay.aspia.router.storage.presence import (
+    MESSAGE_DELIVER,
+    MESSAGE_DISCONNECT,
+    NoCluster,
+    RemoteMessage,
+    RemoteSession,
+)
 
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -117,6 +124,8 @@ class Actions:
 
     send: list[tuple[int, bytes]] = field(default_factory=list)
     disconnect: list[int] = field(default_factory=list)
+    remote: list[RemoteMessage] = field(default_factory=list)
+    """For sessions held by other routers of a cluster (see ``storage/presence.py``)."""
 
     def reply(self, session_id: int, message: Message) -> None:
         self.send.append((session_id, serialize(message)))
@@ -139,9 +148,10 @@ def _valid_key(key: router_common_pb2.RelayKey) -> bool:
 class RouterCore:
     """All router sessions, the host-ID map and the key pool; no I/O, no clocks of its own."""
 
-    def __init__(self, db: RouterDatabase, random_bytes: RandomBytes = crypto.default_random,
-                 limits: RequestLimits = RequestLimits()) -> None:
+    def __init__(self, db: RouterStorage, random_bytes: RandomBytes = crypto.default_random,
+                 limits: RequestLimits = RequestLimits(), presence: NoCluster | None = None) -> None:
         self.db = db
+        self.presence = presence if presence is not None else NoCluster()
         self.pool = KeyPool()
         self.limits = limits
         self._client_rate = _buckets(limits.client_per_minute)
@@ -174,10 +184,33 @@ class RouterCore:
         for host_id in session.host_ids:
             if self._host_index.get(host_id) == session_id:
                 del self._host_index[host_id]
+        self._withdraw(session, session.host_ids)
         if session.kind is SessionKind.RELAY:
             dropped = self.pool.remove_relay(session_id)
             log.info("Relay %d (%s) gone; %d of its keys removed from the pool", session_id,
                      session.address, dropped)
+
+    def _withdraw(self, session: RouterSession, host_ids: list[int]) -> None:
+        try:
+            self.presence.withdraw(session.session_id, list(host_ids))
+        except DatabaseError as exc:  # the lease ends the stale rows if the database stays away
+            log.error("Host session %d: %s", session.session_id, exc)
+
+    def _locate(self, host_id: int) -> RemoteSession | None:
+        try:
+            return self.presence.locate(host_id)
+        except DatabaseError as exc:
+            log.error("Host %d: %s", host_id, exc)
+            return None
+
+    def reannounce(self) -> None:
+        """Make the cluster's presence match our host sessions again (after the database was away)."""
+        held = [(s.session_id, s.address, list(s.host_ids)) for s in self.sessions.values()
+                if s.kind is SessionKind.HOST and s.host_ids]
+        try:
+            self.presence.resync(held)
+        except DatabaseError as exc:
+            log.error("Cannot restore this router's hosts in the cluster: %s", exc)
 
     def host_session(self, host_id: int) -> RouterSession | None:
         session_id = self._host_index.get(host_id)
@@ -221,6 +254,7 @@ class RouterCore:
                 session.host_ids.remove(body.host_id)
                 if self._host_index.get(body.host_id) == session.session_id:
                     del self._host_index[body.host_id]
+                self._withdraw(session, [body.host_id])
             return
         assert isinstance(body, _HostIdRequest), name
         response = self._host_id(session, body, actions, now)
@@ -276,6 +310,13 @@ class RouterCore:
                 actions.disconnect.append(other.session_id)
         for i in session.host_ids:
             self._host_index[i] = session.session_id
+        try:
+            for held in self.presence.announce(session.session_id, session.address, list(session.host_ids)):
+                log.info("Host session %d at router %d holds an ID of session %d; asking that router to "
+                         "disconnect it", held.session_id, held.router_id, session.session_id)
+                actions.remote.append(RemoteMessage(held.router_id, MESSAGE_DISCONNECT, held.session_id))
+        except DatabaseError as exc:  # still reachable through this router; other routers do not see it
+            log.error("Host session %d: %s", session.session_id, exc)
         log.info("Host session %d (%s) has host ID %d", session.session_id, session.address, host_id)
         return response
 
@@ -288,7 +329,8 @@ class RouterCore:
             return
         _name, body = found
         if isinstance(body, router_peer_pb2.CheckHostStatus):
-            status = router_peer_pb2.HostStatus.STATUS_ONLINE if self.host_session(body.host_id) \
+            online = self.host_session(body.host_id) is not None or self._locate(body.host_id) is not None
+            status = router_peer_pb2.HostStatus.STATUS_ONLINE if online \
                 else router_peer_pb2.HostStatus.STATUS_OFFLINE
             reply = _to_peer("host_status", router_peer_pb2.HostStatus(status=status))
             actions.reply(session.session_id, reply)
@@ -330,7 +372,8 @@ class RouterCore:
 
     def _connect(self, client: RouterSession, host_id: int, actions: Actions, now: float) -> None:
         host = self.host_session(host_id)
-        if host is None:
+        remote = self._locate(host_id) if host is None else None
+        if host is None and remote is None:
             log.info("Client %d (%s, user %r) asked for host %d, which is not connected",
                      client.session_id, client.address, client.user_name, host_id)
             self._refuse(client, _Offer.PEER_NOT_FOUND, actions)
@@ -347,23 +390,30 @@ class RouterCore:
         relay = self.sessions[taken.relay_id]
         used = router_relay_pb2.RelayKeyUsed(key_id=taken.key.key_id)
         actions.reply(relay.session_id, _to_relay("key_used", used))
-        credentials = self._credentials(client, host, host_id, relay, taken)
+        host_address = host.address if host is not None else remote.address if remote is not None else ""
+        credentials = self._credentials(client, host_address, host_id, relay, taken)
         host_offer = _Offer(peer_role=_Offer.HOST, error_code=_Offer.SUCCESS,
                             host_data=router_peer_pb2.HostOfferData(host_id=host_id))
         host_offer.relay.CopyFrom(credentials)
         client_offer = _Offer(peer_role=_Offer.CLIENT, error_code=_Offer.SUCCESS)
         client_offer.relay.CopyFrom(credentials)
-        actions.reply(host.session_id, _to_peer("connection_offer", host_offer))
+        if host is not None:
+            actions.reply(host.session_id, _to_peer("connection_offer", host_offer))
+        elif remote is not None:  # the router holding the host writes it the offer
+            actions.remote.append(RemoteMessage(remote.router_id, MESSAGE_DELIVER, remote.session_id,
+                                                serialize(_to_peer("connection_offer", host_offer))))
+            log.info("Host %d is at router %d (session %d); offer sent there", host_id, remote.router_id,
+                     remote.session_id)
         actions.reply(client.session_id, _to_peer("connection_offer", client_offer))
         log.info("Connection offer: client %d (user %r) -> host %d via relay %d (%s:%d), key %d",
                  client.session_id, client.user_name, host_id, relay.session_id, relay.peer_host,
                  relay.peer_port, taken.key.key_id)
 
-    def _credentials(self, client: RouterSession, host: RouterSession, host_id: int, relay: RouterSession,
+    def _credentials(self, client: RouterSession, host_address: str, host_id: int, relay: RouterSession,
                      taken: TakenKey) -> router_common_pb2.RelayCredentials:
         secret = relay_peer_pb2.PeerToRelay.Secret(
             random_data=self._random(SECRET_RANDOM_SIZE), client_address=client.address,
-            client_user_name=client.user_name, host_address=host.address, host_id=host_id)
+            client_user_name=client.user_name, host_address=host_address, host_id=host_id)
         credentials = router_common_pb2.RelayCredentials(
             host=relay.peer_host, port=relay.peer_port, secret=serialize(secret))
         credentials.key.CopyFrom(taken.key)

@@ -27,6 +27,7 @@ from natrelay.aspia import srp
 from natrelay.aspia.crypto import strip_leading_zeros
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.sessions import SessionKind
+from natrelay.aspia.router.storage.base import RouterStorage
 
 log = logging.getLogger("natrelay.http")
 
@@ -48,9 +49,9 @@ class Authenticator(Protocol):
 
 
 class RouterAccounts:
-    """Administrators of a router database (``router.db3``)."""
+    """Administrators of a router's storage (``router.db3`` or PostgreSQL)."""
 
-    def __init__(self, db: RouterDatabase) -> None:
+    def __init__(self, db: RouterStorage) -> None:
         self.db = db
 
     def check(self, user: str, password: str) -> bool:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from natrelay.cli.aspia_peer import parse_host_id, parse_router_key
+from natrelay.cli import aspia_peer
+from natrelay.cli.aspia_peer import parse_host_id, parse_router_key, parse_routers
 from natrelay.cli.natrelay import main
 
 KEY = "67192DD0501037F55A959A3600BE1A1D41E2141086201F947CBC14107E2FEF6D"
@@ -70,3 +73,37 @@ def test_a_low_order_router_key_is_one_clear_line(tmp_path: Path, capsys: pytest
                      str(tmp_path / "pw"), "--router-key", key, "--host-id", "1"], capsys)
     assert code == 1 and "not a usable X25519 public key" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_router_takes_a_comma_list_whose_rest_are_the_fallbacks() -> None:
+    assert parse_routers("127.0.0.1:8060") == (("127.0.0.1", 8060), ())
+    assert parse_routers("a.example:1,[::1]:2,10.0.0.3:3") == (("a.example", 1),
+                                                              (("::1", 2), ("10.0.0.3", 3)))
+    for bad in ("127.0.0.1:8060,", ",127.0.0.1:8060", "127.0.0.1:8060,,127.0.0.2:1", "127.0.0.1:1,b:0", ""):
+        with pytest.raises(ValueError, match="--router"):
+            parse_routers(bad)
+
+
+def test_host_and_client_get_the_fallback_routers(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Any] = []
+
+    def fake(settings: Any, *_args: Any, **_kw: Any) -> SimpleNamespace:
+        made.append(settings)
+        return SimpleNamespace(state=SimpleNamespace(host_id=0), run=None)
+
+    monkeypatch.setattr(aspia_peer, "AspiaHost", fake)
+    monkeypatch.setattr(aspia_peer, "AspiaClient", fake)
+    monkeypatch.setattr(aspia_peer, "run", lambda *_a, **_kw: 0)
+    (tmp_path / "pw").write_text("x\n")
+    common = ["--router-key", KEY, "--user", "bob", "--password-file", str(tmp_path / "pw")]
+    assert main(["aspia", "host", "--router", "127.0.0.1:1,127.0.0.2:2", *common, "--expose", "127.0.0.1:3",
+                 "--state", str(tmp_path / "state.json")]) == 0
+    assert main(["aspia", "client", "--router", "127.0.0.1:1,[::1]:2", *common, "--host-id", "5",
+                 "--listen", "127.0.0.1:4"]) == 0
+    assert main(["aspia", "client", "--router", "127.0.0.1:1", *common, "--host-id", "5",
+                 "--listen", "127.0.0.1:4"]) == 0
+    assert [(s.router, s.fallback_routers) for s in made] == [
+        (("127.0.0.1", 1), (("127.0.0.2", 2),)), (("127.0.0.1", 1), (("::1", 2),)), (("127.0.0.1", 1), ())]
+    code, err = run(["aspia", "client", "--router", "127.0.0.1:1,", *common, "--host-id", "5"], capsys)
+    assert code == 1 and "--router" in err

@@ -1,4 +1,7 @@
-"""The router database: schema checks at open, exact lookups, host IDs, and all-or-nothing creation."""
+"""The SQLite backend's own rules: schema checks at open, typed rows, all-or-nothing creation.
+
+The cases every backend shares are in test_storage.py, run against SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from natrelay.aspia.router.db import (
     DatabaseError,
     RouterDatabase,
     StoredUser,
-    UserExistsError,
     valid_user_name,
 )
 
@@ -69,39 +71,12 @@ def test_open_refuses_a_database_without_the_tables(tmp_path: Path) -> None:
         RouterDatabase.open(path)
 
 
-def test_user_lookup_is_exact_and_case_sensitive(db: RouterDatabase) -> None:
-    found = db.find_user("admin")
-    assert found is not None and found.sessions == 3 and found.entry_id == 1
-    assert db.find_user("ADMIN") is None and db.find_user("admin ") is None
-
-
-def test_add_modify_remove_users(db: RouterDatabase) -> None:
-    entry = db.add_user(user("bob", sessions=0xFFFFFFFF))
-    assert db.find_user("bob") == user("bob", sessions=0xFFFFFFFF, entry_id=entry)  # 32-bit round trip
-    with pytest.raises(UserExistsError):
-        db.add_user(user("bob"))
-    assert db.modify_user(user("robert", entry_id=entry, flags=0))
-    renamed = db.find_user("robert")
-    assert renamed is not None and not renamed.enabled
-    assert not db.modify_user(user("ghost", entry_id=999))
-    assert [u.name for u in db.list_users()] == ["admin", "robert"]
-    assert db.remove_user(entry) and not db.remove_user(entry)
-    assert db.remove_user_by_name("admin") and db.list_users() == []
-
-
 def test_rows_with_empty_or_mistyped_columns_are_skipped(db: RouterDatabase) -> None:
     insert = 'INSERT INTO users (name, "group", salt, verifier) VALUES '
     db._conn.execute(insert + "('empty', '4096', x'', x'01')")
     db._conn.execute(insert + "('text', '4096', 'ab', x'01')")
     assert db.find_user("empty") is None and db.find_user("text") is None
     assert [u.name for u in db.list_users()] == ["admin"]
-
-
-def test_host_ids_start_at_one_and_are_found_by_key_hash(db: RouterDatabase) -> None:
-    assert db.add_host(b"a" * 64) == 1 and db.add_host(b"b" * 64) == 2
-    assert db.find_host(b"b" * 64) == 2 and db.find_host(b"c" * 64) is None
-    with pytest.raises(DatabaseError):
-        db.add_host(b"a" * 64)  # the key column is unique
 
 
 @pytest.mark.parametrize(("name", "ok"), [("admin", True), ("Mixed.User-1@x_y", True), ("ü", True),

@@ -1,0 +1,1 @@
+"""The router's storage: one interface (``base``), SQLite (``..db``) and PostgreSQL (``postgres``)."""
