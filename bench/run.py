@@ -82,6 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--idle", default=None, help="idle-session counts, e.g. 2000,10000 (capped by fd limit)")
     p.add_argument("--no-generator-check", action="store_true", help="skip the generator self-check")
     p.add_argument("--keep-workdir", action="store_true", help="keep relay logs and identities")
+    p.add_argument("--quiet-wait", type=float, default=None, metavar="LOAD",
+                   help="before each measure, wait until the 1-minute load average is below LOAD")
+    p.add_argument("--quiet-max-wait", type=float, default=120.0, metavar="SECONDS",
+                   help="longest wait per measure for --quiet-wait; then measure anyway and note it")
     args = p.parse_args(argv)
     for name in args.subjects.split(","):
         if name not in SUBJECTS:
@@ -98,6 +102,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error("--idle counts must be within 1..100000")
     if args.rounds is not None and not 1 <= args.rounds <= 50:
         p.error("--rounds must be within 1..50")
+    if args.quiet_wait is not None and args.quiet_wait <= 0:
+        p.error("--quiet-wait takes a positive load average, e.g. 2.0 on a 2-core machine")
+    if not 0 <= args.quiet_max_wait <= 3600:
+        p.error("--quiet-max-wait must be within 0..3600 seconds")
     return args
 
 
@@ -216,7 +224,8 @@ def main(argv: list[str]) -> int:
                 log(f"  {name} did not start: {exc}")
                 continue
             try:
-                rr = SubjectRound(subject, gen, sizes, args.bulk_mode, functools.partial(log_step, name))
+                rr = SubjectRound(subject, gen, sizes, args.bulk_mode, functools.partial(log_step, name),
+                                  quiet_load=args.quiet_wait, quiet_max_wait=args.quiet_max_wait)
                 results[name].append(rr.run(measures))
             finally:
                 subject.stop()
@@ -234,6 +243,7 @@ def main(argv: list[str]) -> int:
         "generator": {"kind": gen_kind, "bulk_mode": args.bulk_mode},
         "versions": versions(),
         "seconds": round(time.monotonic() - started, 1),
+        "quiet_wait": {"load_below": args.quiet_wait, "max_wait_s": args.quiet_max_wait},
     }
     if gen_checks:
         meta["generator_check"] = {

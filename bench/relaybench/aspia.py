@@ -260,7 +260,10 @@ class AspiaSubject(Subject):
         # The bench is the router's only user and measures pairing capacity, not the router's
         # flood guard: every opener logs in, takes a host ID and pairs as fast as it can from one
         # address, so the per-address and per-account limits are off here.
+        # The router holds at most MaxKeysPerRelay of one relay's keys (default 1,000); the idle-session
+        # measure needs the relay's whole pool.
         update_settings(config, {"Port": str(self._router_port), "ListenInterface": LOOPBACK,
+                                 "MaxKeysPerRelay": str(MAX_PEER_COUNT),
                                  **{key: "0" for key in BENCH_UNLIMITED}})
         self._router_key = bytes.fromhex((config.parent / "router.pub").read_text().strip())
         self._password = secrets.token_hex(12)

@@ -14,11 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import procstat
+from . import cpuper, procstat
+from .cpuper import CpuMeter
 from .loadgen import Generator
+from .pyloadgen import WARMUP as PING_WARMUP
+from .quiet import wait_quiet
 from .stats import percentile
 from .subject import Opener, Subject, open_verified_pair
-from .workers import Holders, run_pairing
+from .workers import Holders, PairingReport, roles_spent, run_pairing
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -118,6 +121,8 @@ class SubjectRound:
         sizes: Sizes,
         bulk_mode: str,
         progress: Callable[[str], None] = lambda _msg: None,
+        quiet_load: float | None = None,
+        quiet_max_wait: float = 0.0,
     ) -> None:
         self.subject = subject
         self.progress = progress
@@ -126,7 +131,13 @@ class SubjectRound:
         self.bulk_mode = bulk_mode
         self.result = RoundResult()
         self.relay = subject.relay_pids()
+        self.quiet_load = quiet_load
+        self.quiet_max_wait = quiet_max_wait
         self._opener: Opener | None = None
+
+    def meter(self) -> CpuMeter:
+        """CPU of the relay and of the endpoint helpers (router, nodes) over one measure."""
+        return CpuMeter({"relay": self.relay, "endpoint": self.subject.endpoint_pids()})
 
     def opener(self) -> Opener:
         if self._opener is None:
@@ -140,6 +151,12 @@ class SubjectRound:
             self._opener = None
 
     def _guard(self, name: str, fn: Callable[[], None]) -> None:
+        seen = wait_quiet(self.quiet_load, self.quiet_max_wait)
+        self.result.extra.setdefault("load", {})[name] = seen.as_dict()
+        if seen.quiet is False:
+            self.result.notes.append(
+                f"{name}: load stayed at or above {self.quiet_load} for {self.quiet_max_wait:.0f}s"
+            )
         t = time.monotonic()
         try:
             fn()
@@ -198,14 +215,17 @@ class SubjectRound:
         try:
             for _ in range(sessions):
                 pairs.append(open_verified_pair(self.opener()))
-            cpu0 = procstat.cpu_seconds(self.relay) if self.relay else 0.0
-            end0 = procstat.cpu_seconds(ends) if ends else 0.0
+            meter = self.meter()
+            meter.start()
             r = self.gen.bulk(pairs, nbytes, self.sizes.bulk_chunk, self.sizes.bulk_seconds, self.bulk_mode)
-            cpu = (procstat.cpu_seconds(self.relay) - cpu0) if self.relay else 0.0
-            end = (procstat.cpu_seconds(ends) - end0) if ends else 0.0
+            spent = meter.stop()
         finally:
             _close_pairs(pairs)
+        cpu = spent.get("relay", 0.0)
+        end = spent.get("endpoint", 0.0)
         gb = r.bytes / 1e9
+        spent["generator"] = r.cpu_s
+        self.result.values.update(cpuper.figures(f"cpu_us_per_gb_{tag}", spent, gb))
         # Generator CPU as a share of wall time (1.0 = one core busy): far below the core count means
         # the generator was waiting for the relay, not the other way round.
         self.result.extra[f"generator_cpu_share_{tag}"] = r.cpu_s / r.seconds if r.seconds > 0 else 0.0
@@ -232,12 +252,19 @@ class SubjectRound:
 
     def _rtt(self) -> None:
         pair = open_verified_pair(self.opener())
+        meter = self.meter()
         try:
+            meter.start()
             r = self.gen.pingpong(pair, self.sizes.ping_size, self.sizes.ping_count, self.sizes.ping_seconds)
+            spent = meter.stop()
         finally:
             _close_pairs([pair])
         if int(r.get("count", 0)) == 0:
             raise RuntimeError(f"no round trip completed: {r}")
+        spent["generator"] = float(r.get("cpu_s", 0.0))
+        # The warm-up round trips ran inside the CPU window too; a failure cuts both short alike.
+        trips = int(r["count"]) + PING_WARMUP
+        self.result.values.update(cpuper.figures("cpu_us_per_rtt", spent, trips))
         self.result.values["rtt_p50_us"] = float(r["p50_us"])
         self.result.values["rtt_p99_us"] = float(r["p99_us"])
         if r.get("failed"):
@@ -245,9 +272,10 @@ class SubjectRound:
 
     def _pairing(self) -> None:
         s = self.sizes
-        seq = run_pairing(self.subject, 1, s.pair_seq, s.pair_seconds)
+        roles = dict(self.meter().roles)
+        seq = run_pairing(self.subject, 1, s.pair_seq, s.pair_seconds, roles)
         self._pairing_figure("pair_seq_per_s", seq)
-        conc = run_pairing(self.subject, s.pair_workers, s.pair_each, s.pair_seconds)
+        conc = run_pairing(self.subject, s.pair_workers, s.pair_each, s.pair_seconds, roles)
         self._pairing_figure("pair_conc_per_s", conc)
 
     def _retries(self, what: str, n: int) -> None:
@@ -255,8 +283,12 @@ class SubjectRound:
             key = f"retries_{what}"
             self.result.extra[key] = self.result.extra.get(key, 0) + n
 
-    def _pairing_figure(self, key: str, reports: list[Any]) -> None:
+    def _pairing_figure(self, key: str, reports: list[PairingReport]) -> None:
         done = sum(r.pairings for r in reports)
+        spent = roles_spent(reports)
+        spent["opener"] = sum(r.cpu_s for r in reports)
+        tag = key.removeprefix("pair_").removesuffix("_per_s")
+        self.result.values.update(cpuper.figures(f"cpu_us_per_pair_{tag}", spent, done))
         self._retries(key, sum(r.retries for r in reports))
         for r in reports:
             if r.error:

@@ -33,6 +33,31 @@ METRICS = (
     Metric("cpu_s_per_gb", "relay CPU seconds per GB", "s/GB", "lower"),
 )
 
+ROLES = {
+    "relay": "relay",
+    "endpoint": "endpoint helpers (router, nodes)",
+    "opener": "opener processes",
+    "generator": "traffic generator",
+}
+"""Process groups whose CPU time per operation is reported; a subject has the ones that apply."""
+
+OPERATIONS = (
+    ("cpu_us_per_pair_seq", "pairing, sequential", ("relay", "endpoint", "opener")),
+    ("cpu_us_per_pair_conc", "pairing, concurrent openers", ("relay", "endpoint", "opener")),
+    ("cpu_us_per_rtt", "64-byte round trip", ("relay", "endpoint", "generator")),
+    ("cpu_us_per_gb_bulk1", "GB, single session", ("relay", "endpoint", "generator")),
+    ("cpu_us_per_gb_bulk16", "GB, 16 sessions", ("relay", "endpoint", "generator")),
+)
+
+
+def cpu_metrics() -> list[Metric]:
+    """CPU microseconds per operation, one row per operation and process group."""
+    return [
+        Metric(f"{prefix}_{role}", f"CPU per {what}: {ROLES[role]}", "CPU us/op", "lower")
+        for prefix, what, roles in OPERATIONS
+        for role in roles
+    ]
+
 REFERENCES = ("direct", "strelaysrv")
 
 
@@ -41,7 +66,17 @@ def metrics_for(idle_counts: tuple[int, ...]) -> list[Metric]:
     rss = [Metric(f"rss_{n}_mib", f"relay RSS, {n} idle sessions", "MiB", "lower") for n in idle_counts]
     out = list(METRICS)
     at = next(i for i, m in enumerate(out) if m.key == "rss_idle_mib") + 1
-    return [*out[:at], *rss, *out[at:]]
+    return [*out[:at], *rss, *out[at:], *cpu_metrics()]
+
+
+def load_line(rounds_extra: list[dict[str, Any]]) -> str:
+    """The 1-minute load seen at the start of each measure, per round: 'pairing 4.1/3.9, rtt 5.0/4.2'."""
+    seen: dict[str, list[str]] = {}
+    for extra in rounds_extra:
+        for measure, load in extra.get("load", {}).items():
+            mark = "" if load.get("quiet") is not False else "!"
+            seen.setdefault(measure, []).append(f"{load['load_at_start']:.1f}{mark}")
+    return ", ".join(f"{m} {'/'.join(v)}" for m, v in seen.items())
 
 
 def build(
@@ -128,6 +163,11 @@ def format_table(doc: dict[str, Any], metrics: list[Metric]) -> str:
     if shares:
         lines.append("generator CPU during the single-session transfer (1.00 = one core busy), median:")
         lines.append("  " + ", ".join(f"{n} {v:.2f}" for n, v in shares.items()))
+        lines.append("")
+    loads = {n: line for n, s in subjects.items() if (line := load_line(s.get("rounds", [])))}
+    if loads:
+        lines.append("1-minute load average at the start of each measure, per round (! = not quiet):")
+        lines.extend(f"  {n}: {line}" for n, line in loads.items())
         lines.append("")
     for name, s in subjects.items():
         if "skipped" in s:

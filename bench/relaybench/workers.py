@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
+from . import procstat
 from .subject import Opener, Subject, open_verified_pair
 
 _CTX = multiprocessing.get_context("fork")
@@ -28,12 +29,39 @@ class PairingReport:
     latencies: list[float] = field(default_factory=list)
     retries: int = 0
     error: str | None = None
+    cpu_s: float = 0.0  # this worker's CPU inside the timed loop (the opener's own cost of its pairings)
+    # CPU seconds of each watched role (relay, endpoint) read just before and just after the timed loop,
+    # so the window holds the pairings only, not the opener's start-up (router logins).
+    roles_start: dict[str, float] = field(default_factory=dict)
+    roles_end: dict[str, float] = field(default_factory=dict)
+
+
+def roles_spent(reports: list[PairingReport]) -> dict[str, float]:
+    """CPU per role from the first worker's start to the last worker's end (counters only grow)."""
+    out: dict[str, float] = {}
+    started = [r for r in reports if r.roles_start and r.roles_end]
+    for role in started[0].roles_start if started else ():
+        first = min(r.roles_start[role] for r in started)
+        last = max(r.roles_end[role] for r in started)
+        out[role] = max(0.0, last - first)
+    return out
+
+
+def _read_roles(roles: dict[str, list[int]]) -> dict[str, float]:
+    return {role: procstat.cpu_seconds(pids) for role, pids in roles.items() if pids}
 
 
 def _pairing_main(
-    subject: Subject, index: int, count: int, seconds: float, barrier: Barrier, conn: Connection
+    subject: Subject,
+    index: int,
+    count: int,
+    seconds: float,
+    barrier: Barrier,
+    conn: Connection,
+    roles: dict[str, list[int]],
 ) -> None:
     report = PairingReport()
+    cpu0 = 0.0
     try:
         opener = subject.opener(index)
     except Exception as exc:  # reported, not raised: the orchestrator decides what to do
@@ -42,7 +70,9 @@ def _pairing_main(
         return
     try:
         barrier.wait(60)
+        report.roles_start = _read_roles(roles)
         report.start = time.monotonic()
+        cpu0 = time.process_time()
         deadline = report.start + seconds
         while report.pairings < count and time.monotonic() < deadline:
             t = time.monotonic()
@@ -55,19 +85,31 @@ def _pairing_main(
         report.error = repr(exc)
     finally:
         report.end = time.monotonic()
+        if report.start:
+            report.cpu_s = time.process_time() - cpu0
+            report.roles_end = _read_roles(roles)
         report.retries = opener.retries
         opener.close()
     conn.send(report)
 
 
-def run_pairing(subject: Subject, workers: int, count_each: int, seconds: float) -> list[PairingReport]:
-    """``workers`` processes each open and close ``count_each`` verified pairings as fast as they can."""
+def run_pairing(
+    subject: Subject,
+    workers: int,
+    count_each: int,
+    seconds: float,
+    roles: dict[str, list[int]] | None = None,
+) -> list[PairingReport]:
+    """``workers`` processes each open and close ``count_each`` verified pairings as fast as they can.
+
+    ``roles`` names process trees (relay, endpoint) whose CPU the workers read around their timed loop.
+    """
     barrier = _CTX.Barrier(workers)
     procs = []
     pipes = []
     for i in range(workers):
         parent, child = _CTX.Pipe(duplex=False)
-        args = (subject, i, count_each, seconds, barrier, child)
+        args = (subject, i, count_each, seconds, barrier, child, roles or {})
         p = _CTX.Process(target=_pairing_main, args=args, daemon=True)
         p.start()
         child.close()

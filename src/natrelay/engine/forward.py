@@ -227,6 +227,7 @@ class ForwardEngine:
         a_to_b: bytes = b"",
         b_to_a: bytes = b"",
         context: object = None,
+        nodelay_set: bool = False,
     ) -> ForwardSession:
         """Forward ``a`` <-> ``b`` until done; the engine owns both sockets from now on.
 
@@ -234,6 +235,14 @@ class ForwardEngine:
         (say, behind a handshake) and that the other peer must get first.
         ``idle_timeout`` closes the session with reason ``"idle"`` once no byte has
         moved in either direction for that long.
+        ``nodelay_set`` says the caller already turned Nagle off on both (a listener that
+        does it at accept), so the engine does not repeat that system call per socket.
+
+        A socket may still have a reader registered on this loop (the caller's, watching
+        it until pairing): the engine's own registration replaces that callback in place,
+        which costs no system call, whereas removing it first makes the loop delete the
+        descriptor from epoll and add it again (uvloop also drops and remakes its poll
+        handle). A caller on another loop must remove its reader before handing over.
         """
         if self._closed:
             raise RuntimeError("the forwarding engine is closed")
@@ -248,8 +257,9 @@ class ForwardEngine:
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError("only stream sockets can be forwarded")
         for sock in (a, b):
-            sock.setblocking(False)
-            if self.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
+            if sock.getblocking():  # Python tracks the mode itself: asking costs no system call
+                sock.setblocking(False)
+            if self.nodelay and not nodelay_set and sock.family in (socket.AF_INET, socket.AF_INET6):
                 # Relayed small writes must not wait for Nagle on our side too.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = ForwardSession(self, a, b, idle_timeout=idle_timeout, on_close=on_close,

@@ -71,6 +71,10 @@ class Limits:
 
 def source_of(ip: str) -> str:
     """The source a per-address cap counts: the address, or the /64 of an IPv6 address."""
+    if ":" not in ip:
+        # IPv4 text (and anything that is no address) is returned as it is either way; the
+        # parse cost two ``ipaddress`` objects per connection, admit and release.
+        return ip
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

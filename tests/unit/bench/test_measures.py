@@ -46,6 +46,12 @@ def test_direct_round_yields_every_figure_that_applies(tmp_path: Path) -> None:
     assert not any(k.startswith("rss_") or k == "cpu_s_per_gb" for k in result.values)
     assert result.extra["pair_seq_per_s_latency_ms"]["pairings"] == 20
     assert result.extra["pair_conc_per_s_latency_ms"]["pairings"] == 20
+    # CPU per operation: the openers' and the generator's, never a relay's that does not exist.
+    for key in ("cpu_us_per_pair_seq_opener", "cpu_us_per_pair_conc_opener", "cpu_us_per_rtt_generator",
+                "cpu_us_per_gb_bulk1_generator"):
+        assert result.values[key] > 0, key
+    assert not any(k.endswith(("_relay", "_endpoint")) for k in result.values)
+    assert set(result.extra["load"]) == set(MEASURES)
 
 
 def test_idle_session_cap_leaves_room_under_the_fd_limit() -> None:

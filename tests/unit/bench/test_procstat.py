@@ -33,3 +33,13 @@ def test_reads_this_process() -> None:
     me = os.getpid()
     assert procstat.rss_kib([me]) > 1000
     assert procstat.cpu_seconds([me]) > 0
+
+
+def test_parse_schedstat_and_its_precision() -> None:
+    assert procstat.parse_schedstat_ns("179592 3346944 2\n") == 179592
+    if not procstat.SCHEDSTAT:
+        return
+    before = procstat.cpu_seconds([os.getpid()])
+    sum(i for i in range(20_000))  # a millisecond or so: below one 10 ms clock tick
+    spent = procstat.cpu_seconds([os.getpid()]) - before
+    assert 0 < spent < 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from natrelay.engine.limits import Admission, Limits, source_of
@@ -118,3 +120,20 @@ def test_weak_spots_name_the_caps_that_two_sources_fill() -> None:
     assert listeners.endswith("listeners alone could fill it")
     assert Limits(max_connections=0, max_per_ip=0, max_handshakes=0, max_handshakes_per_ip=0,
                   max_listeners=0, max_listeners_per_ip=0).weak_spots() == []
+
+
+@pytest.mark.parametrize("text", ["10.1.2.3", "10.1.2.3%eth0", "01.2.3.4", "/run/sock", "?", "",
+                                  "::ffff:10.1.2.3", "fe80::1%eth0", "2001:db8::/64", "[::1]"])
+def test_source_of_fast_path_agrees_with_the_parse(text: str) -> None:
+    """IPv4 text and non-addresses skip the parse only because the parse would return them unchanged."""
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        expected = text
+    else:
+        if isinstance(addr, ipaddress.IPv6Address):
+            mapped = addr.ipv4_mapped
+            expected = str(mapped) if mapped else str(ipaddress.IPv6Network((addr, 64), strict=False))
+        else:
+            expected = text
+    assert source_of(text) == expected
