@@ -35,16 +35,24 @@ from natrelay.aspia.router.server import (
     remove_stale_socket,
 )
 from natrelay.aspia.router.sessions import SessionKind
-from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
+from natrelay.ops.aspia_config import (
+    EXIT_CONFIG_ERROR,
+    ROUTER_CONFIG_NAME,
+    ConfigError,
+    ConfigProblem,
+    RouterConfig,
+    warning_lines,
+)
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
-from natrelay.ops.aspia_logging import setup_aspia_logging
-from natrelay.ops.jsonsettings import update_settings, write_file_atomically
+from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
+from natrelay.ops.jsonsettings import make_directories, update_settings, write_file_atomically
 from natrelay.ops.runtime import run
 
 PROG = "aspia_router"
 DATA_DIR_ENV = "ASPIA_DATA_DIR"
 PUBLIC_KEY_NAME = "router.pub"
 MAX_PASSWORD_FILE = 4096
+DATA_DIR_MODE = 0o700
 WINDOWS_ONLY = ("--install", "--remove", "--start", "--stop")
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -128,6 +136,9 @@ def create_config(paths: _Paths) -> int:
     public_hex = keys.public_bytes.hex().upper()
     created: list[Path] = []
     try:
+        # Made here, 0700 whatever the umask: the database holds password verifiers and the admin
+        # socket lives beside it; nobody but the router's user has business in this folder.
+        make_directories(paths.data_dir, DATA_DIR_MODE)
         RouterDatabase.create(paths.database, [admin])
         created.append(paths.database)
         write_file_atomically(paths.public_key, public_hex.encode(), exclusive=True, mode=0o644)
@@ -251,13 +262,15 @@ def query(args: argparse.Namespace, paths: _Paths) -> int:
 
 # ------------------------------------------------------------------- serve
 def serve(args: argparse.Namespace, paths: _Paths) -> int:
+    warnings: list[ConfigProblem] = []
     try:
-        config = RouterConfig.load(paths.config)
+        config = RouterConfig.load(paths.config, warnings)
     except ConfigError as exc:
-        for line in exc.lines():
-            log.critical("%s", line)
-            print(f"{PROG}: {line}", file=sys.stderr)
+        # Whatever ASPIA_LOG_LEVEL says (fatal only by default): a config problem must be heard.
+        report_always(PROG, exc.warning_lines())
+        report_always(PROG, exc.lines(), level=logging.CRITICAL)
         return EXIT_CONFIG_ERROR
+    report_always(PROG, warning_lines(paths.config, warnings))
     if not config.seed_key:
         seed = secrets.token_bytes(64)
         try:
