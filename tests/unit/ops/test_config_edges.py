@@ -173,3 +173,13 @@ def test_directory_mode_follows_the_file(tmp_path: Path, umask_000: None) -> Non
     assert directory_mode_for(0o600) == 0o700 and directory_mode_for(0o644) == 0o755
     write_file_atomically(tmp_path / "x" / "y", b"1", exclusive=True, mode=0o644, dir_mode=0o750)
     assert mode_of(tmp_path / "x") == 0o750
+
+
+def test_offset_identity_and_ticket_folders_are_safe_under_umask_000(tmp_path: Path, umask_000: None) -> None:
+    from natrelay.offset.files import RelayTicket, write_identity, write_ticket
+
+    write_identity(tmp_path / "keys" / "deep" / "relay.ident", bytes(range(32)))
+    write_ticket(tmp_path / "pub" / "relay.ticket", RelayTicket(bytes(32), "127.0.0.1:1"))
+    assert mode_of(tmp_path / "keys") == 0o700 and mode_of(tmp_path / "keys" / "deep") == 0o700
+    assert mode_of(tmp_path / "keys" / "deep" / "relay.ident") == 0o600
+    assert mode_of(tmp_path / "pub") == 0o755
