@@ -43,7 +43,7 @@ MAX_LEN = 4096
 
 def atheris_available() -> bool:
     try:
-        import atheris  # type: ignore[import-untyped]  # noqa: F401
+        import atheris  # noqa: F401
     except ImportError:
         return False
     return True
