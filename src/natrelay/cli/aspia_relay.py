@@ -34,10 +34,12 @@ from natrelay.ops.aspia_config import (
     RELAY_CONFIG_NAME,
     ConfigError,
     ConfigExistsError,
+    ConfigProblem,
     RelayConfig,
     default_config_path,
+    warning_lines,
 )
-from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
 from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.aspia_sources import AspiaRelaySource
 from natrelay.ops.http.auth import open_accounts
@@ -127,12 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.create_config:
         return _create_config(path)
     setup_aspia_logging(PROG, os.environ)
+    warnings: list[ConfigProblem] = []
     try:
-        config = RelayConfig.load(path)
+        config = RelayConfig.load(path, warnings)
     except ConfigError as exc:
-        for line in exc.lines():
-            print(f"{PROG}: {line}", file=sys.stderr)
+        # Whatever ASPIA_LOG_LEVEL says (fatal only by default): a config problem must be heard.
+        report_always(PROG, exc.warning_lines())
+        report_always(PROG, exc.lines(), level=logging.CRITICAL)
         return EXIT_CONFIG_ERROR
+    report_always(PROG, warning_lines(path, warnings))
     try:
         timers = RelayTimers.from_env(os.environ)
     except TimersError as exc:

@@ -40,14 +40,21 @@ from natrelay.aspia.router.storage.factory import open_storage, sqlite_path
 from natrelay.aspia.router.storage.postgres import PostgresStorage, is_postgres_url, redact
 from natrelay.aspia.router.storage.presence import DEFAULT_LEASE, PostgresPresence
 from natrelay.ops import sdnotify
-from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR, ROUTER_CONFIG_NAME, ConfigError, RouterConfig
+from natrelay.ops.aspia_config import (
+    EXIT_CONFIG_ERROR,
+    ROUTER_CONFIG_NAME,
+    ConfigError,
+    ConfigProblem,
+    RouterConfig,
+    warning_lines,
+)
 from natrelay.ops.aspia_config import default_config_path as _default_config_path
-from natrelay.ops.aspia_logging import setup_aspia_logging
+from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
 from natrelay.ops.http.aspia_sources import AspiaRouterSource
 from natrelay.ops.http.auth import RouterAccounts
 from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options
 from natrelay.ops.http.server import HttpServer
-from natrelay.ops.jsonsettings import update_settings, write_file_atomically
+from natrelay.ops.jsonsettings import make_directories, update_settings, write_file_atomically
 from natrelay.ops.runtime import run
 from natrelay.ops.systemctl import service_switch
 
@@ -55,6 +62,7 @@ PROG = "aspia_router"
 DATA_DIR_ENV = "ASPIA_DATA_DIR"
 PUBLIC_KEY_NAME = "router.pub"
 MAX_PASSWORD_FILE = 4096
+DATA_DIR_MODE = 0o700
 WINDOWS_ONLY = ("--install", "--remove", "--start", "--stop")
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -154,6 +162,9 @@ def create_config(paths: _Paths, database: str = "") -> int:
     pg: PostgresStorage | None = None
     try:
         if sqlite_file is not None:
+            # Made here, 0700 whatever the umask: the database holds password verifiers and the
+            # admin socket lives beside it; nobody but the router's user has business in this folder.
+            make_directories(sqlite_file.parent, DATA_DIR_MODE)
             RouterDatabase.create(sqlite_file, [admin])
             created.append(sqlite_file)
         else:
@@ -339,13 +350,15 @@ def query(args: argparse.Namespace, paths: _Paths) -> int:
 
 # ------------------------------------------------------------------- serve
 def serve(args: argparse.Namespace, paths: _Paths) -> int:
+    warnings: list[ConfigProblem] = []
     try:
-        config = RouterConfig.load(paths.config)
+        config = RouterConfig.load(paths.config, warnings)
     except ConfigError as exc:
-        for line in exc.lines():
-            log.critical("%s", line)
-            print(f"{PROG}: {line}", file=sys.stderr)
+        # Whatever ASPIA_LOG_LEVEL says (fatal only by default): a config problem must be heard.
+        report_always(PROG, exc.warning_lines())
+        report_always(PROG, exc.lines(), level=logging.CRITICAL)
         return EXIT_CONFIG_ERROR
+    report_always(PROG, warning_lines(paths.config, warnings))
     try:
         http = http_options(args, config.http_listen or None)
     except HttpConfigError as exc:

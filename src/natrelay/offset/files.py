@@ -19,12 +19,14 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from natrelay.offset.constants import MAX_ADDRESS_LENGTH
 from natrelay.ops.addresses import AddressError, validate_ticket_address
+from natrelay.ops.jsonsettings import directory_mode_for, make_directories
 
 __all__ = [
     "KEY_LENGTH",
@@ -308,8 +310,9 @@ def _create_exclusive(path: str | os.PathLike[str], content: bytes, mode: int, *
     parent = os.path.dirname(os.fspath(path))
     if parent:
         try:
-            os.makedirs(parent, exist_ok=True)
-        except FileExistsError:
+            # Folders we create are 0700 for an identity, 0755 for a ticket, whatever the umask.
+            make_directories(Path(parent), directory_mode_for(mode))
+        except (FileExistsError, NotADirectoryError):
             # A non-directory sits where a parent folder should be. Reporting this as
             # FileExistsError would read as "output already exists", which it is not.
             raise NotADirectoryError(errno.ENOTDIR, "a parent of it is not a folder", parent) from None

@@ -31,6 +31,8 @@ import ipaddress
 import logging
 import os
 import re
+import shlex
+import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from typing import Any, ClassVar, Final, Self
 from natrelay.ops.addresses import AddressError, parse_host_port, parse_listen_address
 from natrelay.ops.bandwidth import format_rate, parse_rate
 from natrelay.ops.jsonsettings import (
+    KEY_SEPARATOR,
     JsonSettingsError,
     SettingsDocument,
     format_settings,
@@ -90,19 +93,41 @@ class ConfigProblem:
     message: str
 
 
-class ConfigError(Exception):
-    """Everything wrong with one config file, ready to print one line per problem."""
+def problem_line(path: str | os.PathLike[str], problem: ConfigProblem, prefix: str = "") -> str:
+    """``path: key: message`` (``path: message`` for the file as a whole), ``prefix`` before the key."""
+    where = f"{problem.key}: " if problem.key else ""
+    return f"{path}: {prefix}{where}{problem.message}"
 
-    def __init__(self, path: str | os.PathLike[str], problems: Sequence[ConfigProblem]) -> None:
+
+def warning_lines(path: str | os.PathLike[str], warnings: Sequence[ConfigProblem]) -> list[str]:
+    """One ``path: warning: key: message`` line per warning, for the CLI to print to stderr."""
+    return [problem_line(path, w, "warning: ") for w in warnings]
+
+
+class ConfigError(Exception):
+    """Everything wrong with one config file, ready to print one line per problem.
+
+    ``warnings`` carries what was merely suspicious in the same file (unknown keys, a private
+    key readable by others), so the operator sees them next to the errors they may explain:
+    a misspelled required key shows up as "required, but missing" *and* "did you mean".
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        problems: Sequence[ConfigProblem],
+        warnings: Sequence[ConfigProblem] = (),
+    ) -> None:
         self.path = str(path)
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
-        return [
-            f"{self.path}: {p.key}: {p.message}" if p.key else f"{self.path}: {p.message}"
-            for p in self.problems
-        ]
+        return [problem_line(self.path, p) for p in self.problems]
+
+    def warning_lines(self) -> list[str]:
+        return warning_lines(self.path, self.warnings)
 
     @property
     def keys(self) -> list[str]:
@@ -170,12 +195,21 @@ class _Reader:
         self.doc = doc
         self.fields = {f.key: f for f in fields}
         self.problems: list[ConfigProblem] = []
+        self.warnings: list[ConfigProblem] = []
+
+    def warn(self, key: str, what: str) -> None:
+        """Something that does not stop the program but that the operator must hear about."""
+        self.warnings.append(ConfigProblem(key, what))
 
     def _fail(self, key: str, what: str) -> None:
         self.problems.append(ConfigProblem(key, f"{what} (allowed: {self.fields[key].allowed})"))
 
     def _raw(self, key: str) -> str:
         """The trimmed text, '' meaning "not set"; a value JSON could not express is reported."""
+        if key in self.doc.groups:
+            # {"a": 1} where a value belongs: Aspia would store "Key/a" and use the default for Key.
+            self._fail(key, "got a JSON object ({...}), which is not a value; write a string or a number")
+            return ""
         if key in self.doc.rejected:
             self._fail(key, f"unusable value: {self.doc.rejected[key]}")
             return ""
@@ -284,12 +318,14 @@ class _Reader:
 
     def report_unknown_keys(self) -> None:
         """Unknown keys do not stop the program (the original ignores them) but are usually typos."""
-        for key in sorted(set(self.doc.values) | set(self.doc.rejected)):
-            if key in self.fields:
-                continue
-            close = difflib.get_close_matches(key, list(self.fields), n=1)
+        for key in sorted(set(self.doc.values) | set(self.doc.rejected) | self.doc.groups):
+            if key in self.fields or key.split(KEY_SEPARATOR, 1)[0] in self.fields:
+                continue  # a known key, or inside an object given for one (reported as its error)
+            if any(other.startswith(key + KEY_SEPARATOR) for other in self.doc.values):
+                continue  # an unknown object: its entries are reported, one line each
+            close = difflib.get_close_matches(key.split(KEY_SEPARATOR, 1)[0], list(self.fields), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            _LOG.warning("%s: unknown key %r ignored%s", self.doc.source, key, hint)
+            self.warn("", f"unknown key {key!r} ignored{hint}")
 
 
 def _ip_list_text(entries: Sequence[IPAddress]) -> str:
@@ -313,18 +349,55 @@ class _SettingsFile:
         raise NotImplementedError
 
     @classmethod
-    def from_settings(cls, doc: SettingsDocument) -> Self:
-        """Build and validate; raises :class:`ConfigError` listing every problem in ``doc``."""
+    def _check(cls, config: Self, reader: _Reader) -> None:
+        """Warnings about values that are valid but almost certainly not what the operator wants."""
+
+    @classmethod
+    def from_settings(cls, doc: SettingsDocument, warnings: list[ConfigProblem] | None = None) -> Self:
+        """Build and validate; raises :class:`ConfigError` listing every problem in ``doc``.
+
+        Warnings (unknown keys, suspicious values) go into ``warnings`` when the caller passes a
+        list, which a CLI then prints to stderr whatever the log level; without one they are
+        logged. A :class:`ConfigError` carries them too.
+        """
         reader = _Reader(doc, cls.FIELDS)
         config = cls._from_reader(reader)
+        if not reader.problems:
+            cls._check(config, reader)
         reader.report_unknown_keys()
         if reader.problems:
-            raise ConfigError(doc.source, reader.problems)
+            raise ConfigError(doc.source, reader.problems, reader.warnings)
+        if warnings is None:
+            for line in warning_lines(doc.source, reader.warnings):
+                _LOG.warning("%s", line)
+        else:
+            warnings.extend(reader.warnings)
         return config
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Self:
-        """Read and validate the file (default location if ``path`` is None); never creates it."""
+    def _file_warnings(cls, path: Path) -> list[ConfigProblem]:
+        """The file's permissions: a private key others can read, or a config others can change."""
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            return []
+        found: list[ConfigProblem] = []
+        if cls.FILE_MODE & 0o077 == 0 and mode & 0o077:
+            found.append(ConfigProblem("", (
+                f"holds a private key but its mode is {mode:04o} (others can read it); "
+                f"run: chmod {mode & ~0o077:o} {shlex.quote(str(path))}")))
+        elif mode & 0o022:
+            found.append(ConfigProblem("", (
+                f"can be changed by other users (mode {mode:04o}); "
+                f"run: chmod go-w {shlex.quote(str(path))}")))
+        return found
+
+    @classmethod
+    def load(cls, path: Path | None = None, warnings: list[ConfigProblem] | None = None) -> Self:
+        """Read and validate the file (default location if ``path`` is None); never creates it.
+
+        ``warnings`` as in :meth:`from_settings`, plus one about the file's permissions.
+        """
         path = default_config_path(cls.FILE_NAME) if path is None else path
         required = ", ".join(f.key for f in cls.FIELDS if f.required)
         try:
@@ -338,7 +411,17 @@ class _SettingsFile:
             raise ConfigError(
                 path, [ConfigProblem("", f"cannot read the file: {exc.strerror or exc}")]
             ) from None
-        return cls.from_settings(doc)
+        found = cls._file_warnings(path)
+        try:
+            config = cls.from_settings(doc, found)
+        except ConfigError as exc:
+            raise ConfigError(exc.path, exc.problems, found + exc.warnings) from None
+        if warnings is None:
+            for line in warning_lines(path, found):
+                _LOG.warning("%s", line)
+        else:
+            warnings.extend(found)
+        return config
 
     def problems(self, source: str = "<in memory>") -> list[ConfigProblem]:
         """Validate a configuration built in code, by the same rules as one read from a file.
@@ -347,7 +430,7 @@ class _SettingsFile:
         guards files, so code and files can never disagree about what is valid.
         """
         try:
-            type(self).from_settings(SettingsDocument(source, self.to_settings()))
+            type(self).from_settings(SettingsDocument(source, self.to_settings()), [])
         except ConfigError as exc:
             return exc.problems
         return []
@@ -520,6 +603,12 @@ class RelayConfig(_SettingsFile):
         } | ({"RouterAddresses": ";".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
                                           for h, p in self.router_addresses)}
              if self.router_addresses else {})
+
+    @classmethod
+    def _check(cls, config: Self, reader: _Reader) -> None:
+        if config.max_peer_count == 0:
+            reader.warn("MaxPeerCount", "is 0: the Router gets no keys from this Relay and no peer can "
+                        "connect through it (allowed: " + reader.fields["MaxPeerCount"].allowed + ")")
 
 
 _WHITE_LIST = "IP addresses separated by ';'; empty allows every address"

@@ -30,7 +30,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
@@ -333,3 +333,29 @@ def setup_aspia_logging(
         for handler in handlers:
             handler.handle(record)
     return warnings
+
+
+def report_always(
+    program: str,
+    lines: Sequence[str],
+    *,
+    level: int = logging.WARNING,
+    logger: logging.Logger | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Print ``lines`` to stderr and copy them into the log files, whatever ``ASPIA_LOG_LEVEL`` says.
+
+    For what an operator must always hear about (config errors, unknown keys, a private key others
+    can read): the default level is fatal-only, which would swallow a warning, and a typo that
+    silently falls back to a default is worse than a refusal to start. The console handler is
+    skipped because the lines were just printed; file handlers get them so the log tells the same
+    story as the terminal.
+    """
+    out = stream if stream is not None else sys.stderr
+    target = logger if logger is not None else logging.getLogger()
+    files = [h for h in target.handlers if isinstance(h, AspiaFileHandler)]
+    for text in lines:
+        print(f"{program}: {text}", file=out, flush=True)
+        record = target.makeRecord(target.name, level, __file__, 0, "%s", (text,), None, func="report_always")
+        for handler in files:
+            handler.handle(record)

@@ -63,6 +63,9 @@ class SettingsDocument:
     source: str
     values: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    # Keys whose value was a JSON object ({...}, even an empty one). Aspia flattens an object into
+    # "Key/sub" entries, so "Port": {"a": 1} would otherwise vanish behind a "Port/a" nobody reads.
+    groups: set[str] = field(default_factory=set)
 
 
 class _DuplicateKeys:
@@ -132,6 +135,7 @@ def _flatten(obj: _DuplicateKeys, prefix: str, doc: SettingsDocument) -> None:
             continue
         seen.add(full)
         if isinstance(value, _DuplicateKeys):
+            doc.groups.add(full)
             _flatten(value, full + KEY_SEPARATOR, doc)
             continue
         text = _as_text(value)
@@ -223,7 +227,48 @@ def format_settings(values: Mapping[str, str]) -> bytes:
     return json.dumps(tree, indent=4, ensure_ascii=False).encode("utf-8")
 
 
-def write_file_atomically(path: Path, data: bytes, *, exclusive: bool, mode: int = 0o644) -> None:
+def directory_mode_for(file_mode: int) -> int:
+    """The mode for a folder we create to hold a file of ``file_mode``.
+
+    A folder for private files (no group/other bits: keys, databases) is 0700. A folder for
+    files others must read (relay.json is read by the relay's systemd ``DynamicUser``, router.pub
+    is public) is 0755: readable and traversable, but never writable by anyone but the owner.
+    """
+    return 0o700 if file_mode & 0o077 == 0 else 0o755
+
+
+def make_directories(path: Path, mode: int) -> None:
+    """``mkdir -p`` giving every folder it creates ``mode`` at most, whatever the umask.
+
+    ``Path.mkdir(parents=True)`` and ``os.makedirs`` give the intermediate folders 0777 less the
+    umask, which under ``umask 000`` is a world-writable folder above a private key. Here each
+    missing component is created with ``mode`` (the umask can only remove bits from it), and
+    folders that already exist are left as they are: they are the operator's.
+    """
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        if os.path.lexists(current):
+            # A non-directory in the way: not the "target exists" callers look for.
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(current))
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+                ) from None
+            continue  # created by someone else meanwhile: theirs, keep it
+
+
+def write_file_atomically(
+    path: Path, data: bytes, *, exclusive: bool, mode: int = 0o644, dir_mode: int | None = None
+) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing/the old file or the whole new file.
 
     The data goes to a temporary file in the same directory first (same filesystem, so the final
@@ -231,13 +276,10 @@ def write_file_atomically(path: Path, data: bytes, *, exclusive: bool, mode: int
     with ``FileExistsError`` if *anything* (file, directory, dangling symlink) is already there,
     so an existing file is never overwritten and no empty file is left behind on failure.
     Without ``exclusive`` it is renamed over the target, keeping the target's permission bits.
-    Parent directories are created as needed.
+    Missing parent folders are created with ``dir_mode`` (default: :func:`directory_mode_for`
+    ``mode``), whatever the umask.
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        # A non-directory in the way of the parent: not the "target exists" callers look for.
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    make_directories(path.parent, directory_mode_for(mode) if dir_mode is None else dir_mode)
     if not exclusive:
         with contextlib.suppress(FileNotFoundError):
             mode = stat.S_IMODE(os.stat(path).st_mode)
