@@ -340,6 +340,33 @@ def services() -> Iterator[dict[str, Service]]:
             s.close()
 
 
+def check_signal_ends_peer(service: Service, start: Callable[[bytes, threading.Event], PeerRun],
+                           sig: int) -> None:
+    """Mid-transfer and when idle: ``sig`` ends the peer within seconds with status 128 + sig, the
+    service behind the other peer sees a reset (not a clean end), and stdout holds a prefix of
+    what was sent back. ``start(data, hold)`` starts the peer with a held stdin pipe."""
+    for phase in ("transfer", "idle"):
+        index = len(service.records)
+        hold = threading.Event()
+        run = start(PAYLOAD if phase == "transfer" else b"", hold)
+        try:
+            wait_for(lambda i=index: len(service.records) > i, 60, "the connection to reach the service")
+            if phase == "transfer":
+                wait_for(lambda i=index: len(service.records[i].received) > 0, 30, "bytes to flow")
+            else:
+                time.sleep(0.5)
+            started = time.monotonic()
+            run.proc.send_signal(sig)
+            outcome = run.finish(timeout=15)
+            assert time.monotonic() - started < 6
+        finally:
+            hold.set()
+        assert outcome.code == 128 + sig, (phase, outcome.stderr)
+        record = service.wait_record(index)
+        assert record.ended is not None and record.ended.startswith("reset"), (phase, record.ended)
+        assert outcome.stdout is not None and PAYLOAD.startswith(outcome.stdout)
+
+
 def check_transfer(outcome: Outcome, service: Service, record: Record, sent: bytes) -> None:
     """Exit 0, stdout exactly what the service sent back, the service got all of stdin."""
     assert outcome.code == 0, outcome.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from tests.e2e.stdio_cases import (
     STDOUT_KINDS,
     PeerRun,
     Service,
+    check_signal_ends_peer,
     check_transfer,
     forward_exchange,
     no_leftover_peers,
@@ -123,28 +123,11 @@ def test_client_matrix(bed: Bed, mode: str, loop: str) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_end_the_client_promptly_mid_transfer_and_idle(bed: Bed, sig: signal.Signals) -> None:
-    service = bed.services["echo"]
-    for phase in ("transfer", "idle"):
-        index = len(service.records)
-        hold = threading.Event()
-        run = PeerRun(bed.client_argv(bed.host_ids["echo"]), bed.tmp, "pipe", "file",
-                      data=PAYLOAD if phase == "transfer" else b"", pipe_hold=hold, env=aspia_env())
-        try:
-            wait_for(lambda i=index: len(service.records) > i, 60, "the session to reach the service")
-            if phase == "transfer":
-                wait_for(lambda i=index: len(service.records[i].received) > 0, 30, "bytes to flow")
-            else:
-                time.sleep(0.5)
-            started = time.monotonic()
-            run.proc.send_signal(sig)
-            outcome = run.finish(timeout=15)
-            assert time.monotonic() - started < 6
-        finally:
-            hold.set()
-        assert outcome.code == 128 + sig, (phase, outcome.stderr)
-        record = service.wait_record(index)
-        assert record.ended is not None and record.ended.startswith("reset"), (phase, record.ended)
-        assert outcome.stdout is not None and PAYLOAD.startswith(outcome.stdout)
+    def start(data: bytes, hold: threading.Event) -> PeerRun:
+        return PeerRun(bed.client_argv(bed.host_ids["echo"]), bed.tmp, "pipe", "file", data=data,
+                       pipe_hold=hold, env=aspia_env())
+
+    check_signal_ends_peer(bed.services["echo"], start, sig)
 
 
 def test_host_that_cannot_reach_its_service_fails_the_client_with_the_reason(tmp_path: Path,

@@ -28,6 +28,7 @@ from tests.e2e.stdio_cases import (
     STDOUT_KINDS,
     PeerRun,
     Service,
+    check_signal_ends_peer,
     check_transfer,
     forward_exchange,
     no_leftover_peers,
@@ -186,28 +187,10 @@ def _expose_unreachable(bed: Bed, ident: Path, key: str, port: int, tmp_path: Pa
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signals_end_connect_promptly_mid_transfer_and_idle(bed: Bed, sig: signal.Signals) -> None:
-    service = bed.services["echo"]
-    for phase in ("transfer", "idle"):
-        index = len(service.records)
-        hold = threading.Event()
-        data = PAYLOAD if phase == "transfer" else b""
-        run = PeerRun(bed.connect_argv("echo", "uvloop"), bed.tmp, "pipe", "file", data=data, pipe_hold=hold)
-        try:
-            wait_for(lambda i=index: len(service.records) > i, 30, "the connection to reach the service")
-            if phase == "transfer":
-                wait_for(lambda i=index: len(service.records[i].received) > 0, 30, "bytes to flow")
-            else:
-                time.sleep(0.5)
-            started = time.monotonic()
-            run.proc.send_signal(sig)
-            outcome = run.finish(timeout=15)
-            assert time.monotonic() - started < 6
-        finally:
-            hold.set()
-        assert outcome.code == 128 + sig, (phase, outcome.stderr)
-        record = service.wait_record(index)
-        assert record.ended is not None and record.ended.startswith("reset"), (phase, record.ended)
-        assert outcome.stdout is not None and PAYLOAD.startswith(outcome.stdout)
+    def start(data: bytes, hold: threading.Event) -> PeerRun:
+        return PeerRun(bed.connect_argv("echo", "uvloop"), bed.tmp, "pipe", "file", data=data, pipe_hold=hold)
+
+    check_signal_ends_peer(bed.services["echo"], start, sig)
 
 
 def test_sigterm_with_stdin_from_a_big_file_to_a_slow_reader(tmp_path: Path, bed: Bed) -> None:
