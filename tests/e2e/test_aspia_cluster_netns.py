@@ -131,11 +131,16 @@ def run_cluster(m: Machines, db: PostgresServer, tmp_path: Path) -> None:
     first = RouterSetup(tmp_path / "r1", config, tmp_path / "r1" / "lib", key,
                         parse_admin_password(done.stdout), PORT)
     add_router_user(first, ROUTER_USER, ROUTER_PASSWORD)
-    update_settings(config, {"Database": db.url(name), "Port": str(PORT), "ListenInterface": ip["r1"]})
+    # The relays are other machines: routers admit only relays from their own machine unless the
+    # operator white-lists them, as one would here.
+    relays_allowed = f"{ip['relay1']};{ip['relay2']}"
+    update_settings(config, {"Database": db.url(name), "Port": str(PORT), "ListenInterface": ip["r1"],
+                             "RelayWhiteList": relays_allowed})
     setups = {"r1": first}
     for r in ("r2", "r3"):
         setups[r] = second_router(first, tmp_path / r)
-        update_settings(setups[r].config, {"Port": str(PORT), "ListenInterface": ip[r]})
+        update_settings(setups[r].config, {"Port": str(PORT), "ListenInterface": ip[r],
+                                           "RelayWhiteList": relays_allowed})
     routers: dict[str, Router] = {}
     for r, setup in setups.items():
         p = m.start(r, [*tool("aspia_router"), *setup.args(), "--lease", str(LEASE)], r)
