@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,8 @@ class Peers:
     echo: EchoServer
     host: Process
     host_id: int
+    clients: list[Process] = field(default_factory=list)
+    """Clients started through ``listen_client``: the fixture stops them (and fails if SIGTERM does not)."""
 
     def client_args(self, *, user: str = ROUTER_USER, password: str = ROUTER_PASSWORD,
                     key: str | None = None, host_id: int | None = None,
@@ -111,6 +113,7 @@ class Peers:
         port = free_port()
         proc = start_process("natrelay", [*self.client_args(), "--listen", f"{HOST}:{port}"],
                              self.tmp / f"{name}.log")
+        self.clients.append(proc)
         proc.wait_log("listening on", timeout=60)
         return proc, port
 
@@ -140,13 +143,17 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
     relays = [start_relay(tmp_path / f"relay{i}", setup, RELAY_TIMERS) for i in (1, 2)]
     echo = EchoServer()
     procs: list[Process] = [router, *relays]
+    clients: list[Process] = []
     try:
         wait_for(lambda: router.log().count("added 100 keys") >= 2, 60, "both relays to register")
         host, host_id = start_host(tmp_path, setup, echo.port)
         procs.append(host)
-        yield Peers(tmp_path, setup, router, relays, echo, host, host_id)
+        peers = Peers(tmp_path, setup, router, relays, echo, host, host_id, clients)
+        yield peers
+        for client in clients:  # each must stop on SIGTERM; stop() fails the test otherwise
+            client.stop()
     finally:
-        for p in reversed(procs):
+        for p in [*clients, *reversed(procs)]:  # after a failure too
             p.kill()
         echo.shutdown()
         echo.server_close()
