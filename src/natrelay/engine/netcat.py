@@ -151,9 +151,6 @@ class Transfer:
             abort_stream(self.tunnel_writer, f"the other side failed: {describe(exc)}")
             return self._result(EXIT_LOCAL_IO, f"{describe(exc)} (sent {self.sent} bytes, "
                                                f"received {self.received} bytes)")
-        # Both directions usually fail together; the reader's error says why (the carrier's
-        # reason, or the other side's abort), the writer's only "Connection lost".
-        exc = self.tunnel_reader.exception() or exc
         abort_stream(self.tunnel_writer, describe(exc))
         await self._flush(std)
         return self._broken(describe(exc))
