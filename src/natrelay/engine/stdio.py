@@ -424,13 +424,14 @@ async def _open_writer(fd: int) -> tuple[asyncio.StreamWriter, _StdoutProtocol]:
     loop = asyncio.get_running_loop()
     protocol = _StdoutProtocol()
     transport: asyncio.WriteTransport
-    if loop_can_watch(fd) and _is_socket(fd):
+    watchable = loop_can_watch(fd)
+    if watchable and _is_socket(fd):
         # A socket gets a real socket transport: it half-closes properly (shutdown), and unlike
         # a write-pipe transport it does not treat incoming data as the reader having left.
         sock = socket.socket(fileno=os.dup(fd))
         transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
         transport.pause_reading()
-    elif loop_can_watch(fd):
+    elif watchable:
         pipe = os.fdopen(os.dup(fd), "wb", buffering=0)
         try:
             inner, _ = await loop.connect_write_pipe(lambda: protocol, pipe)
