@@ -340,6 +340,37 @@ def services() -> Iterator[dict[str, Service]]:
             s.close()
 
 
+def check_matrix(service: Service, start: Callable[[str, str], PeerRun], timeout: float = 60) -> None:
+    """Every stdin kind x every stdout kind against ``service``; ``start(stdin, stdout)`` starts the peer."""
+    for stdin_kind in STDIN_KINDS:
+        for stdout_kind in STDOUT_KINDS:
+            index = len(service.records)
+            outcome = start(stdin_kind, stdout_kind).finish(timeout)
+            try:
+                record = service.wait_record(index)
+                check_transfer(outcome, service, record, stdin_data(stdin_kind))
+            except AssertionError as exc:
+                raise AssertionError(f"stdin {stdin_kind}, stdout {stdout_kind}: {exc}; "
+                                     f"stderr: {outcome.stderr}") from exc
+
+
+def check_forwarder_to_echo(port: int, echo: Service) -> None:
+    """Through a ``--listen`` forwarder to the echo service: our reset mid-transfer reaches the
+    service as a reset, and the forwarder then still carries a whole exchange."""
+    index = len(echo.records)
+    forward_exchange(port, PAYLOAD, reset_after=200_000)
+    record = echo.wait_record(index)
+    assert record.ended is not None and record.ended.startswith("reset"), record.ended
+    back, ended = forward_exchange(port, PAYLOAD)
+    assert ended == "eof" and sha(back) == sha(PAYLOAD)
+
+
+def check_forwarder_to_resetting_service(port: int) -> None:
+    """Through a forwarder to a service that resets after 100 kB: we see a reset, not an end."""
+    _, ended = forward_exchange(port, PAYLOAD)
+    assert ended.startswith("reset"), ended
+
+
 def check_signal_ends_peer(service: Service, start: Callable[[bytes, threading.Event], PeerRun],
                            sig: int) -> None:
     """Mid-transfer and when idle: ``sig`` ends the peer within seconds with status 128 + sig, the

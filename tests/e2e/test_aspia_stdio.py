@@ -28,20 +28,16 @@ from tests.e2e.aspia_env import (
     tool,
 )
 from tests.e2e.stdio_cases import (
-    PAYLOAD,
     SERVICES,
-    STDIN_KINDS,
-    STDOUT_KINDS,
     PeerRun,
     Service,
+    check_forwarder_to_echo,
+    check_forwarder_to_resetting_service,
+    check_matrix,
     check_signal_ends_peer,
-    check_transfer,
-    forward_exchange,
     no_leftover_peers,
     refusing_port,
     services,
-    sha,
-    stdin_data,
     wait_for,
 )
 from tests.e2e.test_aspia_peers import (
@@ -106,19 +102,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 @pytest.mark.parametrize("mode", SERVICES)
 def test_client_matrix(bed: Bed, mode: str, loop: str) -> None:
     """Every stdin kind x every stdout kind against one service on one loop."""
-    service = bed.services[mode]
-    for stdin_kind in STDIN_KINDS:
-        for stdout_kind in STDOUT_KINDS:
-            index = len(service.records)
-            run = PeerRun(bed.client_argv(bed.host_ids[mode], loop), bed.tmp, stdin_kind, stdout_kind,
-                          env=aspia_env())
-            outcome = run.finish(timeout=90)
-            try:
-                record = service.wait_record(index)
-                check_transfer(outcome, service, record, stdin_data(stdin_kind))
-            except AssertionError as exc:
-                raise AssertionError(f"stdin {stdin_kind}, stdout {stdout_kind}: {exc}; "
-                                     f"stderr: {outcome.stderr}") from exc
+    argv = bed.client_argv(bed.host_ids[mode], loop)
+    check_matrix(bed.services[mode], lambda i, o: PeerRun(argv, bed.tmp, i, o, env=aspia_env()), timeout=90)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -187,16 +172,9 @@ def test_forwarding_turns_a_reset_on_either_side_into_a_reset_on_the_other(tmp_p
             forwarders.append(forwarder)
             forwarder.wait_log("listening on", timeout=60)
             if host_id == reset_host_id:
-                _, ended = forward_exchange(port, PAYLOAD)  # the service resets after 100 kB
-                assert ended.startswith("reset"), ended
+                check_forwarder_to_resetting_service(port)
             else:
-                echo = bed.services["echo"]
-                index = len(echo.records)
-                forward_exchange(port, PAYLOAD, reset_after=200_000)  # we reset mid-transfer
-                record = echo.wait_record(index)
-                assert record.ended is not None and record.ended.startswith("reset"), record.ended
-                back, ended = forward_exchange(port, PAYLOAD)  # and the forwarder still works
-                assert ended == "eof" and sha(back) == sha(PAYLOAD)
+                check_forwarder_to_echo(port, bed.services["echo"])
         codes = [f.stop() for f in forwarders]
         assert codes == [0] * len(codes), codes
     finally:

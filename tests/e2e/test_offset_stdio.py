@@ -28,9 +28,10 @@ from tests.e2e.stdio_cases import (
     STDOUT_KINDS,
     PeerRun,
     Service,
+    check_forwarder_to_echo,
+    check_forwarder_to_resetting_service,
+    check_matrix,
     check_signal_ends_peer,
-    check_transfer,
-    forward_exchange,
     no_leftover_peers,
     refusing_port,
     services,
@@ -95,17 +96,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 @pytest.mark.parametrize("mode", SERVICES)
 def test_connect_matrix(bed: Bed, mode: str, loop: str) -> None:
     """Every stdin kind x every stdout kind against one service on one loop."""
-    service = bed.services[mode]
-    for stdin_kind in STDIN_KINDS:
-        for stdout_kind in STDOUT_KINDS:
-            index = len(service.records)
-            run = PeerRun(bed.connect_argv(mode, loop), bed.tmp, stdin_kind, stdout_kind)
-            outcome = run.finish()
-            record = service.wait_record(index)
-            try:
-                check_transfer(outcome, service, record, stdin_data(stdin_kind))
-            except AssertionError as exc:
-                raise AssertionError(f"stdin {stdin_kind}, stdout {stdout_kind}: {exc}") from exc
+    check_matrix(bed.services[mode], lambda i, o: PeerRun(bed.connect_argv(mode, loop), bed.tmp, i, o))
 
 
 @pytest.mark.parametrize("loop", list(LOOP_FLAGS))
@@ -285,16 +276,9 @@ def test_forwarding_turns_a_reset_on_either_side_into_a_reset_on_the_other(tmp_p
             # Not by connecting: a probe would itself be forwarded to the service.
             wait_for(lambda f=log: "forwarding 127.0.0.1" in f.read_text(), 30, "the forwarder to listen")
             if target == key:
-                _, ended = forward_exchange(port, PAYLOAD)  # the service resets after 100 kB
-                assert ended.startswith("reset"), ended
+                check_forwarder_to_resetting_service(port)
             else:
-                echo = bed.services["echo"]
-                index = len(echo.records)
-                forward_exchange(port, PAYLOAD, reset_after=200_000)  # we reset mid-transfer
-                record = echo.wait_record(index)
-                assert record.ended is not None and record.ended.startswith("reset"), record.ended
-                back, ended = forward_exchange(port, PAYLOAD)  # and the forwarder still works
-                assert ended == "eof" and sha(back) == sha(PAYLOAD)
+                check_forwarder_to_echo(port, bed.services["echo"])
     finally:
         codes = stop_all([*forwarders, listener])
         reset_service.close()
