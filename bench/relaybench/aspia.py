@@ -282,6 +282,9 @@ class AspiaSubject(Subject):
             "RouterPublicKey": self._router_key.hex(), "ListenInterface": LOOPBACK, "PeerAddress": LOOPBACK,
             "PeerPort": str(peer_port), "MaxPeerCount": str(MAX_PEER_COUNT), "PeerIdleTimeout": "60",
             "StatisticsEnabled": "false",
+            # Every bench session comes from 127.0.0.1: the per-address caps that guard a public relay
+            # (256 connections per address by default) would refuse the soak's 1,000 sessions.
+            "MaxConnectionsPerIp": "0", "MaxConnections": "0",
         }, exclusive=True)
         self._relay = ManagedProcess("aspia_relay", [*_cli("aspia_relay"), "--config", str(relay_config)],
                                      d / "relay.log", cwd=d, env=env)
