@@ -28,7 +28,7 @@ from natrelay.aspia.peer.users import (
     read_users_file,
 )
 from natrelay.cli import stdio_mode
-from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, OPTION_HELP, parse_tcp_keepalive
+from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, OPTION_HELP, TcpKeepAlive, parse_tcp_keepalive
 from natrelay.engine.streams import bridge
 from natrelay.ops.addresses import AddressError, parse_host_port
 from natrelay.ops.runtime import Stop, run
@@ -94,8 +94,17 @@ def _router_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout", type=float, default=PEER_KEEPALIVE_TIMEOUT, metavar="SECONDS",
                    help="drop a connection whose pong is this late, e.g. after a NAT forgot it (5..60, "
                         "default %(default)s)")
-    p.add_argument("--tcp-keepalive", default=DEFAULT_TCP_KEEPALIVE.describe(), metavar="IDLE,INTERVAL,COUNT",
+    p.add_argument("--tcp-keepalive", type=_tcp_keepalive, default=DEFAULT_TCP_KEEPALIVE,
+                   metavar="IDLE,INTERVAL,COUNT",
                    help=OPTION_HELP.replace("the control connection", "the router connection"))
+
+
+def _tcp_keepalive(text: str) -> TcpKeepAlive | None:
+    """``--tcp-keepalive`` for argparse: a bad value is a usage error (status 2) with the reason."""
+    try:
+        return parse_tcp_keepalive(text, option="")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _fail = stdio_mode.fail
@@ -152,7 +161,7 @@ def host_command(args: argparse.Namespace) -> int:
             retry_interval=_positive(args.retry_interval, "--retry-interval"),
             connect_timeout=_positive(args.timeout, "--timeout"),
             keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout),
-            tcp_keepalive=parse_tcp_keepalive(args.tcp_keepalive))
+            tcp_keepalive=args.tcp_keepalive)
         host = AspiaHost(settings, HostUsers(users), on_host_id=_print_host_id)
     except (ValueError, AddressError, StateError) as exc:
         return _fail(str(exc))
@@ -178,7 +187,7 @@ def client_command(args: argparse.Namespace) -> int:
             host_account=Credentials(args.host_user or args.user, host_password),
             connect_timeout=_positive(args.timeout, "--timeout"),
             keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout),
-            tcp_keepalive=parse_tcp_keepalive(args.tcp_keepalive))
+            tcp_keepalive=args.tcp_keepalive)
         local = parse_host_port(args.listen, what="--listen") if args.listen else None
     except (ValueError, AddressError) as exc:
         return _fail(str(exc))

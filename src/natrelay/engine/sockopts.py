@@ -82,19 +82,22 @@ OPTION_HELP = (f"kernel TCP keep-alive on the control connection: probe after ID
 
 
 def parse_tcp_keepalive(text: str, option: str = "--tcp-keepalive") -> TcpKeepAlive | None:
-    """``IDLE,INTERVAL,COUNT`` (whole numbers) or ``0``/``off`` (None); ValueError names the option."""
+    """``IDLE,INTERVAL,COUNT`` (whole numbers) or ``0``/``off`` (None).
+
+    The ValueError names ``option`` (argparse, which names it itself, passes "").
+    """
     value = text.strip().lower()
     if value in ("0", "off"):
         return None
     parts = [p.strip() for p in value.split(",")]
     if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise ValueError(f"{option} must be IDLE,INTERVAL,COUNT (three whole numbers, e.g. "
-                         f"{DEFAULT_TCP_KEEPALIVE.describe()}) or 0 for off, got {text!r}")
+        raise ValueError(f"{option + ' ' if option else ''}must be IDLE,INTERVAL,COUNT (three whole numbers, "
+                         f"e.g. {DEFAULT_TCP_KEEPALIVE.describe()}) or 0 for off, got {text!r}")
     idle, interval, count = (int(p) for p in parts)
     try:
         return TcpKeepAlive(idle, interval, count)
     except ValueError as exc:
-        raise ValueError(f"{option}: {exc}") from None
+        raise ValueError(f"{option}: {exc}" if option else str(exc)) from None
 
 
 def apply_tcp_keepalive(sock: SocketLike | None, options: TcpKeepAlive | None, *,

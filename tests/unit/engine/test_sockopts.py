@@ -166,3 +166,26 @@ async def _aspia_router_link() -> None:
     assert results["default"] == {"keepalive": 1, "idle": 3, "interval": 1, "count": 3,
                                   "user_timeout_ms": 6000}
     assert results["off"]["keepalive"] == 0 and results["off"]["user_timeout_ms"] == 0
+
+
+# ------------------------------------------------------------------ the CLIs
+PEER_ARGS = {
+    "offset listen": ["offset", "listen", "-i", "id", "-r", "ticket"],
+    "aspia host": ["aspia", "host", "--router", "h:1", "--router-key", "k", "--expose", "h:2"],
+    "aspia client": ["aspia", "client", "--router", "h:1", "--router-key", "k", "--user", "u",
+                     "--password-file", "f", "--host-id", "1"],
+}
+
+
+@pytest.mark.parametrize("peer", sorted(PEER_ARGS))
+def test_the_peers_take_the_option(peer: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from natrelay.cli.natrelay import build_parser
+
+    parser, argv = build_parser(), PEER_ARGS[peer]
+    assert parser.parse_args(argv).tcp_keepalive == DEFAULT_TCP_KEEPALIVE
+    assert parser.parse_args([*argv, "--tcp-keepalive", "0"]).tcp_keepalive is None
+    assert parser.parse_args([*argv, "--tcp-keepalive", "9,4,2"]).tcp_keepalive == TcpKeepAlive(9, 4, 2)
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args([*argv, "--tcp-keepalive", "9,4"])
+    assert caught.value.code == 2  # a usage error, with the reason
+    assert "argument --tcp-keepalive: must be IDLE,INTERVAL,COUNT" in capsys.readouterr().err
