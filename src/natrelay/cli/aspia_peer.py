@@ -28,6 +28,7 @@ from natrelay.aspia.peer.users import (
     read_users_file,
 )
 from natrelay.cli import stdio_mode
+from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, OPTION_HELP, TcpKeepAlive, parse_tcp_keepalive
 from natrelay.engine.streams import bridge
 from natrelay.ops.addresses import AddressError, parse_host_port
 from natrelay.ops.runtime import Stop, run
@@ -56,7 +57,9 @@ def add_parser(sub: Any) -> None:
     ho.add_argument("--state", metavar="PATH", type=Path,
                     help=f"where the host ID and its key are kept (default {default_state_path()})")
     ho.add_argument("--retry-interval", type=float, default=HOST_RETRY_INTERVAL, metavar="SECONDS",
-                    help="delay before reconnecting to the router (default %(default)s)")
+                    help="delay between attempts to reach the router while it cannot be reached; a router "
+                         "connection that was up and is lost is dialled again after about 1 s "
+                         "(default %(default)s)")
     ho.set_defaults(handler=host_command)
 
     cl = asub.add_parser(
@@ -91,6 +94,17 @@ def _router_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keepalive-timeout", type=float, default=PEER_KEEPALIVE_TIMEOUT, metavar="SECONDS",
                    help="drop a connection whose pong is this late, e.g. after a NAT forgot it (5..60, "
                         "default %(default)s)")
+    p.add_argument("--tcp-keepalive", type=_tcp_keepalive, default=DEFAULT_TCP_KEEPALIVE,
+                   metavar="IDLE,INTERVAL,COUNT",
+                   help=OPTION_HELP.replace("the control connection", "the router connection"))
+
+
+def _tcp_keepalive(text: str) -> TcpKeepAlive | None:
+    """``--tcp-keepalive`` for argparse: a bad value is a usage error (status 2) with the reason."""
+    try:
+        return parse_tcp_keepalive(text, option="")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _fail = stdio_mode.fail
@@ -146,7 +160,8 @@ def host_command(args: argparse.Namespace) -> int:
             state_path=args.state or default_state_path(),
             retry_interval=_positive(args.retry_interval, "--retry-interval"),
             connect_timeout=_positive(args.timeout, "--timeout"),
-            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout),
+            tcp_keepalive=args.tcp_keepalive)
         host = AspiaHost(settings, HostUsers(users), on_host_id=_print_host_id)
     except (ValueError, AddressError, StateError) as exc:
         return _fail(str(exc))
@@ -171,7 +186,8 @@ def client_command(args: argparse.Namespace) -> int:
             account=Credentials(args.user, password), host_id=parse_host_id(args.host_id),
             host_account=Credentials(args.host_user or args.user, host_password),
             connect_timeout=_positive(args.timeout, "--timeout"),
-            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout))
+            keepalive=KeepAliveTiming(args.keepalive, args.keepalive_timeout),
+            tcp_keepalive=args.tcp_keepalive)
         local = parse_host_port(args.listen, what="--listen") if args.listen else None
     except (ValueError, AddressError) as exc:
         return _fail(str(exc))

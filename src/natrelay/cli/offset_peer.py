@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from natrelay.cli import stdio_mode
+from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, OPTION_HELP, TcpKeepAlive, parse_tcp_keepalive
 from natrelay.engine.streams import abort_stream, bridge
 from natrelay.offset import constants as C
 from natrelay.offset.client import OffsetClient, TunnelError
@@ -39,6 +40,9 @@ def add_parser(sub: Any) -> None:
                     help="accept connections from this key (repeatable)")
     li.add_argument("--allow-any", action="store_true", help="accept connections from any key")
     li.add_argument("--expose", metavar="HOST:PORT", help="forward accepted connections to this TCP service")
+    li.add_argument("--tcp-keepalive", type=_tcp_keepalive, default=DEFAULT_TCP_KEEPALIVE,
+                    metavar="IDLE,INTERVAL,COUNT",
+                    help=OPTION_HELP.replace("the control connection", "the listen connection"))
     stdio_mode.add_options(li)
     li.set_defaults(handler=listen_command)
 
@@ -63,11 +67,21 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(1..%(default)g: relays drop a link silent for 32 s; default %(default)g)")
 
 
+def _tcp_keepalive(text: str) -> TcpKeepAlive | None:
+    """``--tcp-keepalive`` for argparse: a bad value is a usage error (status 2) with the reason."""
+    try:
+        return parse_tcp_keepalive(text, option="")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _client(args: argparse.Namespace) -> OffsetClient:
     if not 1 <= args.keepalive <= C.HEARTBEAT_INTERVAL:
         raise ValueError(f"--keepalive must be 1..{C.HEARTBEAT_INTERVAL:g} seconds, got {args.keepalive:g}")
+    # listen only: connect has no long-lived connection to the relay (one per tunnel)
+    tcp = getattr(args, "tcp_keepalive", DEFAULT_TCP_KEEPALIVE)
     return OffsetClient(Identity(read_identity_seed(args.idfile)), read_ticket(args.relay),
-                        heartbeat_interval=args.keepalive)
+                        heartbeat_interval=args.keepalive, tcp_keepalive=tcp)
 
 
 def _key(text: str, what: str) -> bytes:

@@ -10,10 +10,17 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.sockopts import (
+    DEFAULT_TCP_KEEPALIVE,
+    TcpKeepAlive,
+    apply_tcp_keepalive,
+    is_keepalive_timeout,
+)
 from natrelay.engine.streams import abort_stream, describe
 from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol, TunnelTransport
 from natrelay.offset import constants as C
@@ -68,6 +75,8 @@ class RelayLinkClient(LinkProtocol):
         self.init = init
         self.closed: asyncio.Future[str] = self.loop.create_future()
         self.reset = False
+        self.timed_out = False
+        """The kernel gave up on the connection (ETIMEDOUT): keep-alive probes or data unanswered."""
 
     @property
     def established(self) -> bool:
@@ -77,6 +86,7 @@ class RelayLinkClient(LinkProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.close_reason is None and isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             self.reset = True  # the relay reset the connection before anything else ended it
+        self.timed_out = is_keepalive_timeout(exc)
         super().connection_lost(exc)
 
     def refusal(self, reason: str) -> TunnelError:
@@ -196,6 +206,13 @@ class ListenConnection(RelayLinkClient):
         self.listener = listener
         self.up: asyncio.Future[None] = self.loop.create_future()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # The listen connection is the one a NAT can silently drop while we wait for callers:
+        # kernel probes find that out in seconds (engine/sockopts.py). It carries only small
+        # messages, so TCP_USER_TIMEOUT cannot mistake backpressure for a dead path.
+        apply_tcp_keepalive(transport.get_extra_info("socket"), self.client.tcp_keepalive, user_timeout=True)
+        super().connection_made(transport)
+
     def on_established(self) -> None:
         if not self.up.done():
             self.up.set_result(None)
@@ -222,7 +239,8 @@ class OffsetClient:
     def __init__(self, identity: Identity, ticket: RelayTicket, *,
                  max_frame: int = C.DEFAULT_MAX_FRAME, handshake_timeout: float = C.HANDSHAKE_TIMEOUT,
                  keepalive_timeout: float = C.KEEPALIVE_TIMEOUT,
-                 heartbeat_interval: float = C.HEARTBEAT_INTERVAL) -> None:
+                 heartbeat_interval: float = C.HEARTBEAT_INTERVAL,
+                 tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE) -> None:
         self.identity = identity
         self.ticket = ticket
         self.host, self.port = parse_host_port(ticket.address, what="relay ticket address")
@@ -230,6 +248,8 @@ class OffsetClient:
         self.handshake_timeout = handshake_timeout
         self.keepalive_timeout = keepalive_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.tcp_keepalive = tcp_keepalive
+        """Kernel keep-alive on the listen connection (None: off)."""
         self._timers: WheelDriver[Any] | None = None
 
     @property
@@ -361,12 +381,18 @@ class OffsetListener:
         report a failure to reach the relay before going on in the background).
         """
         delay = 1.0
+        silent_since: float | None = None  # when the kernel gave up on the last listen connection
         while True:
             try:
                 conn = first if first is not None else await self.listen_once()
                 first = None
                 log.info("listening on relay %s as %s", self.client.ticket.address,
                          b64url_encode(self.client.identity.public_key))
+                if silent_since is not None:
+                    log.info("back on the relay %.1f s after the TCP keep-alive found the listen "
+                             "connection dead (no answer to its probes: a NAT or the network dropped it)",
+                             time.monotonic() - silent_since)
+                    silent_since = None
                 delay = 1.0
                 reason = await conn.closed
                 if conn.reset:
@@ -375,6 +401,8 @@ class OffsetListener:
                                 "reconnecting", reason)
                 else:
                     log.warning("lost the relay (%s); reconnecting", reason)
+                if conn.timed_out:
+                    silent_since = time.monotonic()
             except TunnelError as exc:
                 log.warning("cannot listen on the relay: %s; retrying in %.0f s", exc, delay)
             finally:

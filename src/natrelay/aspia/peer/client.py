@@ -37,6 +37,7 @@ from natrelay.aspia.peer.router_link import (
 from natrelay.aspia.peer.router_session import OfferError
 from natrelay.aspia.peer.users import PORT_FORWARD_SESSION, Credentials
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, TcpKeepAlive
 
 log = logging.getLogger("natrelay.aspia.client")
 
@@ -60,6 +61,9 @@ class ClientSettings:
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
     keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
     """Pings on the router link and on every relayed connection (they keep NAT mappings alive)."""
+    tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE
+    """Kernel keep-alive on the router link (None: off): a login a NAT dropped is noticed in
+    seconds, so the next connection logs in again instead of waiting on a dead link."""
     fallback_routers: tuple[tuple[str, int], ...] = ()
     """Other routers of the same cluster, tried in order when the current one cannot be reached."""
 
@@ -132,6 +136,9 @@ class AspiaClient:
             where = self.router_address
             self._link = proto
             log.info("logged in to the router at %s as %r", where, s.account.name)
+            if link is not None and link.timed_out:
+                log.info("logged in again: the TCP keep-alive had found the previous router connection dead "
+                         "(no answer to its probes: a NAT or the network dropped it)")
             return proto
 
     async def _dial(self, address: tuple[str, int]) -> ClientRouterLink:
@@ -139,7 +146,8 @@ class AspiaClient:
         made: list[ClientRouterLink] = []
 
         def factory() -> ClientRouterLink:
-            made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes, s.keepalive))
+            made.append(ClientRouterLink(self._router_config, self.timers, s.random_bytes, s.keepalive,
+                                         s.tcp_keepalive))
             return made[-1]
 
         where = format_address(*address)

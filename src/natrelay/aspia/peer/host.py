@@ -2,9 +2,11 @@
 
 Each offer is a client waiting on a relay: the host dials that relay, acts as the SRP server
 against its own users (no X25519 layer, no anonymous access), and once the client has
-authenticated, joins the stream inside the channel to the exposed TCP service. The router
-connection is re-established ``retry_interval`` seconds (10 s, as the C++ host) after it is lost;
-running sessions do not depend on it and continue.
+authenticated, joins the stream inside the channel to the exposed TCP service. A router
+connection that was up and is lost is dialled again after about a second (a NAT that dropped the
+mapping, a router restart: the host should be reachable again within seconds); a dial that fails
+is retried every ``retry_interval`` seconds (10 s, as the C++ host). Running sessions do not
+depend on the router connection and continue.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +50,15 @@ from natrelay.aspia.peer.state import HostState, load_state, save_state
 from natrelay.aspia.peer.users import HostUsers
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.sockopts import DEFAULT_TCP_KEEPALIVE, TcpKeepAlive
 from natrelay.engine.streams import abort_stream, bridge, describe
 
 log = logging.getLogger("natrelay.aspia.host")
 
 HOST_RETRY_INTERVAL = 10.0
+RECONNECT_AFTER_LOSS = 1.0
+"""Seconds (jittered by +-50 %, at most ``retry_interval``) before dialling a router connection
+that was up and was lost; the jitter spreads the hosts of a restarted router."""
 CONNECT_TIMEOUT = 30.0
 MAX_PENDING_OFFERS = 64
 """Offers being connected or authenticated at once; more are dropped with a log line, so a flood
@@ -72,6 +80,8 @@ class HostSettings:
     """Randomness for the handshakes (tests inject short SRP secrets to stay fast)."""
     keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE
     """Pings on the router link and on every relayed session (they keep NAT mappings alive)."""
+    tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE
+    """Kernel keep-alive on the router link (None: off): notices a dropped NAT mapping in seconds."""
     fallback_routers: tuple[tuple[str, int], ...] = ()
     """Other routers of the same cluster (same key, same database), tried in turn when the
     current one is lost or unreachable; the wait of ``retry_interval`` comes after a whole round."""
@@ -99,6 +109,8 @@ class AspiaHost:
         self._router = settings.router
         self.router_connections = 0
         """Router connections established so far (one per successful dial)."""
+        self._silent_since: float | None = None
+        """When the kernel gave up on the last router connection (keep-alive or data unanswered)."""
         # One seed per process: a probed unknown name gets the same fake salt every time (§4.8).
         self._server_config = ServerConfig(users=users.lookup, seed_key=os.urandom(64), info=local_info(),
                                            timeout=settings.handshake_timeout)
@@ -129,16 +141,22 @@ class AspiaHost:
                     return 1
                 if stop.is_set():
                     break
-                failed = 0 if self.router_connections > before else failed + 1
+                lost = self.router_connections > before  # it was up: most likely it is still there
+                failed = 0 if lost else failed + 1
                 index = (index + 1) % len(routers)
                 if len(routers) > 1 and failed < len(routers):
                     continue  # another router of the cluster may be up: try it at once
                 failed = 0
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), s.retry_interval)
+                    await asyncio.wait_for(stop.wait(), self._delay(lost))
             return 0
         finally:
             await self.aclose()
+
+    def _delay(self, lost: bool) -> float:
+        """How long to wait before the next dial: short after losing a connection that was up."""
+        interval = self.settings.retry_interval
+        return min(interval, RECONNECT_AFTER_LOSS * random.uniform(0.5, 1.5)) if lost else interval
 
     async def _router_session(self, stop: asyncio.Event) -> str | None:
         """One router connection, from dialling to loss; a returned string is a fatal error."""
@@ -149,7 +167,7 @@ class AspiaHost:
 
         def factory() -> HostRouterLink:
             made.append(HostRouterLink(s.router_key, session, self.timers, self._on_event, s.random_bytes,
-                                       s.keepalive))
+                                       s.keepalive, s.tcp_keepalive))
             return made[-1]
 
         try:
@@ -173,6 +191,11 @@ class AspiaHost:
         self._link = link
         self.router_connections += 1
         log.info("connected to the router at %s", where)
+        if self._silent_since is not None:
+            log.info("back on the router %.1f s after the TCP keep-alive found the router connection dead "
+                     "(no answer to its probes: a NAT or the network dropped it)",
+                     time.monotonic() - self._silent_since)
+            self._silent_since = None
         stopper = asyncio.ensure_future(stop.wait())
         waiters: set[asyncio.Future[Any]] = {stopper, link.closed}
         try:
@@ -183,8 +206,9 @@ class AspiaHost:
         if stop.is_set():
             link.close("host stopping")
             return None
-        log.warning("lost the router connection (%s); reconnecting in %.0f s", link.closed.result(),
-                    s.retry_interval)
+        if link.timed_out:
+            self._silent_since = time.monotonic()
+        log.warning("lost the router connection (%s); reconnecting", link.closed.result())
         return None
 
     def _on_event(self, event: HostEvent) -> None:

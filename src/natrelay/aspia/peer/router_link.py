@@ -31,6 +31,12 @@ from natrelay.aspia.peer.router_session import (
     HostRouterSession,
 )
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.sockopts import (
+    DEFAULT_TCP_KEEPALIVE,
+    TcpKeepAlive,
+    apply_tcp_keepalive,
+    is_keepalive_timeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +59,34 @@ def format_address(host: str, port: int) -> str:
 
 
 class RouterLink(ChannelProtocol):
-    """A peer's router connection: hands decrypted router messages to ``on_router_message``."""
+    """A peer's router connection: hands decrypted router messages to ``on_router_message``.
+
+    It has kernel TCP keep-alive (``tcp_keepalive``, None: off): the router link is the host's
+    registration and the client's login, which a NAT can drop silently while they sit idle;
+    the probes find that out in seconds instead of after a missed ping and pong (35 s).
+    """
 
     def __init__(self, config: ClientConfig, timers: WheelDriver[Any],
                  random_bytes: RandomBytes = default_random,
-                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE,
+                 tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE) -> None:
         def make_channel(now: float) -> Channel:
             return keepalive.channel(ClientHandshake(config, now, random_bytes), now)
 
         super().__init__(make_channel, timers)
         self.bytes_from_router = 0
+        self.tcp_keepalive = tcp_keepalive
+        self.timed_out = False
+        """The kernel gave up on the connection (ETIMEDOUT): keep-alive probes or data unanswered."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Router messages are small, so TCP_USER_TIMEOUT cannot mistake backpressure for a dead path.
+        apply_tcp_keepalive(transport.get_extra_info("socket"), self.tcp_keepalive, user_timeout=True)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timed_out = is_keepalive_timeout(exc)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_from_router += len(data)
@@ -78,10 +102,11 @@ class HostRouterLink(RouterLink):
 
     def __init__(self, router_key: bytes, session: HostRouterSession, timers: WheelDriver[Any],
                  on_event: Callable[[HostEvent], None], random_bytes: RandomBytes = default_random,
-                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE,
+                 tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE) -> None:
         config = ClientConfig(session_type=SESSION_HOST, identify=Identify.ANONYMOUS,
                               server_public_key=router_key, info=local_info())
-        super().__init__(config, timers, random_bytes, keepalive)
+        super().__init__(config, timers, random_bytes, keepalive, tcp_keepalive)
         self.session = session
         self._on_event = on_event
 
@@ -103,8 +128,9 @@ class ClientRouterLink(RouterLink):
 
     def __init__(self, config: ClientConfig, timers: WheelDriver[Any],
                  random_bytes: RandomBytes = default_random,
-                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE) -> None:
-        super().__init__(config, timers, random_bytes, keepalive)
+                 keepalive: KeepAliveTiming = DEFAULT_KEEPALIVE,
+                 tcp_keepalive: TcpKeepAlive | None = DEFAULT_TCP_KEEPALIVE) -> None:
+        super().__init__(config, timers, random_bytes, keepalive, tcp_keepalive)
         self.session = ClientRouterSession()
         self._waiters: list[asyncio.Future[ClientOffer]] = []
 
