@@ -140,7 +140,11 @@ def peers(tmp_path: Path) -> Iterator[Peers]:
     setup = create_router(tmp_path / "router")
     add_router_user(setup, ROUTER_USER, ROUTER_PASSWORD)
     router = start_router(setup)
-    relays = [start_relay(tmp_path / f"relay{i}", setup, RELAY_TIMERS) for i in (1, 2)]
+    # Host and client both connect from 127.0.0.1, so twenty sessions opened at once put up to forty
+    # pending peer connections of one address on the relays: more than the default per-address cap of
+    # 16 when a loaded machine delays the PeerToRelay messages. Real peers come from two addresses.
+    relays = [start_relay(tmp_path / f"relay{i}", setup, RELAY_TIMERS, MaxPendingPeersPerIp="64")
+              for i in (1, 2)]
     echo = EchoServer()
     procs: list[Process] = [router, *relays]
     clients: list[Process] = []
@@ -205,7 +209,9 @@ def test_fifty_megabytes_and_twenty_connections_over_two_relays(peers: Peers) ->
         expected = b"hello %d" % i
         got = b""
         while len(got) < len(expected):
-            got += s.recv(100)
+            chunk = s.recv(100)
+            assert chunk, f"connection {i} closed after {got!r}: its session was not relayed"
+            got += chunk
         assert got == expected
     wait_for(lambda: sum(relay_sessions(peers.router).values()) == 20, 60, "20 sessions in the statistics")
     per_relay = relay_sessions(peers.router)
