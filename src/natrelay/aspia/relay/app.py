@@ -92,9 +92,9 @@ def default_workers() -> int:
     """Forward on the main loop (0 threads) unless told otherwise.
 
     Measured with ``bench/run.py --quick --subjects direct,engine,aspia --measures bulk1,bulk16``
-    on 2 shared cores (issue 10, docs/architecture.md has the table): 16 sessions reached 0.37-0.51x
-    direct TCP on the main loop and 0.43-0.48x with two threads, at the same relay CPU per GB
-    (0.46-0.51 s/GB), and the engine's two worker processes did no better (0.40-0.46x). The traffic
+    on 2 shared cores (issue 10, docs/architecture.md has the table): 16 sessions reached 0.26-0.51x
+    direct TCP on the main loop and 0.33-0.48x with two threads, at the same relay CPU per GB
+    (0.46-0.53 s/GB), and the engine's two worker processes did no better (0.33-0.46x). The traffic
     generator and the kernel's loopback TCP need the cores as well, so a second loop only competes
     with them. Threads pay off only where one loop is the bottleneck while cores are idle, so they
     are opt-in (``NATRELAY_ASPIA_RELAY_WORKERS``) until a machine shows that.
