@@ -9,8 +9,8 @@ tests can exercise them in seconds rather than minutes.
 Paired sessions can be forwarded on ``workers`` threads (``NATRELAY_ASPIA_RELAY_WORKERS``), so
 that a relay whose one loop is saturated uses more cores while pairing and the router link stay
 on the main loop. The default is 0, forwarding on the main loop: on the 2-core machine this was
-measured on, the single loop was not the bottleneck (about 0.7 of a core at full load) and two
-forwarding threads did not raise throughput (see :func:`default_workers`).
+measured on, neither two forwarding threads nor the engine's worker processes raised throughput
+or lowered CPU per GB (see :func:`default_workers`).
 """
 
 from __future__ import annotations
@@ -91,10 +91,13 @@ class RelayTimers:
 def default_workers() -> int:
     """Forward on the main loop (0 threads) unless told otherwise.
 
-    Measured with ``bench/run.py --subjects direct,aspia --measures bulk1,bulk16`` on 2 shared
-    cores, two threads were no faster than the main loop for 1 or 16 sessions: the traffic
-    generator and the peers need the other core, and one loop used ~0.7 of its own. Threads pay
-    off only where one loop is the bottleneck, so they are opt-in until a machine shows that.
+    Measured with ``bench/run.py --quick --subjects direct,engine,aspia --measures bulk1,bulk16``
+    on 2 shared cores (issue 10, docs/architecture.md has the table): 16 sessions reached 0.26-0.51x
+    direct TCP on the main loop and 0.33-0.48x with two threads, at the same relay CPU per GB
+    (0.46-0.53 s/GB), and the engine's two worker processes did no better (0.33-0.46x). The traffic
+    generator and the kernel's loopback TCP need the cores as well, so a second loop only competes
+    with them. Threads pay off only where one loop is the bottleneck while cores are idle, so they
+    are opt-in (``NATRELAY_ASPIA_RELAY_WORKERS``) until a machine shows that.
     """
     return 0
 

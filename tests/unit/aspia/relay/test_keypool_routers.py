@@ -50,10 +50,12 @@ def test_one_router_behaves_as_before() -> None:
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["up", "down", "pair", "end"]), st.integers(0, 2)), max_size=60))
+@given(st.lists(st.tuples(st.sampled_from(["up", "down", "pair", "end", "expire"]), st.integers(0, 2)),
+                max_size=60))
 def test_no_key_belongs_to_two_routers_and_capacity_is_never_exceeded(steps: list[tuple[str, int]]) -> None:
     pool = _pool(8, links=3)
     announced: dict[int, int] = {}  # key ID -> link it was announced to
+    now = 0.0
     for action, link in steps:
         keys = []
         if action == "up":
@@ -65,6 +67,10 @@ def test_no_key_belongs_to_two_routers_and_capacity_is_never_exceeded(steps: lis
             assert pool.pair(key_id)
         elif action == "end" and pool.active:
             keys = pool.session_ended()
+        elif action == "expire" and len(pool):
+            pool.key_used(min(k for k in announced if pool.get(k) is not None), now)
+            now += 31.0
+            keys = pool.expire(now)[1]
         for key in keys:
             owner = pool.owner(key.key_id)
             assert key.key_id not in announced and owner is not None  # announced once, to one router
@@ -73,3 +79,6 @@ def test_no_key_belongs_to_two_routers_and_capacity_is_never_exceeded(steps: lis
         for key_id, owner in announced.items():
             if pool.get(key_id) is not None:
                 assert pool.owner(key_id) == owner
+        # held_by is kept as a running count: it must always equal a count of the live keys.
+        live = [owner for key_id, owner in announced.items() if pool.get(key_id) is not None]
+        assert held(pool, 3) == [live.count(n) for n in range(3)]
