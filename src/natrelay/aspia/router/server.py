@@ -187,8 +187,7 @@ class RouterConnection(ChannelProtocol):
                               name, self.ip, flood.describe(refusal, guard.limits), more)
                 raise AspiaProtocolError("too many logins in progress", ErrorCode.ACCESS_DENIED)
             self.in_login = True
-            if guard.limits.login_timeout:
-                self.login_deadline = self.loop.time() + guard.limits.login_timeout
+            self.login_deadline = guard.login_deadline(self.loop.time())
         return self.server.lookup_user(name)
 
     def _make_channel(self, now: float) -> Channel:
