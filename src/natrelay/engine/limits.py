@@ -40,7 +40,7 @@ from natrelay.engine.refusals import Refusal
 from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
 from natrelay.engine.sources import source_key
 
-__all__ = ["Admission", "Limits", "Refusal"]
+__all__ = ["Admission", "Limits"]
 
 CONNECTIONS = SlotReasons("connections", "connections_per_ip")
 HANDSHAKES = SlotReasons("handshakes", "handshakes_per_ip")

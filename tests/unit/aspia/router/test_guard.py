@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from natrelay.aspia.router import guard as flood
+from natrelay.aspia.router.connection import relay_allowed
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits
-from natrelay.aspia.router.server import RouterOptions, RouterServer, relay_allowed
+from natrelay.aspia.router.server import RouterOptions, RouterServer
 from natrelay.ops.aspia_config import RouterConfig, _plain_ip
 
 
