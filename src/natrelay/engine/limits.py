@@ -1,39 +1,49 @@
-"""Admission limits shared by every relay: connections and handshakes, in total and per source.
+"""Admission limits of a relay process: connections and handshakes, in total and per source.
 
 Why a separate object: the protocol shells decide *when* a connection starts or finishes a stage,
 the limiter only answers "may it?" and keeps exact counts, so the same rules (and their log
-messages) hold for every protocol family and can be tested without sockets.
+messages) hold for every protocol family and can be tested without sockets. strelay uses both
+kinds of slot, the Syncthing relay counts with it, the Aspia relay uses only the connection caps.
 
 Why per-source caps sit well below the totals: a cap per address only protects the others if
 many addresses are needed to fill the total. With the defaults below, filling the connection
 total takes 157 addresses, the handshake total 128, and the listener total (counted by the Offset
 pairing, with ``max_listeners_per_ip``) 625; before, two addresses (2 x 256 connections, all in
-their handshake) filled the 512 handshake slots. IPv6 sources are grouped by their /64 prefix,
-because one subscriber usually holds a whole /64 and could otherwise pick a fresh address per
-connection.
+their handshake) filled the 512 handshake slots.
+
+The engine's admission layer, concept by module (each exists once; families keep only their
+policy: which limits, which defaults, which config keys, which reason names):
+
+=====================================  =================================================
+source keying (IPv4, IPv6 /64)         :mod:`natrelay.engine.sources` ``source_key``
+counted slots: total, per source,      :mod:`natrelay.engine.slots` ``Slots`` (here: connections,
+room kept for others                   handshakes; the router: connections, pending, logins)
+fair slots with deadlines, eviction    ``slots.FairSlots`` (the Aspia relay's pending peers)
+of the biggest holder's oldest
+rates (token buckets, per key,         :mod:`natrelay.engine.rates` ``TokenBucket``, ``KeyedRate``
+refund on success, bounded memory)     (bytes: ``engine/ratelimit.py`` pauses reading with them)
+deadlines as data for the caller       :mod:`natrelay.engine.timers` ``TimerWheel``
+refusal reasons, bounded log lines     :mod:`natrelay.engine.refusals` ``Refusal``, ``LogLimiter``,
+                                       ``RefusalLog``
+=====================================  =================================================
+
+Policies built from them: this module (strelay's ``Limits``), :mod:`natrelay.engine.floodguard`
+(unauthenticated peers of the Aspia relay), ``aspia/router/guard.py`` (the router's connections,
+pending connections and SRP logins) and ``aspia/router/sessions.py`` (request rates).
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections import Counter
 from dataclasses import dataclass, fields
 
+from natrelay.engine.refusals import Refusal
+from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
+from natrelay.engine.sources import source_key
 
-class Refusal(str):
-    """Why a connection was refused: the text for logs, and ``code`` for counters.
+__all__ = ["Admission", "Limits"]
 
-    A ``str`` so that callers that only log or close with the text need not change; ``code`` is
-    a short, stable label (``connections_per_ip``, ``handshakes``, ...) for counters and metrics,
-    never containing an address.
-    """
-
-    code: str
-
-    def __new__(cls, code: str, message: str) -> Refusal:
-        self = super().__new__(cls, message)
-        self.code = code
-        return self
+CONNECTIONS = SlotReasons("connections", "connections_per_ip")
+HANDSHAKES = SlotReasons("handshakes", "handshakes_per_ip")
 
 
 @dataclass(frozen=True)
@@ -69,23 +79,6 @@ class Limits:
         return found
 
 
-def source_of(ip: str) -> str:
-    """The source a per-address cap counts: the address, or the /64 of an IPv6 address."""
-    if ":" not in ip:
-        # IPv4 text (and anything that is no address) is returned as it is either way; the
-        # parse cost two ``ipaddress`` objects per connection, admit and release.
-        return ip
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return ip
-
-
 class Admission:
     """Counts live connections and handshakes, and refuses new ones over a cap.
 
@@ -96,67 +89,57 @@ class Admission:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.connections = 0
-        self.handshakes = 0
-        self._per_ip: Counter[str] = Counter()
-        self._handshakes_per_ip: Counter[str] = Counter()
+        self._connections = Slots(SlotCaps(limits.max_connections, limits.max_per_ip), CONNECTIONS)
+        self._handshakes = Slots(SlotCaps(limits.max_handshakes, limits.max_handshakes_per_ip), HANDSHAKES)
+
+    @property
+    def connections(self) -> int:
+        """Live connections."""
+        return self._connections.held
+
+    @property
+    def handshakes(self) -> int:
+        """Handshakes in progress."""
+        return self._handshakes.held
 
     def admit(self, ip: str) -> Refusal | None:
         """Take a connection slot for ``ip``; return ``None``, or why it is refused."""
-        lim = self.limits
-        if lim.max_connections and self.connections >= lim.max_connections:
-            return Refusal("connections", f"connection limit reached ({lim.max_connections})")
-        source = source_of(ip)
-        if lim.max_per_ip and self._per_ip[source] >= lim.max_per_ip:
-            return Refusal("connections_per_ip",
-                           f"per-IP connection limit reached ({lim.max_per_ip}) for {source}")
-        self.connections += 1
-        self._per_ip[source] += 1
-        return None
+        source = source_key(ip)
+        code = self._connections.take(source)
+        if code is None:
+            return None
+        if code == CONNECTIONS.total:
+            return Refusal(code, f"connection limit reached ({self.limits.max_connections})")
+        return Refusal(code, f"per-IP connection limit reached ({self.limits.max_per_ip}) for {source}")
 
     def release(self, ip: str) -> None:
         """Give back the slot taken by ``admit``."""
-        self.connections -= 1
-        _decrement(self._per_ip, source_of(ip))
+        self._connections.give(source_key(ip))
 
     def begin_handshake(self, ip: str | None = None) -> Refusal | None:
         """Take a handshake slot (also one of ``ip``'s, if given); return ``None``, or why not."""
-        lim = self.limits
-        if lim.max_handshakes and self.handshakes >= lim.max_handshakes:
-            return Refusal("handshakes", f"concurrent handshake limit reached ({lim.max_handshakes})")
-        if ip is not None:
-            source = source_of(ip)
-            cap = lim.max_handshakes_per_ip
-            if cap and self._handshakes_per_ip[source] >= cap:
-                return Refusal("handshakes_per_ip",
-                               f"per-IP concurrent handshake limit reached ({cap}) for {source}")
-            self._handshakes_per_ip[source] += 1
-        self.handshakes += 1
-        return None
+        source = None if ip is None else source_key(ip)
+        code = self._handshakes.take(source)
+        if code is None:
+            return None
+        if code == HANDSHAKES.total:
+            return Refusal(code, f"concurrent handshake limit reached ({self.limits.max_handshakes})")
+        return Refusal(code, f"per-IP concurrent handshake limit reached "
+                             f"({self.limits.max_handshakes_per_ip}) for {source}")
 
     def end_handshake(self, ip: str | None = None) -> None:
         """Give back the slot taken by ``begin_handshake`` (with the same ``ip``)."""
-        self.handshakes -= 1
-        if ip is not None:
-            _decrement(self._handshakes_per_ip, source_of(ip))
+        self._handshakes.give(None if ip is None else source_key(ip))
 
     def per_ip(self, ip: str) -> int:
         """Live connections from ``ip``'s source."""
-        return self._per_ip.get(source_of(ip), 0)
+        return self._connections.held_by(source_key(ip))
 
     def handshakes_per_ip(self, ip: str) -> int:
         """Handshakes in progress from ``ip``'s source."""
-        return self._handshakes_per_ip.get(source_of(ip), 0)
+        return self._handshakes.held_by(source_key(ip))
 
     @property
     def sources(self) -> int:
         """Sources with a live connection or handshake (0 once every slot is back)."""
-        return len(self._per_ip) + len(self._handshakes_per_ip)
-
-
-def _decrement(counter: Counter[str], key: str) -> None:
-    left = counter[key] - 1
-    if left > 0:
-        counter[key] = left
-    else:
-        del counter[key]
+        return self._connections.sources + self._handshakes.sources

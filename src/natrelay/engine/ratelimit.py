@@ -1,10 +1,11 @@
-"""Byte-rate limits for forwarded sessions that never copy bytes through Python.
+"""Byte-rate limits for forwarded sessions that never copy bytes through Python (the asyncio side).
 
-A :class:`TokenBucket` (sans-IO: callers pass ``now``) counts what a session delivered; when a bucket
-is in debt the session stops reading both peers (:meth:`ForwardSession.pause_reading`) until the debt
-is paid, so the peers' TCP windows close exactly as with backpressure and splice(2) keeps moving the
-bytes. A session may carry its own bucket and share a global one; every session has its *own* bucket
-(strelaysrv's Debian build shared one between all sessions, so one busy session starved the rest).
+A :class:`~natrelay.engine.rates.TokenBucket` (sans-IO; the one bucket every rate limit uses)
+counts what a session delivered; when a bucket is in debt the session stops reading both peers
+(:meth:`ForwardSession.pause_reading`) until the debt is paid, so the peers' TCP windows close
+exactly as with backpressure and splice(2) keeps moving the bytes. A session may carry its own
+bucket and share a global one; every session has its *own* bucket (strelaysrv's Debian build
+shared one between all sessions, so one busy session starved the rest).
 
 Accuracy: a session can overshoot by what one wake-up moves (a few pipe-fulls); the debt carries
 over, so the average rate holds.
@@ -15,38 +16,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from natrelay.engine.rates import TokenBucket
 from natrelay.engine.session import ForwardSession
 
 __all__ = ["SessionThrottle", "TokenBucket"]
-
-
-class TokenBucket:
-    """``rate`` tokens (bytes) per second, at most ``burst`` saved up; may go into debt."""
-
-    __slots__ = ("burst", "rate", "tokens", "updated")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("rate and burst must be positive")
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def _refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-
-    def take(self, n: int, now: float) -> float:
-        """Spend ``n`` tokens; return how long until the bucket is out of debt (0 if it is not)."""
-        self._refill(now)
-        self.tokens -= n
-        return self.delay(now)
-
-    def delay(self, now: float) -> float:
-        self._refill(now)
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class SessionThrottle:

@@ -25,9 +25,10 @@ import struct
 from dataclasses import dataclass, field
 
 from natrelay.engine.forward import rate_burst
-from natrelay.engine.limits import Admission, Limits, source_of
-from natrelay.engine.ratelimit import TokenBucket
+from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.rates import TokenBucket
 from natrelay.engine.refusals import RefusalLog
+from natrelay.engine.sources import source_key
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
 from natrelay.offset.crypto import Identity
@@ -198,7 +199,7 @@ class RelayConnection(LinkProtocol):
         if isinstance(init, Listen):
             self.state = State.LISTENING
             log.debug("conn %d: %s listens", self.conn_id, short_key(key))
-            self.server.apply(pairing.listen(self.conn_id, key, source_of(self.ip)))
+            self.server.apply(pairing.listen(self.conn_id, key, source_key(self.ip)))
         elif isinstance(init, Connect):
             self.state = State.PENDING
             self.connect_at = self.loop.time()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from natrelay.engine.refusals import MAX_SOURCES, RefusalLog
+from natrelay.engine.refusals import MAX_SOURCES, LogLimiter, Refusal, RefusalLog
 
 
 def test_first_refusal_is_logged_at_once_then_summed_up_per_interval() -> None:
@@ -51,3 +51,18 @@ def test_sources_remembered_are_bounded() -> None:
     assert len(log._sources) == MAX_SOURCES
     line = log.flush(10.0)
     assert line is not None and f"refused {10 * MAX_SOURCES} more connections" in line
+
+
+def test_log_limiter_bounds_lines_per_key_and_says_how_many_it_skipped() -> None:
+    limiter = LogLimiter(10.0, burst=2)
+    assert limiter.allow("r", 0.0) == 0 and limiter.allow("r", 0.5) == 0
+    assert limiter.allow("r", 1.0) is None and limiter.allow("r", 2.0) is None
+    assert limiter.allow("other", 2.0) == 0  # each key has its own budget
+    assert limiter.allow("r", 10.0) == 2  # the first line after the quiet spell reports the skipped
+    assert limiter.allow("r", 10.1) == 0 and limiter.allow("r", 10.2) is None
+
+
+def test_refusals_carry_a_code_and_stay_strings() -> None:
+    refusal = Refusal("handshakes", "concurrent handshake limit reached (1)")
+    assert refusal.code == "handshakes"
+    assert f"refused: {refusal}" == "refused: concurrent handshake limit reached (1)"

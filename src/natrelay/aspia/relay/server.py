@@ -48,17 +48,12 @@ from natrelay.aspia.messages import MAX_PEER_TO_RELAY_SIZE, PeerToRelayReader
 from natrelay.aspia.relay.keypool import KeyPool, PoolKey
 from natrelay.aspia.relay.pairing import PENDING_TIMEOUT, Paired, Pairing, PeerInfo
 from natrelay.aspia.relay.stats import SessionSnapshot
-from natrelay.engine.floodguard import (
-    CLOSED_EVICTED,
-    CLOSED_FIRST_MESSAGE_TIMEOUT,
-    FloodGuard,
-    FloodLimits,
-    LogThrottle,
-    source_key,
-)
+from natrelay.engine.floodguard import CLOSED_EVICTED, CLOSED_FIRST_MESSAGE_TIMEOUT, FloodGuard, FloodLimits
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.refusals import LogLimiter
 from natrelay.engine.session import ForwardSession
+from natrelay.engine.sources import source_key
 from natrelay.engine.stats import RelayStats
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 
@@ -123,7 +118,7 @@ class _Pending:
         self.fd = sock.fileno()
         self.address = address
         self.source = source
-        """Where the admission slot is counted (engine.floodguard.source_key)."""
+        """Where the admission slot is counted (engine.sources.source_key)."""
         self.consumed = 0
         self.reader: PeerToRelayReader | None = None
         self.watching = False
@@ -213,7 +208,8 @@ class PeerListener:
         self.admission = Admission(config.limits)
         self.guard: FloodGuard[_Pending] = FloodGuard(config.guard)
         self._lifetimes: list[tuple[float, int]] = []
-        self._throttle = LogThrottle()
+        self._throttle = LogLimiter(interval=1.0, burst=10)
+        """Lines about unauthenticated peers: at most ten a second, however many peers."""
         self._report: asyncio.TimerHandle | None = None
         self._reported: tuple[int, int] = (0, 0)
         # Exact counters (the HTTP surface reads these): connections accepted by the kernel,
@@ -357,7 +353,7 @@ class PeerListener:
         """A line about one unauthenticated peer: at most a few per second, however many peers."""
         if not log.isEnabledFor(level):
             return
-        held = self._throttle.allow(now)
+        held = self._throttle.allow("peer", now)
         if held is None:
             return
         if held:

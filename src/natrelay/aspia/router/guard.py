@@ -1,6 +1,13 @@
 """The router's flood guard: who may connect, who may start a password login, and the counters.
 
 Sans-IO (``now`` in, decisions out); the asyncio shell calls it at each stage of a connection.
+This module is the router's *policy* only: which limits, their defaults and reason names. The
+mechanisms are the engine's (see :mod:`natrelay.engine.limits` for the map): connections,
+pending (unauthenticated) connections and SRP logins are three :class:`~natrelay.engine.slots.Slots`
+(the logins with room kept for addresses holding none), new connections per address a
+:class:`~natrelay.engine.rates.KeyedRate`, addresses keyed by
+:func:`~natrelay.engine.sources.source_key` (IPv6 by /64), log lines bounded by
+:class:`~natrelay.engine.refusals.LogLimiter`.
 Why these rules (issues 8 and 9): a router is reachable from the whole internet, and the cheap
 attacks found by probing were all about *holding* something: idle connections holding
 handshake slots, half-open SRP logins holding login slots, a few addresses holding everything.
@@ -15,12 +22,16 @@ become a log flood).
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
-from natrelay.aspia.router.ratelimit import KeyedBuckets
+from natrelay.engine.rates import KeyedRate
+from natrelay.engine.refusals import LogLimiter
+from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
+from natrelay.engine.sources import source_key
+
+__all__ = ["REASONS", "FloodGuard", "GuardLimits", "LogLimiter", "describe"]
 
 LOG_INTERVAL: Final = 10.0
 
@@ -68,45 +79,6 @@ class GuardLimits:
                 raise ValueError(f"{name} must be >= 0 (0 = no cap), got {value}")
 
 
-def address_key(ip: str) -> str:
-    """What per-address limits count: the IPv4 address, or the /64 network of an IPv6 one.
-
-    One IPv6 subscriber routinely holds a whole /64 (2**64 addresses), so per-address caps keyed
-    on the full address would not limit anyone there.
-    """
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is None:
-        return str(ipaddress.IPv6Network((addr, 64), strict=False))
-    return ip
-
-
-class LogLimiter:
-    """At most ``burst`` lines per reason per ``interval``; says how many were left out meanwhile.
-
-    Reasons are a fixed set of names chosen by the code, never addresses, so the table is small.
-    """
-
-    def __init__(self, interval: float = LOG_INTERVAL, burst: int = 5) -> None:
-        self.interval = interval
-        self.burst = burst
-        self._window: dict[str, tuple[float, int]] = {}
-        self._skipped: Counter[str] = Counter()
-
-    def allow(self, reason: str, now: float) -> int | None:
-        """None: stay quiet. Otherwise log now, mentioning the returned number of skipped lines."""
-        start, count = self._window.get(reason, (now, 0))
-        if now - start >= self.interval or now < start:
-            start, count = now, 0
-        if count >= self.burst:
-            self._skipped[reason] += 1
-            return None
-        self._window[reason] = (start, count + 1)
-        return self._skipped.pop(reason, 0)
-
-
 class FloodGuard:
     """Exact counts of connections, pending handshakes and SRP logins, per address and in total.
 
@@ -116,53 +88,55 @@ class FloodGuard:
 
     def __init__(self, limits: GuardLimits) -> None:
         self.limits = limits
-        self.connections = 0
-        self.pending = 0
-        self.logins = 0
         self.accepted = 0
         self.refused: Counter[str] = Counter({reason: 0 for reason in REASONS})
-        self._per_ip: Counter[str] = Counter()
-        self._pending_ip: Counter[str] = Counter()
-        self._login_ip: Counter[str] = Counter()
+        self._connections = Slots(SlotCaps(limits.max_connections, limits.max_connections_per_ip),
+                                  SlotReasons(CONNECTIONS, CONNECTIONS_PER_IP))
+        self._pending = Slots(SlotCaps(limits.max_pending, limits.max_pending_per_ip),
+                              SlotReasons(PENDING, PENDING_PER_IP))
+        self._logins = Slots(SlotCaps(limits.max_logins, limits.max_logins_per_ip, limits.login_reserve),
+                             SlotReasons(LOGINS, LOGINS_PER_IP, LOGIN_RESERVE))
         rate = limits.connections_per_minute_per_ip
-        self._rate: KeyedBuckets[str] = KeyedBuckets(rate, rate)
-        self.log = LogLimiter()
+        self._rate: KeyedRate[str] = KeyedRate(rate, rate)
+        self.log = LogLimiter(LOG_INTERVAL)
+
+    @property
+    def connections(self) -> int:
+        return self._connections.held
+
+    @property
+    def pending(self) -> int:
+        return self._pending.held
+
+    @property
+    def logins(self) -> int:
+        return self._logins.held
 
     # ---------------------------------------------------------- connections
     def admit(self, ip: str, now: float) -> str | None:
-        """A new connection from ``ip``: None (admitted, pending) or the reason it is refused."""
-        ip = address_key(ip)
-        lim = self.limits
-        reason: str | None = None
-        if lim.max_connections and self.connections >= lim.max_connections:
-            reason = CONNECTIONS
-        elif lim.max_connections_per_ip and self._per_ip[ip] >= lim.max_connections_per_ip:
-            reason = CONNECTIONS_PER_IP
-        elif lim.max_pending and self.pending >= lim.max_pending:
-            reason = PENDING
-        elif lim.max_pending_per_ip and self._pending_ip[ip] >= lim.max_pending_per_ip:
-            reason = PENDING_PER_IP
-        elif not self._rate.allow(ip, now):
+        """A new connection from ``ip``: None (admitted, pending) or the reason it is refused.
+
+        The rate is asked last, so a connection refused by a cap spends no token.
+        """
+        ip = source_key(ip)
+        reason = self._connections.check(ip) or self._pending.check(ip)
+        if reason is None and not self._rate.allow(ip, now):
             reason = RATE
         if reason is not None:
             self.refused[reason] += 1
             return reason
         self.accepted += 1
-        self.connections += 1
-        self._per_ip[ip] += 1
-        self.pending += 1
-        self._pending_ip[ip] += 1
+        self._connections.add(ip)
+        self._pending.add(ip)
         return None
 
     def authenticated(self, ip: str) -> None:
         """The connection finished its handshake: it no longer holds a pending slot."""
-        self.pending -= 1
-        _decrement(self._pending_ip, address_key(ip))
+        self._pending.give(source_key(ip))
 
     def release(self, ip: str, *, pending: bool) -> None:
         """An admitted connection closed; ``pending`` if it never authenticated."""
-        self.connections -= 1
-        _decrement(self._per_ip, address_key(ip))
+        self._connections.give(source_key(ip))
         if pending:
             self.authenticated(ip)
 
@@ -185,31 +159,23 @@ class FloodGuard:
         only to addresses with no login in progress, so a few addresses holding half-open
         logins leave room for everyone else.
         """
-        ip = address_key(ip)
-        lim = self.limits
-        held = self._login_ip[ip]
-        reason: str | None = None
-        if lim.max_logins and self.logins >= lim.max_logins:
-            reason = LOGINS
-        elif lim.max_logins_per_ip and held >= lim.max_logins_per_ip:
-            reason = LOGINS_PER_IP
-        elif held and lim.max_logins and self.logins >= lim.max_logins - lim.login_reserve:
-            reason = LOGIN_RESERVE
+        reason = self._logins.take(source_key(ip))
         if reason is not None:
             self.refused[reason] += 1
-            return reason
-        self.logins += 1
-        self._login_ip[ip] += 1
-        return None
+        return reason
+
+    def login_deadline(self, now: float) -> float | None:
+        """When a login that starts at ``now`` must be finished (None: no deadline)."""
+        timeout = self.limits.login_timeout
+        return now + timeout if timeout else None
 
     def end_login(self, ip: str) -> None:
-        self.logins -= 1
-        _decrement(self._login_ip, address_key(ip))
+        self._logins.give(source_key(ip))
 
     def per_ip(self, ip: str) -> tuple[int, int, int]:
         """Connections, pending connections and logins of ``ip`` (for tests and status)."""
-        ip = address_key(ip)
-        return self._per_ip.get(ip, 0), self._pending_ip.get(ip, 0), self._login_ip.get(ip, 0)
+        ip = source_key(ip)
+        return self._connections.held_by(ip), self._pending.held_by(ip), self._logins.held_by(ip)
 
     def prune(self, now: float) -> None:
         """Drop rate buckets that carry no state any more (call now and then)."""
@@ -218,14 +184,6 @@ class FloodGuard:
     def status(self) -> dict[str, object]:
         return {"connections": self.connections, "pending": self.pending, "logins": self.logins,
                 "accepted": self.accepted, "refused": dict(self.refused)}
-
-
-def _decrement(counter: Counter[str], key: str) -> None:
-    left = counter[key] - 1
-    if left > 0:
-        counter[key] = left
-    else:
-        del counter[key]
 
 
 def describe(reason: str, limits: GuardLimits) -> str:

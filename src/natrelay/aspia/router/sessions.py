@@ -41,9 +41,7 @@ from natrelay.aspia.messages import (
     serialize,
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
-from natrelay.aspia.router.guard import LogLimiter, address_key
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
-from natrelay.aspia.router.ratelimit import KeyedBuckets
 from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 from natrelay.aspia.router.storage.presence import (
     MESSAGE_DELIVER,
@@ -52,6 +50,9 @@ from natrelay.aspia.router.storage.presence import (
     RemoteMessage,
     RemoteSession,
 )
+from natrelay.engine.rates import KeyedRate
+from natrelay.engine.refusals import LogLimiter
+from natrelay.engine.sources import source_key
 
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -85,8 +86,8 @@ class RequestLimits:
     max_keys_per_relay: int = 1000
 
 
-def _buckets(per_minute: int) -> KeyedBuckets[object]:
-    return KeyedBuckets(per_minute, max(1, per_minute // 2))
+def _buckets(per_minute: int) -> KeyedRate[object]:
+    return KeyedRate(per_minute, max(1, per_minute // 2))
 
 
 class SessionKind(enum.IntEnum):
@@ -156,8 +157,8 @@ class RouterCore:
         self.limits = limits
         self._client_rate = _buckets(limits.client_per_minute)
         self._host_rate = _buckets(limits.host_per_minute)
-        self._host_id_rate = KeyedBuckets[object](limits.new_host_ids_per_minute,
-                                                  limits.new_host_ids_per_minute)
+        self._host_id_rate = KeyedRate[object](limits.new_host_ids_per_minute,
+                                               limits.new_host_ids_per_minute)
         self.refused: Counter[str] = Counter({CLIENT_RATE: 0, HOST_RATE: 0, HOST_ID_RATE: 0,
                                               RELAY_KEYS_OVER_CAP: 0})
         self._log_limit = LogLimiter()
@@ -265,7 +266,7 @@ class RouterCore:
         response = _HostIdResponse()
         try:
             if request.type == _HostIdRequest.NEW_ID:
-                if not self._host_id_rate.allow(address_key(session.address), now):
+                if not self._host_id_rate.allow(source_key(session.address), now):
                     self._limited(HOST_ID_RATE, now, "Host session %d (%s): new host ID refused: more "
                                   "than %d per minute from this address", session.session_id,
                                   session.address, self.limits.new_host_ids_per_minute)

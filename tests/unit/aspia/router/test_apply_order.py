@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 from typing import Any, cast
 
+from natrelay.aspia.router.connection import RouterConnection
 from natrelay.aspia.router.db import RouterDatabase, StoredUser
-from natrelay.aspia.router.server import RouterConnection, RouterOptions, RouterServer
+from natrelay.aspia.router.server import RouterOptions, RouterServer
 from natrelay.aspia.router.sessions import Actions
 from natrelay.ops.aspia_config import RouterConfig
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from natrelay.aspia.router.connection import peer_ip
 from natrelay.aspia.router.db import RouterDatabase, StoredUser
-from natrelay.aspia.router.server import RouterOptions, RouterServer, peer_ip, remove_stale_socket
+from natrelay.aspia.router.server import RouterOptions, RouterServer, remove_stale_socket
 from natrelay.ops.aspia_config import RouterConfig
 
 SEED = bytes(range(0x80, 0xC0))

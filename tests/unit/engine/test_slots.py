@@ -1,0 +1,62 @@
+"""Counted slots (total, per source, reserve) and fair slots with deadlines and eviction."""
+
+from __future__ import annotations
+
+import pytest
+
+from natrelay.engine.slots import FairSlots, SlotCaps, SlotReasons, Slots
+
+REASONS = SlotReasons("total", "per_source", "reserve")
+
+
+def test_total_then_per_source_then_reserve_and_exact_counts() -> None:
+    slots = Slots(SlotCaps(total=4, per_source=3, reserve=2), REASONS)
+    assert slots.take("a") is None and slots.take("a") is None
+    assert slots.take("a") == "reserve"  # 2 held: the last 2 are for sources holding none
+    assert slots.take("b") is None and slots.take("c") is None
+    assert slots.take("d") == "total"
+    assert (slots.held, slots.held_by("a"), slots.sources) == (4, 2, 3)
+    for source in ("a", "a", "b", "c"):
+        slots.give(source)
+    assert (slots.held, slots.sources) == (0, 0)
+    per = Slots(SlotCaps(total=0, per_source=1), REASONS)
+    assert per.take("a") is None and per.take("a") == "per_source" and per.take(None) is None
+    assert per.held == 2 and per.held_by("a") == 1  # a None source takes only a total slot
+
+
+def test_check_does_not_take_and_zero_means_no_cap() -> None:
+    slots = Slots(SlotCaps(), REASONS)
+    for _ in range(1000):
+        assert slots.check("a") is None
+    assert slots.held == 0
+    for _ in range(1000):
+        assert slots.take("a") is None
+    assert slots.held_by("a") == 1000
+    with pytest.raises(ValueError, match="per_source"):
+        SlotCaps(per_source=-1)
+
+
+def test_fair_slots_evict_the_oldest_of_a_source_holding_at_least_as_many() -> None:
+    slots: FairSlots[int] = FairSlots(SlotCaps(total=3, per_source=2), REASONS)
+    assert slots.take(1, "a", 10.0).refused is None and slots.take(2, "a", 11.0).refused is None
+    assert slots.take(3, "a", 12.0).refused == "per_source"
+    assert slots.take(4, "b", 13.0).refused is None
+    decision = slots.take(5, "c", 14.0)  # full: "a" (2 slots) loses its oldest
+    assert decision.refused is None and decision.evicted == 1 and 1 not in slots
+    assert slots.take(6, "a", 15.0).evicted == 4  # "a" (1) evicts "b" (1): at least as many as its own
+    assert slots.take(7, "c", 16.0).evicted == 2  # "c" (1) evicts the oldest of "a" (2)
+    assert len(slots) == 3 and slots.held_by("a") == 1 and slots.held_by("c") == 2
+    over: FairSlots[int] = FairSlots(SlotCaps(total=3, per_source=3), REASONS)
+    for conn, source in ((1, "a"), (2, "a"), (3, "b")):
+        over.take(conn, source, float(conn))
+    assert over.take(4, "a", 4.0).refused == "total"  # no other source holds as many as "a"
+
+def test_fair_slots_hand_deadlines_to_the_caller() -> None:
+    slots: FairSlots[int] = FairSlots(SlotCaps(), REASONS)
+    slots.take(1, "a", 2.0)
+    slots.take(2, "b", 3.0)
+    slots.take(3, "c", 1.0)
+    assert slots.remove(3) == "c" and slots.remove(3) is None
+    assert slots.next_deadline() == 2.0
+    assert slots.expired(2.5) == [1]
+    assert slots.expired(10.0) == [2] and slots.next_deadline() is None and len(slots) == 0
