@@ -201,13 +201,13 @@ class SyncthingRelay:
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break  # (not return: the deadlines of what was accepted must arm the timer)
             except OSError as exc:  # EMFILE and friends: keep serving what we have
                 log.error("Cannot accept a connection: %s; pausing accepts for %g s", exc, ACCEPT_PAUSE)
                 # The listener stays readable: without a pause the loop would spin on it.
                 self.loop.remove_reader(listener.fileno())
                 self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-                return
+                break
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
