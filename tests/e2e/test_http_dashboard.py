@@ -230,3 +230,38 @@ def test_strelay_page_shows_its_tunnel_and_disconnects_it(tmp_path: Path, browse
                 p.kill()
                 p.wait()
         assert relay.stop() == 0, relay.log()
+
+
+def test_syncthing_relay_page_shows_its_session_and_disconnects_it(tmp_path: Path,
+                                                                   browser: WebDriver) -> None:
+    """``natrelay syncthing-relay --http``: two devices' live session on the page, then Disconnect
+    ends it for both (each session socket reads end of stream)."""
+    from natrelay.syncthing import xdr
+    from tests.e2e import syncthing_env
+    from tests.e2e.syncthing_client import Device, pair
+
+    http_port = free_port()
+    relay = syncthing_env.start_relay(tmp_path / "relay", "--http", f"127.0.0.1:{http_port}")
+    try:
+        a, b = Device(tmp_path, "a", relay.port), Device(tmp_path, "b", relay.port)
+        conn, answer = a.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        s, c = pair(a, conn, b)
+        try:
+            s.sendall(b"hello")
+            browser.get(f"http://127.0.0.1:{http_port}/")
+            WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))
+            assert "syncthing" in browser.find_element(By.CSS_SELECTOR, "#sessions tbody tr").text
+            shot(browser, "syncthing-relay-page")
+            browser.find_element(By.CSS_SELECTOR, "#sessions tbody tr button.disconnect").click()
+            for side in (s, c):
+                side.settimeout(30)
+                while side.recv(4096):  # what was relayed before the end, then end of stream
+                    pass
+            WebDriverWait(browser, 30).until(
+                lambda d: not d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr"))
+        finally:
+            for x in (s, c, conn):
+                x.close()
+    finally:
+        relay.stop()

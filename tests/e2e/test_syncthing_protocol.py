@@ -463,3 +463,70 @@ def test_pings_keep_a_device_joined_and_silence_ends_it(tmp_path: Path) -> None:
         silent.close()
     finally:
         relay.stop()
+
+
+def test_tls_stalls_missing_certificates_and_trickled_joins(tmp_path: Path) -> None:
+    """The protocol mode's own TLS carriage: a handshake that stops half-way is closed at the message
+    timeout and gives its slot back, a device without a certificate is turned away, and a session
+    request that arrives a byte at a time still joins (the whole-request fast path must not be the
+    only way in)."""
+    import ssl
+
+    relay = start_relay(tmp_path / "relay", "-message-timeout", "2s")
+    try:
+        a, b = Device(tmp_path, "a", relay.port), Device(tmp_path, "b", relay.port)
+        conn, answer = a.join()
+        assert answer == xdr.RESPONSE_SUCCESS
+        # A session request a byte at a time, for both sides.
+        inv_b = b.connect_to(a.device_id)
+        assert isinstance(inv_b, xdr.SessionInvitation)
+        inv_a = wait_invitation(conn)
+        sides = []
+        for inv in (inv_a, inv_b):
+            side = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+            side.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for byte in xdr.encode(xdr.JoinSessionRequest(inv.key)):
+                side.sendall(bytes([byte]))
+                time.sleep(0.01)
+            assert read_message(side) == xdr.RESPONSE_SUCCESS
+            sides.append(side)
+        _exchange(sides[0], sides[1], 64 * 1024)
+        for side in sides:
+            side.close()
+        wait_for(lambda: relay.status()["numActiveSessions"] == 0, 30, "the session to end")
+        # Counted from here: the engine keeps the finished session's pipe as a spare.
+        before = _fd_count(relay.proc.pid)
+        # A real ClientHello, then silence. First let every earlier deadline pass, so nothing but
+        # this connection's own deadline can wake the relay's timer.
+        time.sleep(2.5)
+        hello_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        hello_ctx.check_hostname = False
+        hello_ctx.verify_mode = ssl.CERT_NONE
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        half = hello_ctx.wrap_bio(incoming, outgoing)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            half.do_handshake()
+        stalled = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+        stalled.sendall(outgoing.read())
+        t0 = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while stalled.recv(65536):
+                pass
+        assert time.monotonic() - t0 >= 1.0, "closed before the message timeout"
+        stalled.close()
+        # No client certificate: the handshake may finish, the connection does not stay.
+        anon_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        anon_ctx.check_hostname = False
+        anon_ctx.verify_mode = ssl.CERT_NONE
+        anon_ctx.set_alpn_protocols(["bep-relay"])
+        raw = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+        with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+            anon = anon_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            send(anon, xdr.JoinRelayRequest(""))
+            assert anon.recv(1) == b""
+        raw.close()
+        wait_for(lambda: relay.status()["numConnections"] == 1, 30, "only the joined device to stay")
+        wait_for(lambda: _fd_count(relay.proc.pid) <= before, 30, "descriptors to come back")
+        conn.close()
+    finally:
+        relay.stop()

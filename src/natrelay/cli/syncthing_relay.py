@@ -2,6 +2,8 @@
 
 Flags are spelled as strelaysrv spells them (``-listen :22067``, ``-listen=:22067``) and also as long
 options (``--listen``). Unlike strelaysrv, no pool is joined unless ``-pools`` names one.
+``-status-srv`` serves strelaysrv's public ``/status`` document; ``--http`` adds what natrelay's
+other servers serve (Prometheus ``/metrics``, ``/status``, ``/healthz`` and a dashboard).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from natrelay import __version__
+from natrelay.aspia.router.db import DatabaseError
 from natrelay.engine.resources import raise_nofile_limit
+from natrelay.ops.http.auth import open_accounts
+from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
+from natrelay.ops.http.server import HttpServer
+from natrelay.ops.http.syncthing_source import SyncthingSource
 from natrelay.ops.runtime import run
 from natrelay.syncthing.app import AppConfig, AppConfigError, start_relay
 from natrelay.syncthing.tls import TLSSetupError
@@ -65,6 +73,7 @@ def add_parser(sub: Any) -> None:
     _flag(p, "max-sessions", type=int, default=0, help="active sessions beyond which joins get RelayFull "
                                                        "(0: only the descriptor limit)")
     p.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop")
+    add_http_arguments(p)
     p.set_defaults(handler=relay_command)
 
 
@@ -80,6 +89,11 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
 
 def relay_command(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    try:
+        http = http_options(args)
+    except HttpConfigError as exc:
+        print(f"natrelay syncthing-relay: error: {exc}", file=sys.stderr)
+        return 2
 
     async def main(stop: asyncio.Event) -> int:
         raise_nofile_limit()
@@ -92,12 +106,35 @@ def relay_command(args: argparse.Namespace) -> int:
             print(f"natrelay syncthing-relay: error: cannot listen on {cfg.listen} or {cfg.status_srv}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
+        web: HttpServer | None = None
+        db = None
+        if http is not None:
+            try:
+                accounts = None
+                if http.users is not None:
+                    accounts, db = open_accounts(http.users)
+                web = HttpServer(http, version=__version__, title="Syncthing relay",
+                                 sources=[SyncthingSource(running.relay)], authenticator=accounts)
+                await web.start()
+            except (OSError, HttpConfigError, DatabaseError) as exc:
+                print(f"natrelay syncthing-relay: error: cannot start HTTP on {args.http}: {exc}",
+                      file=sys.stderr)
+                await running.close()
+                if db is not None:
+                    db.close()
+                return 1
         host, port = running.address
         print(f"Syncthing relay listening on {host}:{port}\n  URI: {running.url}", flush=True)
         if running.status_address is not None:
             print(f"  status: http://{running.status_address[0]}:{running.status_address[1]}/status",
                   flush=True)
+        if web is not None:
+            print(f"  dashboard, metrics and status: {web.url} (/metrics, /status, /healthz)", flush=True)
         await stop.wait()
+        if web is not None:
+            await web.close()
+        if db is not None:
+            db.close()
         await running.close()
         return 0
 

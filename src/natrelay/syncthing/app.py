@@ -1,4 +1,4 @@
-"""Running a Syncthing relay: identity, listener, status page, pool registration, the relay URL.
+"""Running a Syncthing relay: identity, listener, strelaysrv's status page, pool registration, the relay URL.
 
 Shared by ``natrelay syncthing-relay`` (strelaysrv's flags) and ``natrelay serve``.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from natrelay import __version__
-from natrelay.ops.jsonhttp import serve_json
+from natrelay.ops.http.public import PublicJson
 from natrelay.syncthing.deviceid import format_device_id
 from natrelay.syncthing.pool import join_pool
 from natrelay.syncthing.relay import RelayConfig
@@ -95,7 +95,7 @@ class RunningRelay:
     address: tuple[str, int]
     status_address: tuple[str, int] | None
     tasks: list[asyncio.Task[None]]
-    status_server: asyncio.Server | None
+    status_server: PublicJson | None
 
     async def close(self) -> None:
         for t in self.tasks:
@@ -104,8 +104,7 @@ class RunningRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         if self.status_server is not None:
-            self.status_server.close()
-            await self.status_server.wait_closed()
+            await self.status_server.close()
         self.relay.close()
 
 
@@ -170,14 +169,13 @@ async def start_relay(cfg: AppConfig) -> RunningRelay:
             rates.sample(relay.bytes_proxied)
 
     tasks: list[asyncio.Task[None]] = [loop.create_task(sample_rates())]
-    status_server: asyncio.Server | None = None
+    status_server: PublicJson | None = None
     status_address: tuple[str, int] | None = None
     try:
         if cfg.status_srv:
             s_host, s_port = split_host_port(cfg.status_srv, "-status-srv")
-            status_server = await serve_json(s_host, s_port, {"/status": status})
-            sockname = status_server.sockets[0].getsockname()
-            status_address = (str(sockname[0]), int(sockname[1]))
+            status_server = PublicJson({"/status": status})
+            status_address = await status_server.start(s_host, s_port)
     except BaseException:
         for t in tasks:
             t.cancel()

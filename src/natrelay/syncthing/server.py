@@ -36,6 +36,8 @@ from natrelay.syncthing.sessions import AlreadyConnected, NotFound, Paired, Sess
 log = logging.getLogger("natrelay.syncthing")
 
 TLS_HANDSHAKE_BYTE = 0x16
+#: Bytes peeked at first: a JoinSessionRequest (12-byte header, 4-byte length, 32-byte key) fits.
+REQUEST_PEEK = 64
 ACCEPTS_PER_WAKEUP = 64
 #: After accept() fails (out of descriptors), wait this long before accepting again.
 ACCEPT_PAUSE = 1.0
@@ -101,7 +103,8 @@ class SyncthingRelay:
         self.relay: ProtocolRelay[ProtocolConn] = ProtocolRelay(
             cfg, self.table, os.urandom, self._over_limit)
         self.admission = Admission(Limits(max_connections=0, max_per_ip=0, max_handshakes=512))
-        self._incoming: TimerWheel[_Peeking | _SessionConn] = TimerWheel()
+        self._incoming: TimerWheel[_Peeking | _SessionConn | ProtocolConn] = TimerWheel()
+        self._tls_conns: set[ProtocolConn] = set()
         self._listener: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -145,13 +148,18 @@ class SyncthingRelay:
             self._timer.cancel()
             self._timer = None
         for item in self._incoming.expired(float("inf")):
-            self._drop(item, None)
+            if isinstance(item, ProtocolConn):
+                item._abort()
+            else:
+                self._drop(item, None)
         for s in self.table.all_pending():
             self._end_session(s, "relay stopping")
         for s in self.table.active_sessions():
             self._end_session(s, "relay stopping")
-        for conn in list(self.relay.joined.values()):
+        for conn in list(self._tls_conns):
             conn.close()
+        for conn in list(self._tls_conns):  # those that had something left to write
+            conn._abort()
         self.engine.close("relay stopping")
 
     # ------------------------------------------------------------ counters
@@ -193,13 +201,13 @@ class SyncthingRelay:
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break  # (not return: the deadlines of what was accepted must arm the timer)
             except OSError as exc:  # EMFILE and friends: keep serving what we have
                 log.error("Cannot accept a connection: %s; pausing accepts for %g s", exc, ACCEPT_PAUSE)
                 # The listener stays readable: without a pause the loop would spin on it.
                 self.loop.remove_reader(listener.fileno())
                 self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-                return
+                break
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -217,7 +225,9 @@ class SyncthingRelay:
 
     def _on_first_byte(self, item: _Peeking) -> None:
         try:
-            first = item.sock.recv(1, socket.MSG_PEEK)
+            # Enough to hold a whole JoinSessionRequest: the usual session-mode connection is
+            # sorted and joined right here, with one more recv() and no further loop iteration.
+            first = item.sock.recv(REQUEST_PEEK, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -226,44 +236,77 @@ class SyncthingRelay:
         if not first:
             self._drop(item, None)
             return
-        self.loop.remove_reader(item.fd)
+        deadline = self._incoming.deadline(item)
         self._incoming.cancel(item)
         if first[0] == TLS_HANDSHAKE_BYTE:
-            self._start_tls(item)
-        else:
-            conn = _SessionConn(item.sock, item.address, item.ip)
-            self._incoming.schedule(conn, self.loop.time() + self.options.config.message_timeout)
-            self.loop.add_reader(conn.fd, self._on_session_readable, conn)
-            self._on_session_readable(conn)
+            self._start_tls(item, deadline)
+            return
+        conn = _SessionConn(item.sock, item.address, item.ip)
+        if self._whole_request(conn, first):
+            return
+        # Only part of the request is here: read it as it comes (consuming it, so a client that
+        # trickles never makes the poller spin on bytes left in the kernel).
+        self._incoming.schedule(conn, self.loop.time() + self.options.config.message_timeout)
+        self.loop.add_reader(conn.fd, self._on_session_readable, conn)  # replaces the peek in place
+        self._on_session_readable(conn)
 
-    def _start_tls(self, item: _Peeking) -> None:
+    def _whole_request(self, conn: _SessionConn, peeked: bytes) -> bool:
+        """Handle a request that ``peeked`` holds entirely; False if more must be read first."""
+        if len(peeked) < xdr.HEADER_SIZE:
+            return False
+        try:
+            msg_type, length = xdr.parse_header(peeked[:xdr.HEADER_SIZE])
+        except xdr.XdrError as exc:
+            self._drop(conn, f"malformed request: {exc}")
+            return True
+        total = xdr.HEADER_SIZE + length
+        if len(peeked) < total:
+            return False
+        try:
+            # Exactly the request, which is in the kernel already: later bytes belong to the partner.
+            conn.sock.recv(total)
+            msg = xdr.decode_body(msg_type, peeked[xdr.HEADER_SIZE:total])
+        except OSError as exc:
+            self._drop(conn, f"failed before joining: {exc.strerror or exc}")
+            return True
+        except xdr.XdrError as exc:
+            self._drop(conn, f"malformed request: {exc}")
+            return True
+        self._request(conn, msg)
+        return True
+
+    def _start_tls(self, item: _Peeking, deadline: float | None) -> None:
         refusal = self.admission.begin_handshake()
         if refusal is not None:
             log.info("Protocol connection from %s refused: %s", item.address, refusal)
             self._drop(item, None)
             return
+        try:
+            # The same descriptor from here on: the reader registered at accept stays, with a new
+            # callback (replacing it in place costs no system call; removing it would cost two).
+            sock = self.tls.wrap_socket(item.sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            log.info("TLS with %s cannot start: %s", item.address, exc)
+            self.admission.end_handshake()
+            self._drop(item, None)
+            return
         self.protocol_connections += 1
-        sock = item.sock
+        conn = ProtocolConn(self, sock, item.address, item.ip)
+        self._tls_conns.add(conn)
+        # The handshake must be over by the deadline set at accept (strelaysrv's message timeout).
+        self._incoming.schedule(conn, deadline or self.loop.time() + self.options.config.message_timeout)
+        self.loop.add_reader(conn.fd, conn.on_readable)
+        conn.on_readable()
 
-        async def handshake() -> None:
-            try:
-                await self.loop.connect_accepted_socket(
-                    lambda: ProtocolConn(self, item.address, item.ip), sock=sock, ssl=self.tls,
-                    ssl_handshake_timeout=self.options.config.message_timeout)
-            except Exception as exc:  # any failure of a stranger's handshake: log, clean up, carry on
-                log.info("TLS handshake with %s failed: %s", item.address, exc or type(exc).__name__)
-                self._handshake_done()
-                self._connection_gone(item.ip)
-                sock.close()
-
-        self.loop.create_task(handshake())
-
-    def _handshake_done(self) -> None:
+    def _handshake_done(self, conn: ProtocolConn) -> None:
+        """The handshake ended (done or failed): its slot and its deadline are free."""
         self.admission.end_handshake()
+        self._incoming.cancel(conn)
 
-    def _connection_gone(self, ip: str) -> None:
+    def _connection_gone(self, conn: ProtocolConn) -> None:
+        self._tls_conns.discard(conn)
         self.protocol_connections -= 1
-        self.admission.release(ip)
+        self.admission.release(conn.ip)
 
     def _drop(self, item: _Peeking | _SessionConn, reason: str | None,
               last: xdr.Message | None = None) -> None:
@@ -314,6 +357,9 @@ class SyncthingRelay:
             self._drop(conn, f"malformed request: {exc}")
             return
         conn.buf = bytearray()
+        self._request(conn, msg)
+
+    def _request(self, conn: _SessionConn, msg: xdr.Message) -> None:
         if not isinstance(msg, xdr.JoinSessionRequest):
             self._drop(conn, "unexpected message", xdr.RESPONSE_UNEXPECTED_MESSAGE)
             return
@@ -340,8 +386,9 @@ class SyncthingRelay:
         self._incoming.cancel(conn)
         if isinstance(result, Waiting):
             # Waiting for the partner: watch only for the device giving up (MSG_PEEK), so early
-            # bytes stay in the kernel for the partner.
+            # bytes stay in the kernel for the partner. (Replaces the accept-time callback in place.)
             conn.watching = True
+            self.loop.add_reader(conn.fd, self._on_session_readable, conn)
             return
         assert isinstance(result, Paired)
         self._start_session(result)
@@ -373,15 +420,16 @@ class SyncthingRelay:
         s = paired.session
         for c in (paired.server, paired.client):
             c.watching = False
-            with contextlib.suppress(Exception):
-                self.loop.remove_reader(c.fd)
         try:
+            # Our readers stay registered: the engine's replace them in place (no system call).
             fwd = self.engine.start(paired.server.sock, paired.client.sock,
                                     idle_timeout=self.options.config.network_timeout,
-                                    on_close=self._session_closed, context=s)
+                                    on_close=self._session_closed, context=s, nodelay_set=True)
         except (OSError, ValueError, RuntimeError) as exc:
             log.error("Cannot forward a session: %s", exc)
             for c in (paired.server, paired.client):
+                with contextlib.suppress(Exception):
+                    self.loop.remove_reader(c.fd)
                 c.sock.close()
                 self.admission.release(c.ip)
             self.table.end(s)
@@ -462,7 +510,10 @@ class SyncthingRelay:
         self._timer_at = None
         now = self.loop.time()
         for item in self._incoming.expired(now):
-            self._drop(item, f"no request within {self.options.config.message_timeout:g} s")
+            if isinstance(item, ProtocolConn):
+                item.handshake_expired()
+            else:
+                self._drop(item, f"no request within {self.options.config.message_timeout:g} s")
         for s in self.table.expired(now):
             self._close_waiting(s, f"partner did not join within {self.options.config.message_timeout:g} s")
         self._execute(self.relay.tick(now))
