@@ -27,7 +27,6 @@ from natrelay.aspia.relay.app import (
 )
 from natrelay.aspia.relay.controller import RouterController
 from natrelay.aspia.relay.server import PeerListener
-from natrelay.aspia.router.db import DatabaseError
 from natrelay.ops import sdnotify
 from natrelay.ops.aspia_config import (
     EXIT_CONFIG_ERROR,
@@ -42,9 +41,9 @@ from natrelay.ops.aspia_config import (
 from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
 from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.aspia_sources import AspiaRelaySource
-from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
 from natrelay.ops.http.server import HttpServer
+from natrelay.ops.http.standalone import HttpStartError, start_standalone_http
 from natrelay.ops.runtime import run
 from natrelay.ops.systemctl import service_switch
 
@@ -158,27 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         if http is None:
             return await serve_relay(config, stop, source=str(path), timers=timers,
                                      on_ready=lambda listener, link: _ready(config, None, listener, link))
-        db = None
         try:
-            accounts = None
-            if http.users is not None:
-                accounts, db = open_accounts(http.users)
-            web = HttpServer(http, version=__version__, title="Aspia relay", authenticator=accounts)
-            url = await web.start()
-        except (OSError, HttpConfigError, DatabaseError) as exc:
-            if db is not None:
-                db.close()
+            web = await start_standalone_http(http, version=__version__, title="Aspia relay")
+        except HttpStartError as exc:
             log.critical("Unable to start HTTP: %s", exc)
             print(f"{PROG}: cannot start HTTP on {http.host}:{http.port}: {exc}", file=sys.stderr)
             return 1
-        print(f"HTTP (dashboard, /metrics, /status): {url}", flush=True)
+        print(f"HTTP (dashboard, /metrics, /status): {web.url}", flush=True)
         try:
             return await serve_relay(config, stop, source=str(path), timers=timers,
-                                     on_ready=lambda listener, link: _ready(config, web, listener, link))
+                                     on_ready=lambda lst, link: _ready(config, web.server, lst, link))
         finally:
             await web.close()
-            if db is not None:
-                db.close()
 
     return run(serve, use_uvloop=not args.no_uvloop)
 

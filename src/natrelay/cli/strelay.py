@@ -10,7 +10,6 @@ import signal
 import sys
 
 from natrelay import __version__
-from natrelay.aspia.router.db import DatabaseError
 from natrelay.engine.limits import Limits
 from natrelay.engine.resources import fd_budget, raise_nofile_limit
 from natrelay.offset import constants as C
@@ -20,10 +19,9 @@ from natrelay.offset.server import RELAY_HANDSHAKE_TIMEOUT, OffsetRelayServer, R
 from natrelay.ops import sdnotify
 from natrelay.ops.addresses import AddressError, parse_listen_address
 from natrelay.ops.bandwidth import parse_rate
-from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.offset_source import OffsetSource
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
-from natrelay.ops.http.server import HttpServer
+from natrelay.ops.http.standalone import HttpStartError, StandaloneHttp, start_standalone_http
 from natrelay.ops.logging import LoggingConfigError, setup_logging
 from natrelay.ops.runtime import extract_attached, run
 
@@ -183,21 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             shown = f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
             log.info("listening on %s", shown)
         log.info("public key %s", b64url_encode(identity.public_key))
-        web: HttpServer | None = None
-        db = None
+        web: StandaloneHttp | None = None
         if http is not None:
             try:
-                accounts = None
-                if http.users is not None:
-                    accounts, db = open_accounts(http.users)
-                web = HttpServer(http, version=__version__, title="strelay", sources=[OffsetSource(server)],
-                                 authenticator=accounts)
-                await web.start()
-            except (OSError, HttpConfigError, DatabaseError) as exc:
+                web = await start_standalone_http(http, version=__version__, title="strelay",
+                                                  sources=[OffsetSource(server)])
+            except HttpStartError as exc:
                 print(f"strelay: error: cannot start HTTP on {args.http}: {exc}", file=sys.stderr)
                 await server.close()
-                if db is not None:
-                    db.close()
                 return 1
         sdnotify.ready(f"listening on {args.laddr}")
         loop = asyncio.get_running_loop()
@@ -209,8 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping; %s", server.status())
         if web is not None:
             await web.close()
-        if db is not None:
-            db.close()
         await server.close()
         return 0
 

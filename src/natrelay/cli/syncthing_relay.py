@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from natrelay import __version__
-from natrelay.aspia.router.db import DatabaseError
 from natrelay.engine.resources import raise_nofile_limit
-from natrelay.ops.http.auth import open_accounts
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options
-from natrelay.ops.http.server import HttpServer
+from natrelay.ops.http.standalone import HttpStartError, StandaloneHttp, start_standalone_http
 from natrelay.ops.http.syncthing_source import SyncthingSource
 from natrelay.ops.runtime import run
 from natrelay.syncthing.app import AppConfig, AppConfigError, start_relay
@@ -106,22 +104,15 @@ def relay_command(args: argparse.Namespace) -> int:
             print(f"natrelay syncthing-relay: error: cannot listen on {cfg.listen} or {cfg.status_srv}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 1
-        web: HttpServer | None = None
-        db = None
+        web: StandaloneHttp | None = None
         if http is not None:
             try:
-                accounts = None
-                if http.users is not None:
-                    accounts, db = open_accounts(http.users)
-                web = HttpServer(http, version=__version__, title="Syncthing relay",
-                                 sources=[SyncthingSource(running.relay)], authenticator=accounts)
-                await web.start()
-            except (OSError, HttpConfigError, DatabaseError) as exc:
+                web = await start_standalone_http(http, version=__version__, title="Syncthing relay",
+                                                  sources=[SyncthingSource(running.relay)])
+            except HttpStartError as exc:
                 print(f"natrelay syncthing-relay: error: cannot start HTTP on {args.http}: {exc}",
                       file=sys.stderr)
                 await running.close()
-                if db is not None:
-                    db.close()
                 return 1
         host, port = running.address
         print(f"Syncthing relay listening on {host}:{port}\n  URI: {running.url}", flush=True)
@@ -133,8 +124,6 @@ def relay_command(args: argparse.Namespace) -> int:
         await stop.wait()
         if web is not None:
             await web.close()
-        if db is not None:
-            db.close()
         await running.close()
         return 0
 
