@@ -319,6 +319,8 @@ class Target:
     metrics_port: int
     changed: list[str]
     login: Callable[[str], None] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """What hostile.py needs beyond the flood: router port and key, files, the relay's key."""
 
 
 ASPIA_CHANGED = [
@@ -332,13 +334,15 @@ ASPIA_CHANGED = [
 
 
 @contextlib.contextmanager
-def aspia_target(workdir: Path, flood_router: bool) -> Iterator[Target]:
+def aspia_target(workdir: Path, flood_router: bool, lift_request_rates: bool = True) -> Iterator[Target]:
     """The real aspia_router + aspia_relay; the flood hits the relay's peer port or the router's port.
 
     The bench subject lifts the relay's per-address connection cap and the router's per-address
     rate and pending caps (its soak pairs thousands of sessions from 127.0.0.1); here they are back
     at their defaults, because the flood comes from 250 addresses of its own and the legitimate
-    peers from 127.0.0.1 (logins from an address each), as on the internet."""
+    peers from 127.0.0.1 (logins from an address each), as on the internet. ``lift_request_rates``
+    False keeps the per-account and per-host request rates at their defaults too (hostile.py's
+    request flood is aimed at them; its legitimate peers pair only a few times)."""
     from relaybench.aspia import CLIENT_SESSION, USER, AspiaSubject, _RouterSession
     from relaybench.subject import free_port
 
@@ -347,7 +351,10 @@ def aspia_target(workdir: Path, flood_router: bool) -> Iterator[Target]:
         relay_settings={"MaxConnectionsPerIp": None, "MaxConnections": None,
                         "HttpListen": f"127.0.0.1:{relay_http}"},
         router_settings={"NewConnectionsPerMinutePerIp": None, "MaxPendingConnectionsPerIp": None,
-                         "HostIdRequestsPerMinute": None, "HttpListen": f"127.0.0.1:{router_http}"})
+                         "HostIdRequestsPerMinute": None, "HttpListen": f"127.0.0.1:{router_http}",
+                         **({} if lift_request_rates else
+                            {"ClientRequestsPerMinute": None, "HostRequestsPerMinute": None})})
+    changed = ASPIA_CHANGED if lift_request_rates else ASPIA_CHANGED[1:]
     missing = subject.missing()
     if missing:
         raise RuntimeError(missing)
@@ -366,15 +373,17 @@ def aspia_target(workdir: Path, flood_router: bool) -> Iterator[Target]:
             _RouterSession(router_port, config, source=source).close()
 
         opener = subject.opener(0)
+        extras = {"workdir": d, "router_port": router_port, "router_key": key, "password": password}
         try:
             if flood_router:
                 [pid] = subject.endpoint_pids()
                 yield Target("aspia_router", pid, router_port, ROUTER_SLOW_BYTES, opener, router_http,
-                             ASPIA_CHANGED, login)
+                             changed, login, extras)
             else:
                 [pid] = subject.relay_pids()
                 port = int(json.loads((d / "relay.json").read_text())["PeerPort"])
-                yield Target("aspia_relay", pid, port, SLOW_BYTES, opener, relay_http, ASPIA_CHANGED)
+                yield Target("aspia_relay", pid, port, SLOW_BYTES, opener, relay_http, changed,
+                             extras=extras)
         finally:
             opener.close()
     finally:
@@ -406,7 +415,8 @@ def strelay_target(workdir: Path) -> Iterator[Target]:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         port = int(argv[argv.index(b"--laddr") + 1].rsplit(b":", 1)[1])
         yield Target("strelay", pid, port, OFFSET_SLOW_BYTES, subject.opener(0), http,
-                     ["--http 127.0.0.1:PORT, only to read strelay's refusal counters from /metrics"])
+                     ["--http 127.0.0.1:PORT, only to read strelay's refusal counters from /metrics"],
+                     extras={"workdir": workdir / "offset"})
     finally:
         subject.stop()
 
