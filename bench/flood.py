@@ -486,13 +486,18 @@ def measure(target: Target, args: argparse.Namespace, hard: int) -> dict[str, An
     time.sleep(args.settle)
     report["after"] = server_sample(target.pid)
     report["counters_during_flood"] = counter_delta(counters_before, scrape(target.metrics_port))
-    before, after = report["before"], report["after"]
+    time.sleep(args.late)
+    report["after_late"] = server_sample(target.pid)
+    # The baseline is the server just before the flood (after the quiet pairings, which leave a
+    # splice pipe pair or a warm allocator behind of their own).
+    before, after = report["after_quiet_pairings"], report["after_late"]
     report["back_to_baseline"] = {
         "fds_delta": after["fds"] - before["fds"],
         "rss_delta_kib": after["rss_kib"] - before["rss_kib"],
         "rss_delta_pct": round(100 * (after["rss_kib"] - before["rss_kib"]) / max(1, before["rss_kib"]), 1),
     }
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    report["args_late"] = args.late
     return report
 
 
@@ -502,7 +507,8 @@ def table(r: dict[str, Any]) -> str:
         gave_up = ", gave up" if x["abandoned_after_consecutive_failures"] else ""
         return f"{x['ok']} ok / {x['failed']} failed{gave_up}; p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms"
 
-    b, d, a, f = r["before"], r["during"], r["after"], r["flood"]
+    b, d, a, al, f = r["before"], r["during"], r["after"], r["after_late"], r["flood"]
+    back = r["back_to_baseline"]
     cpu = round(r["during_end"]["cpu_s"] - r["after_quiet_pairings"]["cpu_s"], 1)
     secs = round(r["during_end"]["at"] - r["after_quiet_pairings"]["at"])
     rows = [("pairings without flood", lat(r["pairing_without_flood"])),
@@ -511,9 +517,14 @@ def table(r: dict[str, Any]) -> str:
         rows += [("password logins without flood", lat(r["login_without_flood"])),
                  ("password logins with flood", lat(r["login_with_flood"]))]
     rows += [
-        (f"{r['server']} RSS before / during / after",
-         f"{b['rss_kib'] / 1024:.1f} / {d['rss_kib'] / 1024:.1f} / {a['rss_kib'] / 1024:.1f} MiB"),
-        (f"{r['server']} descriptors before / during / after", f"{b['fds']} / {d['fds']} / {a['fds']}"),
+        (f"{r['server']} RSS before / during / after / {r['args_late']:.0f} s later",
+         f"{b['rss_kib'] / 1024:.1f} / {d['rss_kib'] / 1024:.1f} / {a['rss_kib'] / 1024:.1f} / "
+         f"{al['rss_kib'] / 1024:.1f} MiB"),
+        (f"{r['server']} descriptors before / during / after / later",
+         f"{b['fds']} / {d['fds']} / {a['fds']} / {al['fds']}"),
+        ("back to the pre-flood baseline (later sample)",
+         f"descriptors {back['fds_delta']:+d}, RSS {back['rss_delta_kib'] / 1024:+.1f} MiB "
+         f"({back['rss_delta_pct']:+.1f} %)"),
         (f"{r['server']} CPU while flooded", f"{cpu} s in {secs} s"),
         ("flood connections made / closed by server / connect errors",
          f"{f.get('connects')} / {f.get('closed_by_relay')} / {f.get('connect_errors')}"),
@@ -541,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which the flood first connects")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after the ramp before measuring, "
                    "and after the flood before the last sample")
+    p.add_argument("--late", type=float, default=30.0,
+                   help="seconds after the 'after' sample for a last one (memory given back late)")
     p.add_argument("--pairings", type=int, default=100)
     p.add_argument("--logins", type=int, default=100, help="password logins timed (aspia_router only)")
     p.add_argument("--json", type=Path, help="also write the figures here")
