@@ -8,8 +8,8 @@ default limits (the same targets as ``flood.py``, which also says which settings
 
 - ``strelay``: random bytes, a huge declared frame length, a wrong version, a truncated frame, an
   ExchangeDh with a bad signature, a replayed handshake (a real client's handshake bytes sent again
-  to a relay that has chosen another nonce), a short ciphertext after a real handshake, and Listen
-  registrations under random keys (each held for ``--hold`` seconds).
+  to a relay that has chosen another nonce), a short ciphertext after a real handshake, and
+  ``--listens`` Listen registrations under random keys, all at once (each held ``--hold`` seconds).
 - ``aspia_relay``: random bytes, a huge PeerToRelay length, a truncated one, a malformed one, a
   PeerToRelay sealed for a key the relay never issued, and a replayed PeerToRelay (the bytes of a
   real peer's, whose key has been used).
@@ -232,8 +232,10 @@ async def one(attack: Attack, source: str, port: int) -> str:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 15)
-    except (OSError, TimeoutError):
-        return "connect failed"
+    except ConnectionError as exc:  # reset by a server that refused it at once (asyncio saw it first)
+        return f"reset at connect ({type(exc).__name__})"
+    except (OSError, TimeoutError) as exc:
+        return f"connect failed ({type(exc).__name__})"
     try:
         await attack(reader, writer)
         async with asyncio.timeout(VERDICT_WAIT):
@@ -255,22 +257,33 @@ async def one(attack: Attack, source: str, port: int) -> str:
 
 
 async def run_attacks(attacks: dict[str, Attack], port: int, count: int, addresses: int,
-                      parallel: int) -> dict[str, dict[str, int]]:
-    """``count`` connections per attack, ``parallel`` at a time, sources rotating over ``addresses``."""
+                      parallel: int, at_once: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+    """``count`` connections per attack, ``parallel`` at a time, sources rotating over ``addresses``.
+
+    An attack named in ``at_once`` instead makes that many connections all together (Listen
+    registrations: only registrations held at the same time test the listener caps), from
+    addresses of their own (127.3.x.y) so that they do not use up the other attacks' per-address
+    handshake slots."""
     PORT[0] = port
+    at_once = at_once or {}
     gate = asyncio.Semaphore(parallel)
     results: dict[str, Counter[str]] = {name: Counter() for name in attacks}
     n = 0
 
-    async def guarded(name: str, attack: Attack, source: str) -> None:
-        async with gate:
+    async def run(name: str, attack: Attack, source: str, gate: asyncio.Semaphore | None) -> None:
+        async with gate or contextlib.nullcontext():
             results[name][await one(attack, source, port)] += 1
 
     tasks = []
+    for name, many in at_once.items():
+        for i in range(many):
+            k = i % addresses  # an address block of their own: 127.3.x.y
+            tasks.append(run(name, attacks[name], f"127.3.{k // 250}.{k % 250 + 1}", None))
     for _ in range(count):
         for name, attack in attacks.items():
-            tasks.append(guarded(name, attack, flood.source_address(n % addresses)))
-            n += 1
+            if name not in at_once:
+                tasks.append(run(name, attack, flood.source_address(n % addresses), gate))
+                n += 1
     await asyncio.gather(*tasks)
     return {name: dict(c) for name, c in results.items()}
 
@@ -377,8 +390,9 @@ def measure(target: flood.Target, args: argparse.Namespace) -> dict[str, Any]:
     mover = threading.Thread(target=lambda: outcome.update(transfer(a, b, TRANSFER)))
 
     async def attack_all() -> dict[str, dict[str, int]]:
+        wide = {"listen_random_key": args.listens} if "listen_random_key" in attacks else {}
         task = asyncio.create_task(run_attacks(attacks, target.port, args.count, args.addresses,
-                                               args.parallel))
+                                               args.parallel, wide))
         await asyncio.sleep(3)  # the attacks are in full swing before the transfer starts
         mover.start()
         if target.server == "aspia_router":
@@ -499,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=400, help="connections per attack (default %(default)s)")
     p.add_argument("--addresses", type=int, default=250, help="127.0.x.y source addresses")
     p.add_argument("--parallel", type=int, default=200, help="attack connections at once")
-    p.add_argument("--hold", type=float, default=5.0, help="seconds a Listen registration is held")
+    p.add_argument("--hold", type=float, default=10.0, help="seconds a Listen registration is held")
+    p.add_argument("--listens", type=int, default=3000,
+                   help="strelay: Listen registrations under random keys, all at once (default %(default)s)")
     p.add_argument("--requests", type=int, default=300, help="ConnectionRequests of the router's flood")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after the attacks before sampling")
     p.add_argument("--json", type=Path, help="also write the figures here")

@@ -41,4 +41,5 @@ def test_connect_failure_is_its_own_outcome() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: the connect is refused
-        assert asyncio.run(hostile.one(hostile._send(lambda: b"x"), "127.0.0.5", port)) == "connect failed"
+        outcome = asyncio.run(hostile.one(hostile._send(lambda: b"x"), "127.0.0.5", port))
+    assert outcome == "reset at connect (ConnectionRefusedError)"
