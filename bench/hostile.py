@@ -19,7 +19,8 @@ default limits (the same targets as ``flood.py``, which also says which settings
   legitimate host, at the router's default per-account and per-host request rates.
 
 The legitimate pair is made before the attacks start (for the router: a full ConnectionRequest,
-both offers, the relay; the router's attackers come afterwards) and its 20 MB go while they run.
+both offers, the relay; the router's attackers come afterwards) and its 20 MB go while they run,
+paced at most 25 MiB/s; the attacks go on in further rounds until the transfer has ended.
 Reported per server: connections made per attack and how the server answered (closed, reset,
 still open when we gave up, connect failed), the server's refusal and close counters during the
 attacks (from its /metrics), its RSS and descriptors before and after, the transfer's time and
@@ -257,7 +258,8 @@ async def one(attack: Attack, source: str, port: int) -> str:
 
 
 async def run_attacks(attacks: dict[str, Attack], port: int, count: int, addresses: int,
-                      parallel: int, at_once: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
+                      parallel: int, at_once: dict[str, int] | None = None,
+                      keep_going: Callable[[], bool] = lambda: False) -> dict[str, dict[str, int]]:
     """``count`` connections per attack, ``parallel`` at a time, sources rotating over ``addresses``.
 
     An attack named in ``at_once`` instead makes that many connections all together (Listen
@@ -285,12 +287,18 @@ async def run_attacks(attacks: dict[str, Attack], port: int, count: int, address
                 tasks.append(run(name, attack, flood.source_address(n % addresses), gate))
                 n += 1
     await asyncio.gather(*tasks)
+    while keep_going():  # more rounds while the legitimate transfer still runs
+        await asyncio.gather(*(run(name, attack, flood.source_address((n := n + 1) % addresses), gate)
+                               for name, attack in attacks.items() if name not in at_once))
     return {name: dict(c) for name, c in results.items()}
 
 
 # ---------------------------------------------------------------------- the legitimate transfer
-def transfer(a: Any, b: Any, size: int) -> dict[str, Any]:
-    """``size`` random bytes from ``a`` to ``b``, SHA-256 checked; the time from first to last byte."""
+def transfer(a: Any, b: Any, size: int, pace: float = 0.01) -> dict[str, Any]:
+    """``size`` random bytes from ``a`` to ``b``, SHA-256 checked; the time from first to last byte.
+
+    A pause of ``pace`` seconds after each 256 KiB (at most 25 MiB/s) spreads the transfer over the
+    attacks, which against a fast server are over in well under a second."""
     data = os.urandom(size)
     got = hashlib.sha256()
     received = [0]
@@ -312,6 +320,7 @@ def transfer(a: Any, b: Any, size: int) -> dict[str, Any]:
         view = memoryview(data)
         for off in range(0, size, 1 << 18):
             a.sendall(view[off:off + (1 << 18)])
+            time.sleep(pace)
     except OSError as exc:
         t.join(130)
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "received": received[0]}
@@ -392,13 +401,15 @@ def measure(target: flood.Target, args: argparse.Namespace) -> dict[str, Any]:
     async def attack_all() -> dict[str, dict[str, int]]:
         wide = {"listen_random_key": args.listens} if "listen_random_key" in attacks else {}
         task = asyncio.create_task(run_attacks(attacks, target.port, args.count, args.addresses,
-                                               args.parallel, wide))
-        await asyncio.sleep(3)  # the attacks are in full swing before the transfer starts
+                                               args.parallel, wide,
+                                               lambda: mover.ident is None or mover.is_alive()))
+        await asyncio.sleep(0.2)  # the attacks are in full swing before the transfer starts
         mover.start()
         if target.server == "aspia_router":
             host_id = opener._host_id
             report["request_flood"] = await asyncio.to_thread(request_flood, target, host_id, args.requests)
-        return await task
+        result = await task
+        return result
 
     started = time.monotonic()
     report["attacks"] = asyncio.run(attack_all())
@@ -512,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subject", choices=sorted(flood.TARGETS), default="strelay")
     p.add_argument("--count", type=int, default=400, help="connections per attack (default %(default)s)")
     p.add_argument("--addresses", type=int, default=250, help="127.0.x.y source addresses")
-    p.add_argument("--parallel", type=int, default=200, help="attack connections at once")
+    p.add_argument("--parallel", type=int, help="attack connections at once (default 200; aspia_relay: "
+                   "40, below its 60 pending slots, so that attacks reach its parser instead of evicting "
+                   "each other)")
     p.add_argument("--hold", type=float, default=10.0, help="seconds a Listen registration is held")
     p.add_argument("--listens", type=int, default=3000,
                    help="strelay: Listen registrations under random keys, all at once (default %(default)s)")
@@ -520,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=10.0, help="seconds after the attacks before sampling")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
+    if args.parallel is None:
+        args.parallel = 40 if args.subject == "aspia_relay" else 200
     with tempfile.TemporaryDirectory(prefix="natrelay-hostile-") as tmp:
         make = flood.TARGETS[args.subject]
         if args.subject == "aspia_router":
