@@ -461,9 +461,7 @@ def measure(target: Target, args: argparse.Namespace, hard: int) -> dict[str, An
         report["login_without_flood"] = logins(target.login, args.logins, 1)
     report["after_quiet_pairings"] = server_sample(target.pid)
     counters_before = scrape(target.metrics_port)
-    worker = [sys.executable, __file__, "--worker", str(target.port), "--slow-bytes", target.slow_bytes.hex(),
-              "--silent", str(args.silent), "--slow", str(args.slow), "--addresses", str(args.addresses),
-              "--trickle", str(args.trickle), "--reconnect", str(args.reconnect), "--ramp", str(args.ramp)]
+    worker = worker_argv(target, args)
     flood: subprocess.Popen[str] | None = subprocess.Popen(
         worker, stdout=subprocess.PIPE, text=True,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
@@ -496,9 +494,39 @@ def measure(target: Target, args: argparse.Namespace, hard: int) -> dict[str, An
         "rss_delta_kib": after["rss_kib"] - before["rss_kib"],
         "rss_delta_pct": round(100 * (after["rss_kib"] - before["rss_kib"]) / max(1, before["rss_kib"]), 1),
     }
+    # Further rounds (--rounds): the same flood again, no pairings, a sample after each. Memory
+    # that stays up after one round but not after more is the allocator's high-water mark, not growth.
+    report["later_rounds_after"] = []
+    for _ in range(args.rounds - 1):
+        flood_round(target, args, hard, args.ramp + args.settle)
+        time.sleep(args.settle)
+        report["later_rounds_after"].append(server_sample(target.pid))
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["args_late"] = args.late
     return report
+
+
+def worker_argv(target: Target, args: argparse.Namespace) -> list[str]:
+    """This script as the flood process, aimed at ``target``."""
+    return [sys.executable, __file__, "--worker", str(target.port), "--slow-bytes", target.slow_bytes.hex(),
+            "--silent", str(args.silent), "--slow", str(args.slow), "--addresses", str(args.addresses),
+            "--trickle", str(args.trickle), "--reconnect", str(args.reconnect), "--ramp", str(args.ramp)]
+
+
+def flood_round(target: Target, args: argparse.Namespace, hard: int, seconds: float) -> dict[str, Any]:
+    """The flood alone for ``seconds``; its own counts."""
+    worker = worker_argv(target, args)
+    with subprocess.Popen(worker, stdout=subprocess.PIPE, text=True, preexec_fn=lambda:
+                          resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))) as proc:
+        try:
+            time.sleep(seconds)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    counts: dict[str, Any] = json.loads(out) if out.strip() else {"error": f"exit {proc.returncode}"}
+    return counts
 
 
 def table(r: dict[str, Any]) -> str:
@@ -531,6 +559,9 @@ def table(r: dict[str, Any]) -> str:
         ("flood sockets open at once: max / median", f"{f.get('open_max')} / {f.get('open_median')}"),
         ("server counters during the flood",
          ", ".join(f"{k} {v}" for k, v in r["counters_during_flood"].items()) or "none"),
+        *([("RSS / descriptors after each further flood round",
+            ", ".join(f"{x['rss_kib'] / 1024:.1f} MiB / {x['fds']}" for x in r["later_rounds_after"]))]
+          if r["later_rounds_after"] else []),
         ("load average at the end", " ".join(str(x) for x in r["load_average"])),
     ]
     lines = [f"| {r['server']} | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]
@@ -554,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                    "and after the flood before the last sample")
     p.add_argument("--late", type=float, default=30.0,
                    help="seconds after the 'after' sample for a last one (memory given back late)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="flood rounds; rounds after the first only sample the server after them")
     p.add_argument("--pairings", type=int, default=100)
     p.add_argument("--logins", type=int, default=100, help="password logins timed (aspia_router only)")
     p.add_argument("--json", type=Path, help="also write the figures here")
