@@ -1,20 +1,39 @@
 #!/usr/bin/env python3
-"""Flood harness: pairing latency of a real ``aspia_relay`` with and without a flood of idle connections.
+"""Flood harness: legitimate pairings (and logins) against a real server with and without a flood.
 
 Issue 8 asks what a cheap flood does to legitimate users: 5,000 connections that stay silent and
-500 that send one byte every few seconds (never a complete ``PeerToRelay``), from many 127.0.0.x
-source addresses, reconnecting whenever the relay closes them. Meanwhile 100 pairings are made the
-way Aspia peers make them (``relaybench/aspia.py``: ConnectionRequest to the real ``aspia_router``,
-both offers, two relay connections with their ``PeerToRelay``, then one byte through), each timed
-from the request to that byte. The same 100 pairings run first without the flood.
+500 that send one byte every few seconds (never a complete first message), from 250 127.0.0.x
+source addresses, reconnecting whenever the server closes them. ``--subject`` picks the server:
 
-Reported: pairing latency p50/p99 (and failures) with and without the flood, the relay's RSS and
-open descriptors before, during and after the flood, and the flood's own counts. Bounded in count
-(``--silent``, ``--slow``) and in time; everything stays on loopback. Mind the hard
-RLIMIT_NOFILE: the flood process holds up to silent + slow sockets and the relay up to its
-``MaxConnections`` (10,000 by default).
+- ``aspia_relay`` (default): the flood hits the relay's peer port; the trickle is a PeerToRelay
+  length of 256 and a body never finished. A pairing is made the way Aspia peers make it
+  (``relaybench/aspia.py``: ConnectionRequest to the real ``aspia_router``, both offers, two relay
+  connections with their ``PeerToRelay``, then one byte through), timed from the request to that byte.
+- ``aspia_router``: the same pairings while the flood hits the router's port (the trickle: a first
+  frame of 256 bytes never finished); also password (SRP) logins, each from an address of its own
+  (127.1.x.y without the flood, 127.2.x.y with it), timed from the connect to the established channel.
+- ``strelay``: the flood hits strelay's port (the trickle: the version frame, then a handshake frame
+  never finished); a pairing is a natrelay ``offset connect`` node reaching an ``offset listen``
+  node through strelay (``relaybench/offset.py``), timed from the connect to the connector node's
+  local port until a byte written there has come out of the listener's side.
 
-    python3 bench/flood.py                       # 5,000 silent + 500 slow from 250 addresses
+Each server runs at its default limits: the legitimate peers come from 127.0.0.1 (logins from
+addresses of their own) and the flood from its own 250 addresses, as on the internet. Settings
+that differ from the defaults are printed with the reason: the router's per-account request rates
+are off, because the bench makes 2 x N pairings from one account to one host within seconds (a
+bench artefact, not a flood); the Aspia key pool is the bench subject's; and each server serves
+/metrics on 127.0.0.1 so its refusal counters can be read.
+
+Reported, as JSON and a Markdown table: pairing (and login) latency p50/p99 and failures with and
+without the flood, the flooded server's RSS and descriptors before, during and after (with the
+difference to the baseline), its CPU while flooded, its refusal and close counters during the
+flood, the flood's own counts and the load average. Bounded in count (``--silent``, ``--slow``) and
+in time (a phase stops after 10 failures in a row); everything stays on loopback. Mind the hard
+RLIMIT_NOFILE: the flood process holds up to silent + slow sockets.
+
+    python3 bench/flood.py                       # aspia_relay: 5,000 silent + 500 slow, 100 pairings
+    python3 bench/flood.py --subject strelay
+    python3 bench/flood.py --subject aspia_router --logins 100
     python3 bench/flood.py --silent 500 --slow 50 --pairings 20   # a quick look
 """
 
@@ -25,6 +44,7 @@ import contextlib
 import heapq
 import json
 import os
+import re
 import resource
 import selectors
 import signal
@@ -34,7 +54,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +92,7 @@ class FloodCounts:
 
 
 def run_flood(port: int, silent: int, slow: int, addresses: int, reconnect: float, trickle: float,
-              ramp: float) -> FloodCounts:
+              ramp: float, slow_bytes: bytes = SLOW_BYTES) -> FloodCounts:
     """Keep ``silent`` + ``slow`` connections to 127.0.0.1:``port`` until SIGTERM; reconnect closed ones."""
     stop = False
 
@@ -81,14 +102,14 @@ def run_flood(port: int, silent: int, slow: int, addresses: int, reconnect: floa
 
     previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _flood_loop(port, silent, slow, addresses, reconnect, trickle, ramp, lambda: stop)
+        return _flood_loop(port, silent, slow, addresses, reconnect, trickle, ramp, slow_bytes, lambda: stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def _flood_loop(port: int, silent: int, slow: int, addresses: int, reconnect: float, trickle: float,
-                ramp: float, stopped: Callable[[], bool]) -> FloodCounts:
+                ramp: float, slow_bytes: bytes, stopped: Callable[[], bool]) -> FloodCounts:
     sel = selectors.DefaultSelector()
     slots = [_Slot(source_address(i % addresses), i >= silent) for i in range(silent + slow)]
     due: list[tuple[float, int]] = []
@@ -142,7 +163,7 @@ def _flood_loop(port: int, silent: int, slow: int, addresses: int, reconnect: fl
             counts.open_samples.append(open_now)
             for i, slot in enumerate(slots):
                 if slot.slow and slot.sock is not None:
-                    byte = SLOW_BYTES[slot.sent % len(SLOW_BYTES):][:1]
+                    byte = slow_bytes[slot.sent % len(slow_bytes):][:1]
                     try:
                         slot.sent += slot.sock.send(byte)
                         counts.bytes_trickled += 1
@@ -152,15 +173,18 @@ def _flood_loop(port: int, silent: int, slow: int, addresses: int, reconnect: fl
                         close(i, True)
         timeout = min(0.2, max(0.0, (due[0][0] if due else now + 0.2) - time.monotonic()))
         for key, _ in sel.select(timeout):
-            i = key.data
+            index: int = key.data
+            held = slots[index].sock
+            if held is None:
+                continue
             try:
-                data = slots[i].sock.recv(4096)  # type: ignore[union-attr]
+                data = held.recv(4096)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 data = b""
             if not data:
-                close(i, True)
+                close(index, True)
     for i in range(len(slots)):
         close(i, False)
     return counts
@@ -175,46 +199,380 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def relay_sample(pid: int) -> dict[str, float]:
-    """The relay's resident memory, open descriptors and CPU seconds used so far."""
+def server_sample(pid: int) -> dict[str, float]:
+    """The flooded server's resident memory, open descriptors and CPU seconds used so far."""
     from relaybench.procstat import cpu_seconds, rss_kib
 
     return {"rss_kib": rss_kib([pid]), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "cpu_s": round(cpu_seconds([pid]), 2), "at": round(time.monotonic(), 2)}
 
 
-def pairings(opener: Any, count: int) -> dict[str, Any]:
-    """``count`` pairings, each timed from the ConnectionRequest to one byte through the relay."""
-    from relaybench.subject import recv_exact
-
-    times: list[float] = []
-    failures: list[str] = []
-    for _ in range(count):
-        started = time.perf_counter()
-        try:
-            a, b = opener.open_pair()
-        except Exception as exc:  # a failed pairing is a figure, not a crash
-            failures.append(f"offers or relay connect: {type(exc).__name__}: {exc}")
-            continue
-        try:
-            a.sendall(b"!")
-            recv_exact(b, 1)
-            times.append(time.perf_counter() - started)
-        except Exception as exc:
-            failures.append(f"first byte through the relay: {type(exc).__name__}: {exc}")
-        finally:
-            a.close()
-            b.close()
+def _latencies(times: list[float], failures: list[str], abandoned: bool) -> dict[str, Any]:
     return {
         "ok": len(times), "failed": len(failures), "failures": failures[:5],
+        "abandoned_after_consecutive_failures": abandoned,
         "p50_ms": round(1000 * statistics.median(times), 2) if times else None,
         "p99_ms": round(1000 * percentile(times, 99), 2) if times else None,
         "max_ms": round(1000 * max(times), 2) if times else None,
     }
 
 
+def pairings(opener: Any, count: int) -> dict[str, Any]:
+    """``count`` pairings, each timed from its start (a ConnectionRequest for Aspia, the connect to
+    the connector node for Offset) to one byte through the relay.
+
+    After GIVE_UP failures in a row the rest are not tried: a failed pairing can take its whole
+    15 s timeout, and a flood that blocks every pairing is already the figure."""
+    from relaybench.subject import recv_exact
+
+    times: list[float] = []
+    failures: list[str] = []
+    in_a_row = 0
+    for _ in range(count):
+        if in_a_row >= GIVE_UP:
+            break
+        started = time.perf_counter()
+        try:
+            a, b = opener.open_pair()
+        except Exception as exc:  # a failed pairing is a figure, not a crash
+            failures.append(f"pairing: {type(exc).__name__}: {exc}")
+            in_a_row += 1
+            continue
+        try:
+            a.sendall(b"!")
+            recv_exact(b, 1)
+            times.append(time.perf_counter() - started)
+            in_a_row = 0
+        except Exception as exc:
+            failures.append(f"first byte through the relay: {type(exc).__name__}: {exc}")
+            in_a_row += 1
+        finally:
+            a.close()
+            b.close()
+    return _latencies(times, failures, in_a_row >= GIVE_UP)
+
+
+def logins(login: Callable[[str], None], count: int, block: int) -> dict[str, Any]:
+    """``count`` password logins, each from its own address 127.<block>.x.y, timed from the TCP
+    connect to the established SRP channel (as many users from as many homes would log in)."""
+    times: list[float] = []
+    failures: list[str] = []
+    in_a_row = 0
+    for i in range(count):
+        if in_a_row >= GIVE_UP:
+            break
+        started = time.perf_counter()
+        try:
+            login(f"127.{block}.{i // 250}.{i % 250 + 1}")
+        except Exception as exc:
+            failures.append(f"login: {type(exc).__name__}: {exc}")
+            in_a_row += 1
+            continue
+        times.append(time.perf_counter() - started)
+        in_a_row = 0
+    return _latencies(times, failures, in_a_row >= GIVE_UP)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The refusal and close counters of a natrelay server's /metrics, as ``name{labels}`` -> value."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+    except OSError as exc:
+        return {f"scrape failed: {exc}": float("nan")}
+    return parse_counters(text)
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """The COUNTERS lines of a Prometheus exposition, keyed by name and labels (family label dropped)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in COUNTERS:
+            key, _, value = line.rpartition(" ")
+            key = re.sub(r'family="[^"]*",?', "", key.removeprefix("natrelay_")).replace("{}", "")
+            out[key] = float(value)
+    return out
+
+
+def counter_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    return {k: int(v - before.get(k, 0)) for k, v in sorted(after.items()) if v - before.get(k, 0)}
+
+
+COUNTERS = frozenset(f"natrelay_{n}_total" for n in (
+    "connections_accepted", "connections_refused", "connection_closes", "handshake_failures",
+    "logins", "login_failures", "pairings"))
+GIVE_UP = 10
+"""Consecutive failed pairings (or logins) after which a phase stops trying."""
+
+
+# ----------------------------------------------------------------------------------- the subjects
+@dataclass
+class Target:
+    """One flooded server and the legitimate traffic measured while it is flooded."""
+
+    server: str
+    pid: int
+    port: int
+    slow_bytes: bytes
+    opener: Any
+    metrics_port: int
+    changed: list[str]
+    login: Callable[[str], None] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    """What hostile.py needs beyond the flood: router port and key, files, the relay's key."""
+
+
+ASPIA_CHANGED = [
+    "router ClientRequestsPerMinute=0 and HostRequestsPerMinute=0 (defaults 60 and 120): the bench makes "
+    "2 x N pairings from one account to one host within seconds, which no user does; these limits meter "
+    "one account's requests and play no part against a connection flood",
+    "relay MaxPeerCount=12000 and router MaxKeysPerRelay=12000 (the aspia bench subject's key pool; "
+    "capacity, not an abuse limit), relay PeerIdleTimeout=60 (idle paired sessions; none stay idle here)",
+    "HttpListen=127.0.0.1:PORT on router and relay, only to read their refusal counters from /metrics",
+]
+
+
+@contextlib.contextmanager
+def aspia_target(workdir: Path, flood_router: bool, lift_request_rates: bool = True) -> Iterator[Target]:
+    """The real aspia_router + aspia_relay; the flood hits the relay's peer port or the router's port.
+
+    The bench subject lifts the relay's per-address connection cap and the router's per-address
+    rate and pending caps (its soak pairs thousands of sessions from 127.0.0.1); here they are back
+    at their defaults, because the flood comes from 250 addresses of its own and the legitimate
+    peers from 127.0.0.1 (logins from an address each), as on the internet. ``lift_request_rates``
+    False keeps the per-account and per-host request rates at their defaults too (hostile.py's
+    request flood is aimed at them; its legitimate peers pair only a few times)."""
+    from relaybench.aspia import CLIENT_SESSION, USER, AspiaSubject, _RouterSession
+    from relaybench.subject import free_port
+
+    relay_http, router_http = free_port(), free_port()
+    subject = AspiaSubject(
+        relay_settings={"MaxConnectionsPerIp": None, "MaxConnections": None,
+                        "HttpListen": f"127.0.0.1:{relay_http}"},
+        router_settings={"NewConnectionsPerMinutePerIp": None, "MaxPendingConnectionsPerIp": None,
+                         "HostIdRequestsPerMinute": None, "HttpListen": f"127.0.0.1:{router_http}",
+                         **({} if lift_request_rates else
+                            {"ClientRequestsPerMinute": None, "HostRequestsPerMinute": None})})
+    changed = ASPIA_CHANGED if lift_request_rates else ASPIA_CHANGED[1:]
+    missing = subject.missing()
+    if missing:
+        raise RuntimeError(missing)
+    try:
+        subject.start(workdir)
+        d = workdir / "aspia"
+        router_port = int(json.loads((d / "etc" / "router.json").read_text())["Port"])
+        key = bytes.fromhex((d / "etc" / "router.pub").read_text().strip())
+        password = (d / "bench.password").read_text().strip().encode()
+
+        def login(source: str) -> None:
+            from natrelay.aspia.handshake import ClientConfig
+
+            config = ClientConfig(session_type=CLIENT_SESSION, username=USER, password=password,
+                                  server_public_key=key)
+            _RouterSession(router_port, config, source=source).close()
+
+        opener = subject.opener(0)
+        extras = {"workdir": d, "router_port": router_port, "router_key": key, "password": password}
+        try:
+            if flood_router:
+                [pid] = subject.endpoint_pids()
+                yield Target("aspia_router", pid, router_port, ROUTER_SLOW_BYTES, opener, router_http,
+                             changed, login, extras)
+            else:
+                [pid] = subject.relay_pids()
+                port = int(json.loads((d / "relay.json").read_text())["PeerPort"])
+                yield Target("aspia_relay", pid, port, SLOW_BYTES, opener, relay_http, changed,
+                             extras=extras)
+        finally:
+            opener.close()
+    finally:
+        subject.stop()
+
+
+@contextlib.contextmanager
+def strelay_target(workdir: Path) -> Iterator[Target]:
+    """The real strelay at its default limits, with a natrelay Offset listener and connector pair.
+
+    The bench subject lifts --max-per-ip and --max-connections (its idle-session measure holds
+    thousands of tunnels from 127.0.0.1); here every limit is strelay's default."""
+    from relaybench.offset import OffsetSubject
+    from relaybench.subject import free_port
+
+    http = free_port()
+
+    class DefaultLimits(OffsetSubject):
+        def _limit_flags(self) -> list[str]:
+            return ["--http", f"127.0.0.1:{http}"]
+
+    subject = DefaultLimits()
+    missing = subject.missing()
+    if missing:
+        raise RuntimeError(missing)
+    try:
+        subject.start(workdir)
+        [pid] = subject.relay_pids()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        port = int(argv[argv.index(b"--laddr") + 1].rsplit(b":", 1)[1])
+        yield Target("strelay", pid, port, OFFSET_SLOW_BYTES, subject.opener(0), http,
+                     ["--http 127.0.0.1:PORT, only to read strelay's refusal counters from /metrics"],
+                     extras={"workdir": workdir / "offset"})
+    finally:
+        subject.stop()
+
+
+def _offset_slow_bytes() -> bytes:
+    from natrelay.offset.framing import VERSION_FRAME, frame_header
+
+    return VERSION_FRAME + frame_header(256) + b"x" * 256
+
+
+def _router_slow_bytes() -> bytes:
+    from natrelay.aspia.framing import encode_user_frame
+
+    return encode_user_frame(b"x" * 256)
+
+
+def _ensure_src() -> None:
+    src = Path(__file__).resolve().parent.parent / "src"
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+
+
+_ensure_src()
+OFFSET_SLOW_BYTES = _offset_slow_bytes()
+"""strelay: the version frame, then a handshake frame of 256 bytes it never finishes."""
+ROUTER_SLOW_BYTES = _router_slow_bytes()
+"""aspia_router: a 256-byte first frame (where the ClientHello goes) it never finishes."""
+TARGETS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Target]]] = {
+    "aspia_relay": lambda d: aspia_target(d, flood_router=False),
+    "aspia_router": lambda d: aspia_target(d, flood_router=True),
+    "strelay": strelay_target,
+}
+
+
+# ------------------------------------------------------------------------------------------ main
+def measure(target: Target, args: argparse.Namespace, hard: int) -> dict[str, Any]:
+    """Pairings (and logins) without the flood, with it, then the server's state once it has left."""
+    report: dict[str, Any] = {"server": target.server, "settings_changed": target.changed}
+    report["before"] = server_sample(target.pid)
+    report["pairing_without_flood"] = pairings(target.opener, args.pairings)
+    if target.login is not None:
+        report["login_without_flood"] = logins(target.login, args.logins, 1)
+    report["after_quiet_pairings"] = server_sample(target.pid)
+    counters_before = scrape(target.metrics_port)
+    worker = worker_argv(target, args)
+    flood: subprocess.Popen[str] | None = subprocess.Popen(
+        worker, stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
+    try:
+        time.sleep(args.ramp + args.settle)
+        report["during"] = server_sample(target.pid)
+        report["pairing_with_flood"] = pairings(target.opener, args.pairings)
+        if target.login is not None:
+            report["login_with_flood"] = logins(target.login, args.logins, 2)
+        report["during_end"] = server_sample(target.pid)
+        assert flood is not None
+        flood.send_signal(signal.SIGTERM)
+        out, _ = flood.communicate(timeout=60)
+        report["flood"] = json.loads(out) if out.strip() else {"error": f"exit {flood.returncode}"}
+        flood = None
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+    time.sleep(args.settle)
+    report["after"] = server_sample(target.pid)
+    report["counters_during_flood"] = counter_delta(counters_before, scrape(target.metrics_port))
+    time.sleep(args.late)
+    report["after_late"] = server_sample(target.pid)
+    # The baseline is the server just before the flood (after the quiet pairings, which leave a
+    # splice pipe pair or a warm allocator behind of their own).
+    before, after = report["after_quiet_pairings"], report["after_late"]
+    report["back_to_baseline"] = {
+        "fds_delta": after["fds"] - before["fds"],
+        "rss_delta_kib": after["rss_kib"] - before["rss_kib"],
+        "rss_delta_pct": round(100 * (after["rss_kib"] - before["rss_kib"]) / max(1, before["rss_kib"]), 1),
+    }
+    # Further rounds (--rounds): the same flood again, no pairings, a sample after each. Memory
+    # that stays up after one round but not after more is the allocator's high-water mark, not growth.
+    report["later_rounds_after"] = []
+    for _ in range(args.rounds - 1):
+        flood_round(target, args, hard, args.ramp + args.settle)
+        time.sleep(args.settle)
+        report["later_rounds_after"].append(server_sample(target.pid))
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    report["args_late"] = args.late
+    return report
+
+
+def worker_argv(target: Target, args: argparse.Namespace) -> list[str]:
+    """This script as the flood process, aimed at ``target``."""
+    return [sys.executable, __file__, "--worker", str(target.port), "--slow-bytes", target.slow_bytes.hex(),
+            "--silent", str(args.silent), "--slow", str(args.slow), "--addresses", str(args.addresses),
+            "--trickle", str(args.trickle), "--reconnect", str(args.reconnect), "--ramp", str(args.ramp)]
+
+
+def flood_round(target: Target, args: argparse.Namespace, hard: int, seconds: float) -> dict[str, Any]:
+    """The flood alone for ``seconds``; its own counts."""
+    worker = worker_argv(target, args)
+    with subprocess.Popen(worker, stdout=subprocess.PIPE, text=True, preexec_fn=lambda:
+                          resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))) as proc:
+        try:
+            time.sleep(seconds)
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    counts: dict[str, Any] = json.loads(out) if out.strip() else {"error": f"exit {proc.returncode}"}
+    return counts
+
+
+def table(r: dict[str, Any]) -> str:
+    """The report as a Markdown table (the JSON has every figure)."""
+    def lat(x: dict[str, Any]) -> str:
+        gave_up = ", gave up" if x["abandoned_after_consecutive_failures"] else ""
+        return f"{x['ok']} ok / {x['failed']} failed{gave_up}; p50 {x['p50_ms']} ms, p99 {x['p99_ms']} ms"
+
+    b, d, a, al, f = r["before"], r["during"], r["after"], r["after_late"], r["flood"]
+    back = r["back_to_baseline"]
+    cpu = round(r["during_end"]["cpu_s"] - r["after_quiet_pairings"]["cpu_s"], 1)
+    secs = round(r["during_end"]["at"] - r["after_quiet_pairings"]["at"])
+    rows = [("pairings without flood", lat(r["pairing_without_flood"])),
+            ("pairings with flood", lat(r["pairing_with_flood"]))]
+    if "login_without_flood" in r:
+        rows += [("password logins without flood", lat(r["login_without_flood"])),
+                 ("password logins with flood", lat(r["login_with_flood"]))]
+    rows += [
+        (f"{r['server']} RSS before / during / after / {r['args_late']:.0f} s later",
+         f"{b['rss_kib'] / 1024:.1f} / {d['rss_kib'] / 1024:.1f} / {a['rss_kib'] / 1024:.1f} / "
+         f"{al['rss_kib'] / 1024:.1f} MiB"),
+        (f"{r['server']} descriptors before / during / after / later",
+         f"{b['fds']} / {d['fds']} / {a['fds']} / {al['fds']}"),
+        ("back to the pre-flood baseline (later sample)",
+         f"descriptors {back['fds_delta']:+d}, RSS {back['rss_delta_kib'] / 1024:+.1f} MiB "
+         f"({back['rss_delta_pct']:+.1f} %)"),
+        (f"{r['server']} CPU while flooded", f"{cpu} s in {secs} s"),
+        ("flood connections made / closed by server / connect errors",
+         f"{f.get('connects')} / {f.get('closed_by_relay')} / {f.get('connect_errors')}"),
+        ("flood sockets open at once: max / median", f"{f.get('open_max')} / {f.get('open_median')}"),
+        ("server counters during the flood",
+         ", ".join(f"{k} {v}" for k, v in r["counters_during_flood"].items()) or "none"),
+        *([("RSS / descriptors after each further flood round",
+            ", ".join(f"{x['rss_kib'] / 1024:.1f} MiB / {x['fds']}" for x in r["later_rounds_after"]))]
+          if r["later_rounds_after"] else []),
+        ("load average at the end", " ".join(str(x) for x in r["load_average"])),
+    ]
+    lines = [f"| {r['server']} | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)]
+    lines += ["", "Settings changed from the defaults:", *(f"- {c}" for c in r["settings_changed"])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--subject", choices=sorted(TARGETS), default="aspia_relay",
+                   help="the server to flood (default %(default)s)")
     p.add_argument("--silent", type=int, default=5000, help="silent connections (default %(default)s)")
     p.add_argument("--slow", type=int, default=500, help="connections sending a byte every --trickle s")
     p.add_argument("--addresses", type=int, default=250,
@@ -225,13 +583,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which the flood first connects")
     p.add_argument("--settle", type=float, default=10.0, help="seconds after the ramp before measuring, "
                    "and after the flood before the last sample")
+    p.add_argument("--late", type=float, default=30.0,
+                   help="seconds after the 'after' sample for a last one (memory given back late)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="flood rounds; rounds after the first only sample the server after them")
     p.add_argument("--pairings", type=int, default=100)
+    p.add_argument("--logins", type=int, default=100, help="password logins timed (aspia_router only)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--worker", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--slow-bytes", default=SLOW_BYTES.hex(), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         counts = run_flood(args.worker, args.silent, args.slow, args.addresses, args.reconnect,
-                           args.trickle, args.ramp)
+                           args.trickle, args.ramp, bytes.fromhex(args.slow_bytes))
         samples = counts.open_samples
         out = {k: v for k, v in vars(counts).items() if k != "open_samples"}
         out["open_median"] = int(statistics.median(samples)) if samples else 0
@@ -243,55 +607,20 @@ def main(argv: list[str] | None = None) -> int:
     if needed > hard:
         p.error(f"{args.silent + args.slow} flood sockets need RLIMIT_NOFILE >= {needed}; "
                 f"the hard limit is {hard}")
-
-    from relaybench.aspia import AspiaSubject
-
-    subject = AspiaSubject()
-    missing = subject.missing()
-    if missing:
-        print(f"flood: {missing}", file=sys.stderr)
-        return 1
-    report: dict[str, Any] = {"args": {k: v for k, v in vars(args).items() if k not in ("json", "worker")}}
     with tempfile.TemporaryDirectory(prefix="natrelay-flood-") as tmp:
-        subject.start(Path(tmp))
-        flood: subprocess.Popen[str] | None = None
         try:
-            [relay] = subject.relay_pids()
-            port = _peer_port(Path(tmp))
-            opener = subject.opener(0)
-            report["before"] = relay_sample(relay)
-            report["pairing_without_flood"] = pairings(opener, args.pairings)
-            report["after_quiet_pairings"] = relay_sample(relay)
-            worker = [sys.executable, __file__, "--worker", str(port), "--silent", str(args.silent),
-                      "--slow", str(args.slow), "--addresses", str(args.addresses), "--trickle",
-                      str(args.trickle), "--reconnect", str(args.reconnect), "--ramp", str(args.ramp)]
-            flood = subprocess.Popen(worker, stdout=subprocess.PIPE, text=True, preexec_fn=lambda:
-                                     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
-            time.sleep(args.ramp + args.settle)
-            report["during"] = relay_sample(relay)
-            report["pairing_with_flood"] = pairings(opener, args.pairings)
-            report["during_end"] = relay_sample(relay)
-            flood.send_signal(signal.SIGTERM)
-            out, _ = flood.communicate(timeout=60)
-            report["flood"] = json.loads(out) if out.strip() else {"error": f"exit {flood.returncode}"}
-            flood = None
-            time.sleep(args.settle)
-            report["after"] = relay_sample(relay)
-            opener.close()
-        finally:
-            if flood is not None:
-                flood.kill()
-                flood.wait()
-            subject.stop()
+            with TARGETS[args.subject](Path(tmp)) as target:
+                report = measure(target, args, hard)
+        except RuntimeError as exc:
+            print(f"flood: {exc}", file=sys.stderr)
+            return 1
+    report["args"] = {k: v for k, v in vars(args).items() if k not in ("json", "worker", "slow_bytes")}
     print(json.dumps(report, indent=2))
+    print()
+    print(table(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
-
-
-def _peer_port(workdir: Path) -> int:
-    values = json.loads((workdir / "aspia" / "relay.json").read_text())
-    return int(values["PeerPort"])
 
 
 if __name__ == "__main__":

@@ -80,11 +80,11 @@ class _RouterSession:
     answer, and a small write held back for an ACK is pure latency on the pairing path.
     """
 
-    def __init__(self, port: int, config: Any) -> None:
+    def __init__(self, port: int, config: Any, source: str | None = None) -> None:
         from natrelay.aspia.channel import Channel
         from natrelay.aspia.handshake import ClientHandshake
 
-        self.sock = connect(port)
+        self.sock = connect(port, source=source)
         self.channel = Channel(ClientHandshake(config, time.monotonic()), now=time.monotonic())
         self.inbox: deque[bytes] = deque()
         try:
@@ -232,11 +232,22 @@ class AspiaOpener(Opener):
         self._host = self._client = None
 
 
+def _overridden(values: dict[str, str], overrides: dict[str, str | None]) -> dict[str, str]:
+    """``values`` with ``overrides`` applied; an override of None drops the key."""
+    merged: dict[str, str | None] = {**values, **overrides}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
 class AspiaSubject(Subject):
     name = "aspia"
     title = "natrelay aspia_relay (raw session, real aspia_router)"
 
-    def __init__(self) -> None:
+    def __init__(self, relay_settings: dict[str, str | None] | None = None,
+                 router_settings: dict[str, str | None] | None = None) -> None:
+        """``relay_settings`` / ``router_settings`` override the bench's values; None removes a key
+        (the server's default then applies), as the flood bench does for the limits lifted here."""
+        self._relay_settings = relay_settings or {}
+        self._router_settings = router_settings or {}
         self._router: ManagedProcess | None = None
         self._relay: ManagedProcess | None = None
         self._router_port = 0
@@ -262,9 +273,10 @@ class AspiaSubject(Subject):
         # address, so the per-address and per-account limits are off here.
         # The router holds at most MaxKeysPerRelay of one relay's keys (default 1,000); the idle-session
         # measure needs the relay's whole pool.
-        update_settings(config, {"Port": str(self._router_port), "ListenInterface": LOOPBACK,
-                                 "MaxKeysPerRelay": str(MAX_PEER_COUNT),
-                                 **{key: "0" for key in BENCH_UNLIMITED}})
+        update_settings(config, _overridden({"Port": str(self._router_port), "ListenInterface": LOOPBACK,
+                                             "MaxKeysPerRelay": str(MAX_PEER_COUNT),
+                                             **{key: "0" for key in BENCH_UNLIMITED}},
+                                            self._router_settings))
         self._router_key = bytes.fromhex((config.parent / "router.pub").read_text().strip())
         self._password = secrets.token_hex(12)
         pw = d / "bench.password"
@@ -277,7 +289,7 @@ class AspiaSubject(Subject):
         wait_port(self._router_port, 30, self._router)
         peer_port = free_port()
         relay_config = d / "relay.json"
-        write_settings(relay_config, {
+        write_settings(relay_config, _overridden({
             "RouterAddress": LOOPBACK, "RouterPort": str(self._router_port),
             "RouterPublicKey": self._router_key.hex(), "ListenInterface": LOOPBACK, "PeerAddress": LOOPBACK,
             "PeerPort": str(peer_port), "MaxPeerCount": str(MAX_PEER_COUNT), "PeerIdleTimeout": "60",
@@ -285,7 +297,7 @@ class AspiaSubject(Subject):
             # Every bench session comes from 127.0.0.1: the per-address caps that guard a public relay
             # (256 connections per address by default) would refuse the soak's 1,000 sessions.
             "MaxConnectionsPerIp": "0", "MaxConnections": "0",
-        }, exclusive=True)
+        }, self._relay_settings), exclusive=True)
         self._relay = ManagedProcess("aspia_relay", [*_cli("aspia_relay"), "--config", str(relay_config)],
                                      d / "relay.log", cwd=d, env=env)
         wait_port(peer_port, 30, self._relay)

@@ -32,9 +32,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def connect(port: int, timeout: float = PAIR_TIMEOUT) -> socket.socket:
-    """A TCP connection to 127.0.0.1:port with Nagle off (the round-trip test writes 64-byte messages)."""
-    s = socket.create_connection((LOOPBACK, port), timeout=timeout)
+def connect(port: int, timeout: float = PAIR_TIMEOUT, source: str | None = None) -> socket.socket:
+    """A TCP connection to 127.0.0.1:port with Nagle off (the round-trip test writes 64-byte messages).
+
+    ``source`` binds the client end to another loopback address (127.x.y.z), so that a server's
+    per-address limits see a peer of its own rather than one more connection from 127.0.0.1.
+    """
+    s = socket.create_connection((LOOPBACK, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 

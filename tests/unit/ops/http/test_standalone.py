@@ -48,5 +48,5 @@ def test_logins_without_an_account_database_are_refused_before_binding() -> None
 def test_an_unreadable_account_database_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "router.db3"
     bad.write_bytes(b"not a database" * 100)
-    with pytest.raises(HttpStartError, match="router.db3"):
+    with pytest.raises(HttpStartError, match=r"router\.db3"):
         asyncio.run(start_standalone_http(HttpOptions("127.0.0.1", 0, users=bad), version="t", title="t"))
