@@ -242,13 +242,13 @@ class OffsetClient:
         return Link(self.identity, now=now, expected_remote=self.ticket.public_key, framed=True,
                     version_prefix=True, max_frame=self.max_frame,
                     handshake_timeout=self.handshake_timeout, keepalive_timeout=self.keepalive_timeout,
-                    heartbeat_interval=self.heartbeat_interval)
+                    heartbeat_interval=self.heartbeat_interval, forwardable=False)
 
     def make_e2e_link(self, remote_key: bytes, now: float) -> Link:
         return Link(self.identity, now=now, expected_remote=remote_key, framed=False,
                     version_prefix=False, max_frame=self.max_frame,
                     handshake_timeout=self.handshake_timeout, keepalive_timeout=self.keepalive_timeout,
-                    heartbeat_interval=self.heartbeat_interval)
+                    heartbeat_interval=self.heartbeat_interval, forwardable=False)
 
     async def _dial(self, factory: Callable[[], LinkProtocol]) -> LinkProtocol:
         loop = asyncio.get_running_loop()

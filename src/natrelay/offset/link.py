@@ -50,8 +50,14 @@ class Link:
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         rekey_interval: float | None = REKEY_INTERVAL,
+        forwardable: bool = True,
     ) -> None:
-        """``version_prefix`` applies to framed mode only: the tunnel stack has no version (spec §2.2)."""
+        """``version_prefix`` applies to framed mode only: the tunnel stack has no version (spec §2.2).
+
+        ``forwardable=False`` is for links whose payloads end at this process (a node's links):
+        they skip the copy that lets a relay re-send a payload without packing it again.
+        """
+        self._forwardable = forwardable
         self._framed = framed
         self._max_frame = max_frame
         self._decoder = FrameDecoder(max_frame) if framed else None
@@ -159,6 +165,7 @@ class Link:
             timeout=self._keepalive_timeout,
             heartbeat_interval=self._heartbeat_interval,
             max_message_words=self._max_message_words,
+            forwardable=self._forwardable,
         )
         held, self._held = self._held, []
         for payload in held:
