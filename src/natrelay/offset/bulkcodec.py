@@ -6,8 +6,8 @@ pycapnp builds each through a ``MessageBuilder``: the payload is copied into the
 out by ``to_bytes`` and sliced again by the packer, about 17 us per 60 KiB message on this
 machine, close to the ChaCha20-Poly1305 pass over the same bytes. Both messages have one fixed
 layout, so for large payloads this module writes the single-segment words pycapnp itself
-produces (same words, same order: tested word for word against pycapnp's ``to_bytes``) with one
-join, then packs them with literal runs (``packing.py``): about 10 us.
+produces (same words, same order: tested word for word against pycapnp's ``to_bytes``), packed
+with literal runs straight from the payload (``packing.pack_prefixed``: one copy of it).
 
 Reading stays with pycapnp: its C++ unpacker takes 7 us for 60 KiB, and a reader in Python
 measured slower (8-11 us), because unpacking needs a slice per 2 KiB run. Small messages never
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import struct
 
-from .packing import pack_single_segment
+from .packing import pack_prefixed
 
 #: Payloads at least this long (bytes of Data fields) are encoded here.
 FAST_MIN = 1024
 
-_KA_HEAD = struct.Struct("<IIQQQ")  # table word, root pointer, data word (disc), pointer to message
-_CM_HEAD = struct.Struct("<IIQQQ")  # table word, root pointer, randPadding pointer, content pointer
+_KA_HEAD = struct.Struct("<QQQ")  # root pointer, data word (disc), pointer to message
+_CM_HEAD = struct.Struct("<QQQ")  # root pointer, randPadding pointer, content pointer
 _CM_MID = struct.Struct("<QQ")  # ChannelContent: data word (disc), pointer to user
 
 _DATA = 2  # list element size code of Data (one byte per element)
@@ -54,8 +54,7 @@ def _words(length: int) -> int:
 def encode_ka_message(message: bytes) -> bytes:
     """Packed ``KaMessage{message}``: root, disc 1, pointer, then the bytes (pycapnp's layout)."""
     n = len(message)
-    head = _KA_HEAD.pack(0, 3 + _words(n), _ROOT_1_1, _DISC_1, _data_pointer(0, n))
-    return pack_single_segment(b"".join((head, message, _ZERO_PAD[-n & 7])))
+    return pack_prefixed(_KA_HEAD.pack(_ROOT_1_1, _DISC_1, _data_pointer(0, n)), message)
 
 
 def encode_channel_user(padding: bytes, user: bytes) -> bytes:
@@ -63,6 +62,6 @@ def encode_channel_user(padding: bytes, user: bytes) -> bytes:
     after the root struct, then the ChannelContent struct, then the user bytes."""
     p, u = len(padding), len(user)
     pw = _words(p)
-    head = _CM_HEAD.pack(0, 5 + pw + _words(u), _ROOT_0_2, _data_pointer(1, p), _struct_pointer(pw, 1, 1))
+    head = _CM_HEAD.pack(_ROOT_0_2, _data_pointer(1, p), _struct_pointer(pw, 1, 1))
     mid = _CM_MID.pack(_DISC_1, _data_pointer(0, u))
-    return pack_single_segment(b"".join((head, padding, _ZERO_PAD[-p & 7], mid, user, _ZERO_PAD[-u & 7])))
+    return pack_prefixed(b"".join((head, padding, _ZERO_PAD[-p & 7], mid)), user)
