@@ -42,6 +42,9 @@ class FrameDecoder:
     buffer is empty and a read holds whole frames, they are sliced straight out of the read.
     """
 
+    # No instance dict: a relay keeps one per link, two links per idle tunnel (about 290 bytes each).
+    __slots__ = ("_buf", "_max_frame", "_need")
+
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._max_frame = max_frame
         self._buf = bytearray()

@@ -34,6 +34,16 @@ class ReceivedPayload(bytes):
 class Keepalive:
     """Wraps payloads into KaMessages and keeps both clocks. Started when the channel is up."""
 
+    # No instance dict: a relay keeps one per link, two links per idle tunnel (about 290 bytes each).
+    __slots__ = (
+        "_close_at",
+        "_forwardable",
+        "_heartbeat_at",
+        "_heartbeat_interval",
+        "_max_message_words",
+        "_timeout",
+    )
+
     def __init__(
         self,
         now: float,
@@ -41,7 +51,11 @@ class Keepalive:
         timeout: float = KEEPALIVE_TIMEOUT,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         max_message_words: int = DEFAULT_MESSAGE_WORDS,
+        forwardable: bool = True,
     ) -> None:
+        """``forwardable=False``: payloads are consumed here, never sent on to another link (a
+        node), so they are returned as plain bytes instead of a ``ReceivedPayload`` copy."""
+        self._forwardable = forwardable
         self._timeout = timeout
         self._heartbeat_interval = heartbeat_interval
         self._max_message_words = max_message_words
@@ -62,8 +76,8 @@ class Keepalive:
         """
         payload = decode_ka_message(data, max_words=self._max_message_words)
         self._close_at = now + self._timeout
-        if payload is None:
-            return None
+        if payload is None or not self._forwardable:
+            return payload
         received = ReceivedPayload(payload)
         received.packed_ka = data
         received.plaintext = plaintext

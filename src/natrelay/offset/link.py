@@ -25,7 +25,7 @@ from .constants import (
     KEEPALIVE_TIMEOUT,
     REKEY_INTERVAL,
 )
-from .crypto import Identity
+from .crypto import CipherCache, Identity
 from .errors import LinkTimeout, ProtocolError
 from .framing import VERSION_FRAME, FrameDecoder, check_version, frame_header
 from .keepalive import Keepalive, ReceivedPayload
@@ -34,6 +34,25 @@ from .messages import message_word_limit
 
 class Link:
     """One end of an Offset link. Construction queues the opening output."""
+
+    # No instance dict: a relay keeps one per link, two links per idle tunnel (about 290 bytes each).
+    __slots__ = (
+        "_await_version",
+        "_channel",
+        "_dead",
+        "_decoder",
+        "_forwardable",
+        "_framed",
+        "_handshake_deadline",
+        "_heartbeat_interval",
+        "_held",
+        "_keepalive",
+        "_keepalive_timeout",
+        "_max_frame",
+        "_max_message_words",
+        "_now",
+        "_output",
+    )
 
     def __init__(
         self,
@@ -50,8 +69,16 @@ class Link:
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         rekey_interval: float | None = REKEY_INTERVAL,
+        forwardable: bool = True,
+        ciphers: CipherCache | None = None,
     ) -> None:
-        """``version_prefix`` applies to framed mode only: the tunnel stack has no version (spec §2.2)."""
+        """``version_prefix`` applies to framed mode only: the tunnel stack has no version (spec §2.2).
+
+        ``forwardable=False`` is for links whose payloads end at this process (a node's links):
+        they skip the copy that lets a relay re-send a payload without packing it again.
+        ``ciphers``: the process's shared AEAD contexts (see ``CipherCache``); None = the link's own.
+        """
+        self._forwardable = forwardable
         self._framed = framed
         self._max_frame = max_frame
         self._decoder = FrameDecoder(max_frame) if framed else None
@@ -74,6 +101,7 @@ class Link:
             max_padding=max_padding,
             rekey_interval=rekey_interval,
             max_message_words=self._max_message_words,
+            ciphers=ciphers,
         )
         self._drain_channel()
 
@@ -151,7 +179,9 @@ class Link:
         if content is None:  # a rekey: below the keepalive layer, it does not count as traffic
             self._drain_channel()
             return None
-        return keepalive.unwrap(content, now, self._channel.last_plaintext)
+        plaintext = self._channel.last_plaintext
+        self._channel.last_plaintext = None  # an idle link must not keep its last 64 KiB frame alive
+        return keepalive.unwrap(content, now, plaintext)
 
     def _on_established(self, now: float) -> None:
         self._keepalive = Keepalive(
@@ -159,6 +189,7 @@ class Link:
             timeout=self._keepalive_timeout,
             heartbeat_interval=self._heartbeat_interval,
             max_message_words=self._max_message_words,
+            forwardable=self._forwardable,
         )
         held, self._held = self._held, []
         for payload in held:

@@ -75,3 +75,43 @@ def pack_single_segment(unpacked: bytes) -> bytes:
         count = _COUNT[(size - start) // 8 - 1]
         pieces.append(unpacked[start:start + 8] + count + unpacked[start + 8:])
     return _TAG_ALL.join(pieces)
+
+
+_ZERO_PAD = [bytes(n) for n in range(8)]
+
+
+@functools.lru_cache(maxsize=128)
+def _body_slicer(first: int, runs: int) -> Callable[[memoryview], tuple[memoryview, ...]]:
+    """Cuts ``runs`` full runs out of a body whose run 0 took its first ``first`` bytes."""
+    cuts = [slice(first + o + a, first + o + b) for o in range(0, runs * _RUN_BYTES, _RUN_BYTES)
+            for a, b in _FULL_RUN_SPLIT]
+    getter: Callable[[memoryview], tuple[memoryview, ...]] = operator.itemgetter(*cuts)
+    return getter
+
+
+def pack_prefixed(prefix: bytes, body: bytes) -> bytes:
+    """``pack_single_segment`` of the one-segment message ``prefix ‖ body ‖ zero padding``, byte
+    for byte, without building that message first.
+
+    ``prefix`` is a message's leading words (root pointer, structs, a short Data field), ``body``
+    its large last Data field. The runs over the body are slices of it, so the body is copied
+    once (by the final join) instead of three times (join, slice, join). Sizes the shortcut does
+    not cover (a prefix of a run or more, a message shorter than one run) take the plain path.
+    """
+    p, n = len(prefix), len(body)
+    if p % 8 or not 8 <= p < _RUN_BYTES or p + n < _RUN_BYTES:
+        words = (p + n + (-n & 7)) // 8
+        table = bytes(4) + words.to_bytes(4, "little")
+        return pack_single_segment(b"".join((table, prefix, body, _ZERO_PAD[-n & 7])))
+    first = _RUN_BYTES - p  # body bytes in run 0, after the prefix
+    runs = (p + n) // _RUN_BYTES - 1  # further full runs entirely inside the body
+    pieces: list[bytes | memoryview] = [_packed_table_word((p + n + (-n & 7)) // 8),
+                                        prefix[:8], prefix[8:] + body[:first]]
+    if runs:
+        with memoryview(body) as view:
+            pieces += _body_slicer(first, runs)(view)
+    tail = body[first + runs * _RUN_BYTES :] + _ZERO_PAD[-n & 7]
+    if tail:  # (p + n) % RUN bytes plus padding, a multiple of 8 below a run and its padding: one run
+        pieces.append(tail[:8] + _COUNT[len(tail) // 8 - 1] + tail[8:])
+    return _TAG_ALL.join(pieces)
+

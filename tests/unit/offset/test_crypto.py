@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import hashes
 
 from natrelay.offset.crypto import (
     MIN_ENCRYPTED_FRAME,
+    CipherCache,
     Decryptor,
     DhKeyPair,
     Encryptor,
@@ -143,3 +144,28 @@ def test_empty_plaintext_makes_a_28_byte_frame() -> None:
     frame = Encryptor(b"\x07" * 32).encrypt(b"")
     assert len(frame) == 28
     assert Decryptor(b"\x07" * 32).decrypt(frame) == b""
+
+
+def test_cipher_cache_keeps_the_most_recent_keys_and_rebuilds_evicted_ones() -> None:
+    cache = CipherCache(2)
+    k1, k2, k3 = b"\x11" * 32, b"\x12" * 32, b"\x13" * 32
+    first = cache.get(k1)
+    assert cache.get(k1) is first  # reused while in use
+    cache.get(k2)
+    cache.get(k1)  # k1 is now the most recent: k2 goes first
+    cache.get(k3)
+    assert len(cache) == 2 and cache.get(k1) is first
+    enc, dec = Encryptor(k2, cache), Decryptor(k2, cache)  # k2 was evicted: rebuilt on use
+    for n in range(3):
+        frame = enc.encrypt(bytes([n]) * 100)
+        cache.get(k3), cache.get(k1)  # other links push k2 out between every frame
+        assert dec.decrypt(frame) == bytes([n]) * 100
+    assert len(cache) == 2
+    with pytest.raises(ValueError):
+        CipherCache(0)
+
+
+def test_shared_cache_frames_match_private_contexts() -> None:
+    cache = CipherCache(1)
+    shared, own = Encryptor(b"\x21" * 32, cache), Encryptor(b"\x21" * 32)
+    assert [shared.encrypt(b"abc") for _ in range(3)] == [own.encrypt(b"abc") for _ in range(3)]

@@ -66,6 +66,16 @@ def test_received_payload_reuses_its_kamessage_when_forwarded() -> None:
 # ------------------------------------------------------------------ through a Link
 
 
+def test_a_node_link_hands_out_plain_bytes() -> None:
+    """A node consumes its payloads: no forwarding copy (``ReceivedPayload``) is made for them."""
+    keepalive = Keepalive(0.0, forwardable=False)
+    payload = keepalive.unwrap(m.encode_ka_message(b"x" * 5000), 1.0)
+    assert type(payload) is bytes and payload == b"x" * 5000
+    client, relay = link_pair(forwardable=False)
+    client.send(b"data")
+    assert [type(p) for p in deliver(client, relay, 1.0)[1]] == [bytes]
+
+
 def test_link_heartbeat_reaches_the_peer_and_counts_as_traffic() -> None:
     client, relay = link_pair(now=0.0)
     assert client.next_deadline() == 16.0  # REKEY_INTERVAL (3600 s) is later
