@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import capnp
 
-from . import bulkcodec
 from .constants import DEFAULT_MAX_FRAME
 from .errors import ProtocolError
 from .packing import LITERAL_THRESHOLD, pack_single_segment
@@ -273,8 +272,6 @@ def _packed(builder: Any, data_bytes: int) -> bytes:
 
 def encode_ka_message(message: bytes | None) -> bytes:
     """``None`` is a heartbeat (``keepAlive``); bytes are one upper-layer payload."""
-    if message is not None and len(message) >= bulkcodec.FAST_MIN:
-        return bulkcodec.encode_ka_message(message)
     size = _one_segment(0 if message is None else len(message))
     builder = _keepalive.KaMessage.new_message(num_first_segment_words=size)
     if message is None:
@@ -408,8 +405,6 @@ def decode_rekey(data: bytes) -> Rekey:
 
 def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
     """The plaintext of one encrypted frame: ``content`` is a packed KaMessage or a Rekey."""
-    if not isinstance(content, Rekey) and len(content) + len(padding) >= bulkcodec.FAST_MIN:
-        return bulkcodec.encode_channel_user(padding, content)
     size = _one_segment(len(padding), 0 if isinstance(content, Rekey) else len(content))
     builder = _dh.ChannelMessage.new_message(num_first_segment_words=size)
     builder.randPadding = padding

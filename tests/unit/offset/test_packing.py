@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natrelay.offset import messages as M
-from natrelay.offset.packing import LITERAL_THRESHOLD, pack_prefixed, pack_single_segment
+from natrelay.offset.packing import LITERAL_THRESHOLD, pack_single_segment
 
 SIZES = [LITERAL_THRESHOLD - 1, LITERAL_THRESHOLD, 2039, 2040, 2041, 2048, 4080, 4088, 4096, 65536, 300_001]
 
@@ -63,28 +63,3 @@ def test_rejects_what_is_not_one_whole_segment(bad: bytes) -> None:
 @given(st.binary(min_size=LITERAL_THRESHOLD, max_size=20_000))
 def test_any_payload_round_trips(data: bytes) -> None:
     assert M.decode_ka_message(M.encode_ka_message(data)) == data
-
-
-def _reference_prefixed(prefix: bytes, body: bytes) -> bytes:
-    pad = bytes(-len(body) % 8)
-    words = (len(prefix) + len(body) + len(pad)) // 8
-    return pack_single_segment(bytes(4) + words.to_bytes(4, "little") + prefix + body + pad)
-
-
-BODIES = [0, 1, 2007, 2008, 2009, 2024, 2041, 2047, 2048, 4080, 4081, 61_441, 200_003]
-
-
-@pytest.mark.parametrize("prefix_len", [8, 24, 40, 296, 2040, 2048])
-@pytest.mark.parametrize("body_len", BODIES)
-def test_prefixed_packing_is_byte_for_byte_the_plain_one(prefix_len: int, body_len: int) -> None:
-    """Runs cut from the body directly, without the unpacked message: the same bytes every time,
-    including runs that straddle prefix and body and a last run that only holds the padding."""
-    prefix, body = os.urandom(prefix_len), os.urandom(body_len)
-    assert pack_prefixed(prefix, body) == _reference_prefixed(prefix, body)
-
-
-@settings(max_examples=80, deadline=None)
-@given(st.integers(1, 40), st.binary(min_size=0, max_size=9000))
-def test_any_prefixed_message_packs_like_the_plain_one(prefix_words: int, body: bytes) -> None:
-    prefix = bytes(range(8)) * prefix_words
-    assert pack_prefixed(prefix, body) == _reference_prefixed(prefix, body)
