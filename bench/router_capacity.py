@@ -325,6 +325,7 @@ def run(kind: str, count: int, args: argparse.Namespace, tmp: Path) -> dict[str,
             grown = sum(rss_bytes(r.pid) for r in setup.routers) - sum(rss_before)
             result["kib_per_host"] = grown / args.hosts / 1024
             result["hosts_per_router"] = args.hosts / count
+            result["rss_mib_per_router"] = sum(rss_bytes(r.pid) for r in setup.routers) / count / 2**20
             router0, db0 = setup.router_cpu(), setup.database_cpu()
             time.sleep(args.idle)  # keep-alives and lease renewals only
             result["idle_router_pct_per_1000_hosts"] = (setup.router_cpu() - router0) / args.idle * 100 \
