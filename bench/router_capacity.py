@@ -370,7 +370,9 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=40)
     parser.add_argument("--offers", type=int, default=600)
     parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
-    parser.add_argument("--idle", type=float, default=15.0, help="seconds of idle hosts to time")
+    parser.add_argument("--idle", type=float, default=65.0,
+                        help="seconds of idle hosts to time; at least the 60 s keep-alive interval, or "
+                             "the hosts' first pings fall after it")
     parser.add_argument("--lease", type=float, default=10.0, help="the cluster's lease (routers' --lease)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
