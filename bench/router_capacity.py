@@ -32,6 +32,8 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import selectors
+import signal
 import socket
 import sys
 import tempfile
@@ -163,10 +165,15 @@ def routers_on(kind: str, count: int, tmp: Path, lease: float) -> Iterator[Setup
                 started.append(start_member(s, lease))
         yield setup
     finally:
-        for r in started:
-            r.stop(30)
-        if server is not None:
-            server.stop()
+        try:
+            for r in started:
+                try:
+                    r.stop(30)
+                except AssertionError as e:  # killed instead: say so, stop the rest anyway
+                    print(e, file=sys.stderr)
+        finally:
+            if server is not None:
+                server.stop()
 
 
 # ----------------------------------------------------------------------------- load generators
@@ -198,8 +205,30 @@ class Worker:
     hosts: list[tuple[StandIn, int]] = field(default_factory=list)
     asking: StandIn | None = None
 
+    def _service(self, timeout: float) -> None:
+        """Answer the routers' keep-alive pings, as real hosts do (else they are dropped after 90 s)."""
+        sel = selectors.DefaultSelector()
+        try:
+            for host, _ in self.hosts:
+                sel.register(host.sock, selectors.EVENT_READ, host)
+            for key, _ in sel.select(timeout):
+                host = key.data
+                host.sock.settimeout(10)
+                host._pump()  # the channel answers a ping by itself; anything else stays in the inbox
+        finally:
+            sel.close()
+
+    def idle(self, seconds: int) -> int:
+        """Keep the hosts connected and silent for ``seconds``: only keep-alives flow."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self._service(min(left, 1.0))
+        return 0
+
     def register(self, count: int) -> int:
-        for _ in range(count):
+        for i in range(count):
+            if i % 100 == 99:
+                self._service(0)  # a long registration phase must not lose its first hosts
             host = anonymous(self.host_router.port, self.host_router.public_key, HOST_SESSION)
             host.send(peer_msg("host_id_request", router_peer_pb2.HostIdRequest(
                 type=router_peer_pb2.HostIdRequest.NEW_ID)))
@@ -268,10 +297,10 @@ class Workers:
             self.pipes.append(ours)
             self.procs.append(p)
 
-    def run(self, command: str, total: int) -> float:
-        """Wall seconds for ``total`` operations split over the workers, started at once."""
+    def run(self, command: str, total: int, *, each: bool = False) -> float:
+        """Wall seconds for ``total`` operations split over the workers (``each``: all get ``total``)."""
         n = len(self.pipes)
-        share = [total // n + (1 if i < total % n else 0) for i in range(n)]
+        share = [total if each else total // n + (1 if i < total % n else 0) for i in range(n)]
         started = time.monotonic()
         for pipe, n in zip(self.pipes, share, strict=True):
             pipe.send((command, n))
@@ -284,9 +313,10 @@ class Workers:
         for pipe in self.pipes:
             pipe.send(("stop", 0))
         for p in self.procs:
-            p.join(30)
+            p.join(10)
             if p.is_alive():
                 p.kill()
+                p.join()
 
 
 # ----------------------------------------------------------------------------- one setup
@@ -327,7 +357,7 @@ def run(kind: str, count: int, args: argparse.Namespace, tmp: Path) -> dict[str,
             result["hosts_per_router"] = args.hosts / count
             result["rss_mib_per_router"] = sum(rss_bytes(r.pid) for r in setup.routers) / count / 2**20
             router0, db0 = setup.router_cpu(), setup.database_cpu()
-            time.sleep(args.idle)  # keep-alives and lease renewals only
+            workers.run("idle", args.idle, each=True)  # keep-alives (and lease renewals) only
             result["idle_router_pct_per_1000_hosts"] = (setup.router_cpu() - router0) / args.idle * 100 \
                 * 1000 / args.hosts
             result["idle_db_pct"] = (setup.database_cpu() - db0) / args.idle * 100
@@ -370,12 +400,13 @@ def main() -> None:
     parser.add_argument("--logins", type=int, default=40)
     parser.add_argument("--offers", type=int, default=600)
     parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
-    parser.add_argument("--idle", type=float, default=65.0,
+    parser.add_argument("--idle", type=int, default=65,
                         help="seconds of idle hosts to time; at least the 60 s keep-alive interval, or "
                              "the hosts' first pings fall after it")
     parser.add_argument("--lease", type=float, default=10.0, help="the cluster's lease (routers' --lease)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # cleans up like Ctrl-C
     if args.database is None and args.routers is None:
         setups = [("sqlite", 1), ("postgresql", 1), ("postgresql", 3)]
     else:
