@@ -346,7 +346,7 @@ def give_keys(setup: Setup, offers: int) -> list[StandIn]:
 def run(kind: str, count: int, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     result: dict[str, float] = {"routers": count, "load_before": load_average()}
     with routers_on(kind, count, tmp, args.lease) as setup:
-        relays = give_keys(setup, args.offers)
+        relays: list[StandIn] = []
         rss_before = [rss_bytes(r.pid) for r in setup.routers]
         workers = Workers(setup, args.workers)
         try:
@@ -362,6 +362,7 @@ def run(kind: str, count: int, args: argparse.Namespace, tmp: Path) -> dict[str,
                 * 1000 / args.hosts
             result["idle_db_pct"] = (setup.database_cpu() - db0) / args.idle * 100
             phase(setup, workers, "logins", args.logins, "login", result)
+            relays = give_keys(setup, args.offers)  # now: these stand-ins do not answer keep-alives
             workers.run("client", args.workers)
             phase(setup, workers, "offers", args.offers, "offer", result)
         finally:
