@@ -204,3 +204,41 @@ def test_status_and_disconnect_reach_relayed_sessions_at_other_routers(cluster: 
     wrong = run_tool("aspia_router", *a.setup.args(), "--disconnect", f"{router_id}/9.9")
     assert wrong.returncode == 1 and "lists no relayed session" in wrong.stderr
     relay.close()
+
+
+def test_a_returning_router_gets_its_share_of_free_keys_back_at_once(
+        cluster: list[Router], tmp_path: Path) -> None:
+    from tests.e2e.aspia_env import start_relay
+
+    a, b, _c = cluster
+    relay = start_relay(tmp_path / "relay", a.setup, {"NATRELAY_ASPIA_RELAY_TIMERS": "reconnect=0.5"},
+                        MaxPeerCount="10", RouterAddresses=b.setup.address())
+    back: Router | None = None
+    try:
+        def pools(second: Router) -> tuple[int, int]:
+            return a.status()["pool_size"], second.status()["pool_size"]
+
+        wait_for(lambda: pools(b) == (5, 5), 30, "the relay's 10 keys split 5 and 5")
+        b.kill()
+        wait_for(lambda: a.status()["pool_size"] == 10, 30, "B's keys to move to A")
+        back = start_member(b.setup)  # B returns: A gives back free keys, B gets fresh ones at once
+        wait_for(lambda: pools(back) == (5, 5), 30, "the split to be 5 and 5 again without any key used")
+        relay.wait_log("gave back 5 keys")
+        a.wait_log("took back 5 keys")
+        # Every key is offered once, by one router: 10 offers, 10 different keys, then none left.
+        host, host_id, _key = new_host(back)
+        offered = []
+        for router in (a, back) * 5:
+            client = srp_login(router.setup.port, "bob", "bob-secret", CLIENT)
+            offer = ask(client, host_id)
+            assert offer.error_code == Offer.SUCCESS, offer
+            offered.append(offer.relay.key.key_id)
+            host.receive(router_peer_pb2.RouterToPeer)
+            client.close()
+        assert len(set(offered)) == 10, offered
+        assert pools(back) == (0, 0)  # the relay never announced more than MaxPeerCount
+        host.close()
+    finally:
+        assert relay.stop() == 0, relay.log()
+        if back is not None:
+            assert back.stop() == 0, back.log()

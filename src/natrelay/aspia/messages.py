@@ -31,7 +31,8 @@ _BE_U32 = struct.Struct(">I")
 # Receiver priority orders: the first present field wins, later ones are ignored (§5.6).
 ROUTER_FROM_HOST: tuple[str, ...] = ("host_id_request", "reset_host_id")
 ROUTER_FROM_CLIENT: tuple[str, ...] = ("connection_request", "check_host_status")
-ROUTER_FROM_RELAY: tuple[str, ...] = ("key_pool", "relay_stat")
+# key_withdraw and keys_withdrawn are natrelay's (relays registered with several routers of a cluster).
+ROUTER_FROM_RELAY: tuple[str, ...] = ("key_pool", "relay_stat", "key_withdraw")
 ROUTER_FROM_ADMIN: tuple[str, ...] = (
     "session_list_request",
     "session_request",
@@ -39,7 +40,7 @@ ROUTER_FROM_ADMIN: tuple[str, ...] = (
     "user_request",
     "peer_connection_request",
 )
-RELAY_FROM_ROUTER: tuple[str, ...] = ("key_used", "peer_connection_request")
+RELAY_FROM_ROUTER: tuple[str, ...] = ("key_used", "peer_connection_request", "keys_withdrawn")
 HOST_FROM_ROUTER: tuple[str, ...] = ("host_id_response", "connection_offer")
 CLIENT_FROM_ROUTER: tuple[str, ...] = ("connection_offer", "host_status")
 

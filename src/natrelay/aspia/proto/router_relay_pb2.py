@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from natrelay.aspia.proto import router_common_pb2 as natrelay_dot_aspia_dot_proto_dot_router__common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'natrelay/aspia/proto/router_relay.proto\x12\x05proto\x1a(natrelay/aspia/proto/router_common.proto\"R\n\x0cRelayKeyPool\x12\x11\n\tpeer_host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x1c\n\x03key\x18\x03 \x03(\x0b\x32\x0f.proto.RelayKey\"\x1e\n\x0cRelayKeyUsed\x12\x0e\n\x06key_id\x18\x01 \x01(\r\"K\n\tRelayStat\x12.\n\x0fpeer_connection\x18\x01 \x03(\x0b\x32\x15.proto.PeerConnection\x12\x0e\n\x06uptime\x18\x02 \x01(\x03\"\\\n\rRelayToRouter\x12%\n\x08key_pool\x18\x01 \x01(\x0b\x32\x13.proto.RelayKeyPool\x12$\n\nrelay_stat\x18\x02 \x01(\x0b\x32\x10.proto.RelayStat\"u\n\rRouterToRelay\x12%\n\x08key_used\x18\x01 \x01(\x0b\x32\x13.proto.RelayKeyUsed\x12=\n\x17peer_connection_request\x18\x02 \x01(\x0b\x32\x1c.proto.PeerConnectionRequestB\x02H\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'natrelay/aspia/proto/router_relay.proto\x12\x05proto\x1a(natrelay/aspia/proto/router_common.proto\"R\n\x0cRelayKeyPool\x12\x11\n\tpeer_host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x1c\n\x03key\x18\x03 \x03(\x0b\x32\x0f.proto.RelayKey\"\x1e\n\x0cRelayKeyUsed\x12\x0e\n\x06key_id\x18\x01 \x01(\r\"K\n\tRelayStat\x12.\n\x0fpeer_connection\x18\x01 \x03(\x0b\x32\x15.proto.PeerConnection\x12\x0e\n\x06uptime\x18\x02 \x01(\x03\"\"\n\x10RelayKeyWithdraw\x12\x0e\n\x06key_id\x18\x01 \x03(\r\"$\n\x12RelayKeysWithdrawn\x12\x0e\n\x06key_id\x18\x01 \x03(\r\"\x8c\x01\n\rRelayToRouter\x12%\n\x08key_pool\x18\x01 \x01(\x0b\x32\x13.proto.RelayKeyPool\x12$\n\nrelay_stat\x18\x02 \x01(\x0b\x32\x10.proto.RelayStat\x12.\n\x0ckey_withdraw\x18\xe9\x07 \x01(\x0b\x32\x17.proto.RelayKeyWithdraw\"\xa9\x01\n\rRouterToRelay\x12%\n\x08key_used\x18\x01 \x01(\x0b\x32\x13.proto.RelayKeyUsed\x12=\n\x17peer_connection_request\x18\x02 \x01(\x0b\x32\x1c.proto.PeerConnectionRequest\x12\x32\n\x0ekeys_withdrawn\x18\xe9\x07 \x01(\x0b\x32\x19.proto.RelayKeysWithdrawnB\x02H\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELAYKEYUSED']._serialized_end=206
   _globals['_RELAYSTAT']._serialized_start=208
   _globals['_RELAYSTAT']._serialized_end=283
-  _globals['_RELAYTOROUTER']._serialized_start=285
-  _globals['_RELAYTOROUTER']._serialized_end=377
-  _globals['_ROUTERTORELAY']._serialized_start=379
-  _globals['_ROUTERTORELAY']._serialized_end=496
+  _globals['_RELAYKEYWITHDRAW']._serialized_start=285
+  _globals['_RELAYKEYWITHDRAW']._serialized_end=319
+  _globals['_RELAYKEYSWITHDRAWN']._serialized_start=321
+  _globals['_RELAYKEYSWITHDRAWN']._serialized_end=357
+  _globals['_RELAYTOROUTER']._serialized_start=360
+  _globals['_RELAYTOROUTER']._serialized_end=500
+  _globals['_ROUTERTORELAY']._serialized_start=503
+  _globals['_ROUTERTORELAY']._serialized_end=672
 # @@protoc_insertion_point(module_scope)

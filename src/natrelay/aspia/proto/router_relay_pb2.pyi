@@ -91,24 +91,78 @@ class RelayStat(_message.Message):
 Global___RelayStat: _TypeAlias = RelayStat
 
 @_typing.final
+class RelayKeyWithdraw(_message.Message):
+    """natrelay extension (router clusters): keys a relay registered with several routers takes
+    back from one router to give their capacity to another. Never sent to a relay's only router;
+    the original router logs the envelope as unhandled and keeps its keys. Far field numbers,
+    so that fields the original may add later cannot collide.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayKeyWithdraw: _TypeAlias = RelayKeyWithdraw
+
+@_typing.final
+class RelayKeysWithdrawn(_message.Message):
+    """The router's answer: the keys it removed from its pool (it never hands them out after this);
+    keys already handed out are not in it (their key_used went first).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        key_id: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelayKeysWithdrawn: _TypeAlias = RelayKeysWithdrawn
+
+@_typing.final
 class RelayToRouter(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_POOL_FIELD_NUMBER: _builtins.int
     RELAY_STAT_FIELD_NUMBER: _builtins.int
+    KEY_WITHDRAW_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def key_pool(self) -> Global___RelayKeyPool: ...
     @_builtins.property
     def relay_stat(self) -> Global___RelayStat: ...
+    @_builtins.property
+    def key_withdraw(self) -> Global___RelayKeyWithdraw: ...
     def __init__(
         self,
         *,
         key_pool: Global___RelayKeyPool | None = ...,
         relay_stat: Global___RelayStat | None = ...,
+        key_withdraw: Global___RelayKeyWithdraw | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["key_pool", b"key_pool", "relay_stat", b"relay_stat"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_pool", b"key_pool", "key_withdraw", b"key_withdraw", "relay_stat", b"relay_stat"]
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_pool", b"key_pool", "relay_stat", b"relay_stat"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_pool", b"key_pool", "key_withdraw", b"key_withdraw", "relay_stat", b"relay_stat"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,19 +174,23 @@ class RouterToRelay(_message.Message):
 
     KEY_USED_FIELD_NUMBER: _builtins.int
     PEER_CONNECTION_REQUEST_FIELD_NUMBER: _builtins.int
+    KEYS_WITHDRAWN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def key_used(self) -> Global___RelayKeyUsed: ...
     @_builtins.property
     def peer_connection_request(self) -> _router_common_pb2.PeerConnectionRequest: ...
+    @_builtins.property
+    def keys_withdrawn(self) -> Global___RelayKeysWithdrawn: ...
     def __init__(
         self,
         *,
         key_used: Global___RelayKeyUsed | None = ...,
         peer_connection_request: _router_common_pb2.PeerConnectionRequest | None = ...,
+        keys_withdrawn: Global___RelayKeysWithdrawn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["key_used", b"key_used", "peer_connection_request", b"peer_connection_request"]
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key_used", b"key_used", "keys_withdrawn", b"keys_withdrawn", "peer_connection_request", b"peer_connection_request"]
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_used", b"key_used", "peer_connection_request", b"peer_connection_request"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_used", b"key_used", "keys_withdrawn", b"keys_withdrawn", "peer_connection_request", b"peer_connection_request"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

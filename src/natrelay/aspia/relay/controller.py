@@ -8,6 +8,12 @@ again every ``reconnect_delay`` seconds (15 s) while relayed sessions carry on u
 Replacement keys travel in batches while the router holds plenty (see :class:`AnnounceBatch`),
 so a busy relay does not cost the router one message per pairing.
 
+A relay registered with several routers of a cluster runs one controller per router. When one
+(re)connects, the pool asks the others for free keys back (``key_withdraw``, a natrelay
+extension of RelayToRouter; see :meth:`KeyPool.rebalance`), and the confirmed ones
+(``keys_withdrawn``) are replaced by fresh keys for the router that came back. With one
+router none of this is ever sent, so the original router sees exactly the original protocol.
+
 Every failure mode an operator can fix gets a log line that names the fix: a router that does not
 answer, a router key that does not match ``RouterPublicKey`` (and which file holds it), a router
 that refuses relay sessions.
@@ -250,6 +256,11 @@ class RouterController:
             proto.next_stats = self._next_stats_tick(self.loop.time())
         proto.send_many(key_pool_messages(keys, config.peer_host, config.peer_port))
         proto.rearm()
+        asked = self.pool.rebalance()
+        if asked:
+            log.info("Asking the other routers for %d free keys back for the router at %s", asked,
+                     config.router_address)
+            self.route([])  # every controller sends the requests for its own router
         result = proto.channel.result
         version = result.peer_version if result is not None else "?"
         log.info("Connected to the router at %s (version %s); announced %d keys for peers at %s:%d "
@@ -280,6 +291,8 @@ class RouterController:
         They go at once or with the current batch (:class:`AnnounceBatch`).
         """
         proto = self.channel
+        if proto is not None:
+            self._send_withdrawals(proto)
         keys = [k for k in keys if self.pool.owner(k.key_id) == self.link]
         if proto is None or not keys:
             return
@@ -289,6 +302,16 @@ class RouterController:
             self._send_keys(proto, ready)
         elif not waiting:
             proto.rearm()  # a new batch deadline: the timer wheel must learn of it
+
+    def _send_withdrawals(self, proto: _RouterChannel) -> None:
+        """Ask this router for the keys the pool wants back (after any it has not seen yet)."""
+        ids = self.pool.take_withdrawals(self.link)
+        if not ids:
+            return
+        self._send_keys(proto, self.batch.take())  # so that it holds every key it is asked for
+        for start in range(0, len(ids), KEYS_PER_MESSAGE):
+            body = router_relay_pb2.RelayKeyWithdraw(key_id=ids[start : start + KEYS_PER_MESSAGE])
+            proto.send(serialize(make_envelope(router_relay_pb2.RelayToRouter, "key_withdraw", body)))
 
     def _send_keys(self, proto: _RouterChannel, keys: list[PoolKey]) -> None:
         if keys:
@@ -311,6 +334,13 @@ class RouterController:
             self.pool.key_used(body.key_id, now)
             log.info("Key %d handed to peers; it expires in %g s unless they pair", body.key_id,
                      self.pool.expiry)
+            return
+        if name == "keys_withdrawn":
+            assert isinstance(body, router_relay_pb2.RelayKeysWithdrawn)
+            fresh = self.pool.withdrawn(self.link, list(body.key_id))
+            log.info("The router at %s gave back %d keys; %d fresh keys go to the routers holding "
+                     "the fewest", self.config.router_address, len(fresh), len(fresh))
+            self.route(fresh)
             return
         assert isinstance(body, router_common_pb2.PeerConnectionRequest)
         if body.type != router_common_pb2.PEER_CONNECTION_REQUEST_DISCONNECT:

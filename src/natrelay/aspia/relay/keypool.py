@@ -12,6 +12,7 @@ included, gives its slot back (§12 bug 1).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
 
 from natrelay.aspia.crypto import IV_SIZE, RandomBytes, X25519KeyPair, default_random
@@ -61,6 +62,15 @@ class KeyPool:
     left at once; every later key (a session ended, a key expired) goes to the connected link
     holding the fewest, so the split evens out again as keys are used. With one link all of
     this reduces to the single-router behaviour above.
+
+    A router that comes back would otherwise get keys only as the others' are used, so when a
+    link (re)connects :meth:`rebalance` asks the links holding more than their share to give
+    back free keys (not handed out). A key is only taken back once its holder has confirmed
+    that it dropped it (:meth:`withdrawn`): until then it stays valid and counted, since the
+    holder may hand it out before the request reaches it. Each confirmed key is replaced by a
+    fresh one (a new ID) for the link holding the fewest, so the capacity never exceeds
+    ``MaxPeerCount`` and no key ID is ever announced to two routers. A holder that never
+    confirms (the original router ignores the request) keeps its keys, as before.
     """
 
     def __init__(
@@ -87,6 +97,12 @@ class KeyPool:
         """Router links configured; the capacity is split between those not known to be down."""
         self._links: set[int] = set()
         self._down: set[int] = set()
+        self._withdrawing: set[int] = set()
+        """Keys asked back from their holder, not confirmed yet (still valid)."""
+        self._requests: dict[int, deque[list[int]]] = {}
+        """link -> withdrawal requests it was sent, oldest first (it answers each, in order)."""
+        self._to_send: dict[int, list[int]] = {}
+        """link -> key IDs to ask back, not sent yet (see :meth:`take_withdrawals`)."""
 
     @property
     def connected(self) -> bool:
@@ -145,9 +161,69 @@ class KeyPool:
         A key that already paired, or that we never issued, is ignored, as on the original.
         """
         if key_id in self._keys and key_id not in self._expiring:
+            self._withdrawing.discard(key_id)  # handed out before the holder saw the request
             when = now + self.expiry
             self._expiring[key_id] = when
             heapq.heappush(self._heap, (when, key_id))
+
+    # ------------------------------------------------------------- rebalancing
+    def rebalance(self) -> int:
+        """Ask links holding more than their share for free keys, for the links holding less.
+
+        Call when a link (re)connects. The requests wait in :meth:`take_withdrawals`; returns
+        how many keys were asked back. Nothing happens with one link or one connected link.
+        """
+        if self.links < 2 or len(self._links) < 2:
+            return 0
+        room = max(0, self.max_peer_count - self.active)
+        low, high = room // len(self._links), -(-room // len(self._links))
+        held = {n: 0 for n in self._links}
+        free: dict[int, list[int]] = {n: [] for n in self._links}
+        for key_id, owner in self._owner.items():
+            if owner in held:
+                held[owner] += 1
+                if key_id in self._withdrawing:
+                    held[owner] -= 1  # on its way to another link already
+                elif key_id not in self._expiring:
+                    free[owner].append(key_id)
+        wanted = sum(max(0, low - count) for count in held.values()) - len(self._withdrawing)
+        asked = 0
+        for link in sorted(held, key=lambda n: -held[n]):
+            give = min(wanted - asked, held[link] - high, len(free[link]))
+            if give <= 0:
+                continue
+            ids = free[link][-give:]  # the newest: the router hands out its newest first, so
+            self._withdrawing.update(ids)  # the oldest, handed out last, are the least likely to race
+            self._to_send.setdefault(link, []).extend(ids)
+            asked += give
+        return asked
+
+    def take_withdrawals(self, link: int) -> list[int]:
+        """Key IDs to ask ``link`` to give back now (its router must answer with :meth:`withdrawn`)."""
+        ids = self._to_send.pop(link, [])
+        if ids:
+            self._requests.setdefault(link, deque()).append(ids)
+        return ids
+
+    def withdrawn(self, link: int, key_ids: list[int]) -> list[PoolKey]:
+        """``link``'s router answered its oldest withdrawal request: it dropped ``key_ids``.
+
+        Those keys are void and each is replaced by a fresh key for the link holding the fewest;
+        the keys of the request it did not drop (it had handed them out) stay with it.
+        """
+        pending = self._requests.get(link)
+        if not pending:
+            return []  # an answer to nothing we asked: ignore it
+        asked = pending.popleft()
+        self._withdrawing.difference_update(asked)
+        dropped = set(key_ids).intersection(asked)
+        count = 0
+        for key_id in dropped:
+            if self._owner.get(key_id) == link and key_id not in self._expiring:
+                del self._keys[key_id]
+                self._disown(key_id)
+                count += 1
+        return self._generate(count)
 
     # ---------------------------------------------------------------- sessions
     def pair(self, key_id: int) -> bool:
@@ -160,6 +236,7 @@ class KeyPool:
             return False
         self._expiring.pop(key_id, None)
         self._disown(key_id)
+        self._withdrawing.discard(key_id)
         self.active += 1
         return True
 
@@ -199,6 +276,9 @@ class KeyPool:
             del self._owner[key_id]
             self._expiring.pop(key_id, None)  # stale heap entries are skipped by next_deadline
         self._held.pop(link, None)
+        self._withdrawing.difference_update(gone)
+        self._requests.pop(link, None)  # a new connection answers nothing of the old one
+        self._to_send.pop(link, None)
         if not self._keys:
             self._heap.clear()
 

@@ -63,6 +63,26 @@ class KeyPool:
             del stack[:dropped]
         return dropped
 
+    def withdraw(self, relay_id: int, key_ids: Sequence[int], limit: int = 0) -> list[int]:
+        """Drop the named keys of a relay that takes them back (``key_withdraw``); returns those dropped.
+
+        Keys already handed out are not in the stack any more and are not in the answer, which
+        is how the relay learns which ones it may give to another router. At most ``limit``
+        (0: all) IDs of the request are looked at: a relay never holds more keys here than the
+        cap, so a longer list is padding.
+        """
+        stack = self._keys.get(relay_id)
+        if not stack:
+            return []
+        wanted = set(key_ids[:limit] if limit else key_ids)
+        kept = [key for key in stack if key.key_id not in wanted]
+        dropped = [key.key_id for key in stack if key.key_id in wanted]
+        if kept:
+            self._keys[relay_id] = kept
+        else:
+            del self._keys[relay_id]
+        return dropped
+
     def remove_relay(self, relay_id: int) -> int:
         """Drop every key of a relay whose session ended; returns how many were dropped."""
         self._load.pop(relay_id, None)

@@ -230,7 +230,7 @@ class RouterCore:
             elif session.kind is SessionKind.CLIENT:
                 self._from_client(session, payload, actions, now)
             elif session.kind is SessionKind.RELAY:
-                self._from_relay(session, payload, now)
+                self._from_relay(session, payload, now, actions)
             else:
                 self._from_admin(session, payload, now, actions)
         except AspiaProtocolError as exc:
@@ -450,7 +450,7 @@ class RouterCore:
         return "; ".join(parts)
 
     # ---------------------------------------------------------------- relay
-    def _from_relay(self, session: RouterSession, payload: bytes, now: float) -> None:
+    def _from_relay(self, session: RouterSession, payload: bytes, now: float, actions: Actions) -> None:
         envelope = parse(router_relay_pb2.RelayToRouter, payload)
         found = first_present(envelope, ROUTER_FROM_RELAY)
         if found is None:
@@ -462,6 +462,13 @@ class RouterCore:
             stat.CopyFrom(body)
             session.relay_stat = stat
             session.stat_received = now
+            return
+        if isinstance(body, router_relay_pb2.RelayKeyWithdraw):  # natrelay's relays in a cluster
+            gone = self.pool.withdraw(session.session_id, body.key_id, self.limits.max_keys_per_relay)
+            actions.reply(session.session_id, _to_relay("keys_withdrawn", router_relay_pb2.RelayKeysWithdrawn(
+                key_id=gone)))
+            log.info("Relay %d (%s) took back %d keys; it now has %d in the pool", session.session_id,
+                     session.address, len(gone), self.pool.count(session.session_id))
             return
         assert isinstance(body, router_relay_pb2.RelayKeyPool)
         session.peer_host = body.peer_host

@@ -78,3 +78,21 @@ def test_rule_matches_a_straightforward_model(uploads: list[tuple[int, int]]) ->
         taken = pool.take()
         assert taken is not None and (taken.relay_id, taken.key.key_id) == (relay_id, expected)
     assert pool.take() is None
+
+
+def test_withdraw_drops_only_the_named_keys_still_held_and_says_which() -> None:
+    pool = KeyPool()
+    pool.add(1, keys(0, 1, 2, 3))
+    pool.add(2, keys(2))
+    taken = pool.take(lambda relay_id: relay_id == 1)  # key 3 is handed out: not the router's any more
+    assert taken is not None and taken.key.key_id == 3
+    assert sorted(pool.withdraw(1, [1, 3, 7, 2])) == [1, 2]
+    assert pool.count(1) == 1 and pool.count(2) == 1  # relay 2's key 2 is another key
+    assert pool.withdraw(1, [0]) == [0] and pool.relays() == [2]
+    assert pool.withdraw(1, [0]) == [] and pool.withdraw(9, [1]) == []
+
+
+def test_withdraw_looks_at_no_more_ids_than_the_limit() -> None:
+    pool = KeyPool()
+    pool.add(1, keys(0, 1, 2))
+    assert pool.withdraw(1, [5, 6, 0, 1], limit=3) == [0]

@@ -204,3 +204,26 @@ def test_an_evicted_host_takes_its_other_ids_offline_too(router: Router) -> None
     new = open_session(router, SessionKind.HOST)
     router.handle(new.session_id, peer("host_id_request", Req(type=Req.EXISTING_ID, key=shared)), NOW)
     assert router.host_session(1) is new and router.host_session(2) is None
+
+
+def test_a_relay_takes_free_keys_back_and_the_router_never_offers_them(router: Router) -> None:
+    from natrelay.aspia.messages import make_envelope, serialize
+
+    host = open_session(router, SessionKind.HOST, address="10.0.0.9")
+    host_id_request(router, host.session_id, Req(type=Req.NEW_ID))
+    client = open_session(router, SessionKind.CLIENT, address="10.0.0.2", user="bob")
+    relay = open_session(router, SessionKind.RELAY, address="10.0.0.5")
+    router.handle(relay.session_id, key_pool(0, 1, 2, 3), NOW)
+    sent = connect(router, client.session_id, 1)  # hands out key 3, the newest
+    assert router_relay_pb2.RouterToRelay.FromString(sent[0][1]).key_used.key_id == 3
+
+    withdraw = router_relay_pb2.RelayKeyWithdraw(key_id=[3, 2, 1])
+    [(to, data)] = router.handle(relay.session_id, serialize(make_envelope(
+        router_relay_pb2.RelayToRouter, "key_withdraw", withdraw)), NOW).send
+    assert to == relay.session_id
+    answer = router_relay_pb2.RouterToRelay.FromString(data)
+    assert answer.HasField("keys_withdrawn") and sorted(answer.keys_withdrawn.key_id) == [1, 2]
+    sent = connect(router, client.session_id, 1)
+    assert router_relay_pb2.RouterToRelay.FromString(sent[0][1]).key_used.key_id == 0
+    [(_, data)] = connect(router, client.session_id, 1)
+    assert to_peer(data).connection_offer.error_code == Offer.KEY_POOL_EMPTY
