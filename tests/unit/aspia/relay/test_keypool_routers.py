@@ -92,8 +92,8 @@ def test_one_router_never_rebalances() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["up", "down", "pair", "end", "use", "answer", "expire"]), st.integers(0, 2)),
-                max_size=80))
+@given(st.lists(st.tuples(st.sampled_from(["up", "down", "pair", "end", "use", "answer", "expire"]),
+                          st.integers(0, 2)), max_size=80))
 def test_no_key_belongs_to_two_routers_and_capacity_is_never_exceeded(steps: list[tuple[str, int]]) -> None:
     """A model of three routers: each holds the keys announced to it until it hands one out
     (``use``) or answers a withdrawal (``answer``, dropping what it still holds of the request)."""
