@@ -152,6 +152,11 @@ class FairSlots(Generic[C]):
     def held_by(self, source: str) -> int:
         return len(self._by_source.get(source, ()))
 
+    @property
+    def sources(self) -> int:
+        """Sources holding a slot (0 once every slot is back)."""
+        return len(self._by_source)
+
     def take(self, conn: C, source: str, deadline: float) -> Admitted[C]:
         """A slot for ``conn`` until ``deadline``, perhaps at the cost of an older one."""
         caps = self.caps
