@@ -107,7 +107,7 @@ class Admission:
         self._connections = Slots(SlotCaps(limits.max_connections, limits.max_per_ip), CONNECTIONS)
         caps = SlotCaps(limits.max_handshakes, limits.max_handshakes_per_ip)
         self._handshakes = Slots(caps, HANDSHAKES)
-        self._fair: FairSlots[Hashable] = FairSlots(caps, HANDSHAKES)
+        self._fair: FairSlots[Hashable] = FairSlots(caps, HANDSHAKES, spare_equals=True)
 
     @property
     def connections(self) -> int:
@@ -156,9 +156,11 @@ class Admission:
         Why fair slots: per-source caps alone leave the total to whoever comes first, and 250
         addresses x 8 fill 1,024 slots; silent connections refill every slot as it frees, and
         no legitimate handshake gets in. So a full total does not refuse a newcomer whose source
-        holds fewer slots than another: that source's oldest handshake is evicted instead (a real
-        node finishes its handshake within a round trip or two, a flood's connections sit
-        silent, so the oldest is the one to go). A source over its own cap is still refused.
+        holds fewer slots than the biggest holder: that holder's oldest handshake is evicted
+        instead (a real node finishes its handshake within a round trip or two, a flood's
+        connections sit silent, so the oldest is the one to go), and a node holding one slot is
+        never evicted by flooding addresses holding one or more. A source over its own cap, or
+        holding as many as every other, is refused.
         """
         source = source_key(ip)
         decision = self._fair.take(conn, source, deadline)

@@ -13,7 +13,10 @@ connection handles with a deadline each (handed to the caller's timer as data:
 :meth:`FairSlots.next_deadline`, :meth:`FairSlots.expired`), and a newcomer facing a full total
 evicts the oldest connection of another source holding at least as many slots instead of being
 refused, so no set of sources can monopolise them (an address over its share is refused while
-others still get in, and no source holds more than one slot above any other).
+others still get in, and no source holds more than one slot above any other). With
+``spare_equals`` (strelay's handshakes, the router's pending connections) only the biggest
+holder loses its oldest, and only to a source holding fewer, so a peer holding one slot is safe
+from any number of flooding addresses that each hold at least one.
 
 Sources are keys from :func:`natrelay.engine.sources.source_key`; this module takes them as given.
 """
@@ -135,9 +138,16 @@ class FairSlots(Generic[C]):
     eviction reported by :meth:`take`.
     """
 
-    def __init__(self, caps: SlotCaps, reasons: SlotReasons) -> None:
+    def __init__(self, caps: SlotCaps, reasons: SlotReasons, *, spare_equals: bool = False) -> None:
         self.caps = caps
         self.reasons = reasons
+        self.spare_equals = spare_equals
+        """True: evict only from the source holding the most, and only if it holds more than the
+        newcomer's source (the oldest of that source goes). A source holding one slot is then
+        never evicted by a flood whose sources hold one or more each: what strelay's handshakes
+        and the router's pending logins need, where a legitimate peer holds one slot among
+        hundreds of flooding addresses. False (the Aspia relay): any source holding at least as
+        many, earliest deadline first."""
         self._source: dict[C, str] = {}
         self._by_source: dict[str, dict[C, None]] = {}
         """Per source, its handles oldest first (dicts keep insertion order)."""
@@ -175,6 +185,29 @@ class FairSlots(Generic[C]):
         return Admitted(None, evicted)
 
     def _victim(self, source: str, own: int) -> C | None:
+        if self.spare_equals:
+            return self._biggest_holders_oldest(source, own)
+        return self._oldest_of_at_least(source, own)
+
+    def _biggest_holders_oldest(self, source: str, own: int) -> C | None:
+        """The oldest connection of the source holding the most slots, if it holds more than
+        ``own`` (ties: the earlier deadline)."""
+        best: C | None = None
+        best_held, best_deadline = own, float("inf")
+        deadlines = self._deadlines
+        for other, conns in self._by_source.items():
+            held = len(conns)
+            if other == source or held < best_held or (held == best_held and best is None):
+                continue
+            oldest = next(iter(conns))
+            deadline = deadlines.deadline(oldest)
+            if deadline is None:
+                continue
+            if held > best_held or deadline < best_deadline:
+                best, best_held, best_deadline = oldest, held, deadline
+        return best
+
+    def _oldest_of_at_least(self, source: str, own: int) -> C | None:
         """The connection with the earliest deadline among the oldest of each other source holding
         at least ``own`` slots (at most ``total`` sources to look at)."""
         best: C | None = None

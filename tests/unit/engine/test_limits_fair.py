@@ -25,12 +25,24 @@ def test_many_sources_fill_the_total_then_a_newcomer_evicts_the_biggest_holders_
                 held[conn] = flood_address(i)
     assert adm.handshakes == lim.max_handshakes == len(held)
     biggest = max(adm.handshakes_per_ip(ip) for ip in set(held.values()))
-    oldest = next(iter(held))  # dicts keep insertion order: the oldest live flood handshake
+    assert biggest <= lim.max_handshakes_per_ip
+    # The victim: the oldest handshake of the address holding the most (dicts keep insertion order).
+    oldest = next(c for c, ip in held.items() if adm.handshakes_per_ip(ip) == biggest)
     newcomer = adm.start_handshake("legit", "192.0.2.1", now + 4.0)
     assert newcomer.refusal is None and newcomer.evicted == oldest, newcomer
     assert "evicted" in newcomer.evicted_message
     assert adm.handshakes == lim.max_handshakes and adm.handshakes_per_ip("192.0.2.1") == 1
-    assert biggest <= lim.max_handshakes_per_ip
+    # The flood goes on: its addresses hold 4 or 5 each, so they evict each other, never the
+    # newcomer holding one.
+    for i in range(2000):
+        conn, now = conn + 1, now + 0.001
+        start = adm.start_handshake(conn, flood_address(i % 250), now + 4.0)
+        assert start.evicted != "legit"
+        if start.evicted is not None:
+            held.pop(start.evicted)
+        if start.refusal is None:
+            held[conn] = flood_address(i % 250)
+    assert adm.handshakes_per_ip("192.0.2.1") == 1
     # The evicted handle's slot is already free: finishing it is a no-op, the counts stay exact.
     assert adm.finish_handshake(oldest) is False
     del held[oldest]

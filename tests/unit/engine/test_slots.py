@@ -60,3 +60,16 @@ def test_fair_slots_hand_deadlines_to_the_caller() -> None:
     assert slots.next_deadline() == 2.0
     assert slots.expired(2.5) == [1]
     assert slots.expired(10.0) == [2] and slots.next_deadline() is None and len(slots) == 0
+
+
+def test_fair_slots_sparing_equals_evict_only_the_biggest_holder() -> None:
+    slots: FairSlots[int] = FairSlots(SlotCaps(total=4, per_source=3), REASONS, spare_equals=True)
+    for conn, source in ((1, "a"), (2, "b"), (3, "b"), (4, "legit")):
+        assert slots.take(conn, source, float(conn)).refused is None
+    # "a" holds 1: it may evict only from a bigger holder ("b", 2), never the legit one (1).
+    assert slots.take(5, "a", 5.0).evicted == 2
+    # Now "a" 2, "b" 1, "legit" 1: "c" (0) evicts the biggest holder's oldest: "a"'s first.
+    assert slots.take(6, "c", 6.0).evicted == 1
+    # Everyone holds 1: a source holding 1 finds no bigger holder and is refused.
+    assert slots.take(7, "b", 7.0).refused == "total" and 4 in slots and len(slots) == 4
+    assert slots.sources == 4

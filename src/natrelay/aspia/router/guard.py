@@ -5,8 +5,8 @@ This module is the router's *policy* only: which limits, their defaults and reas
 mechanisms are the engine's (see :mod:`natrelay.engine.limits` for the map): connections and SRP
 logins are :class:`~natrelay.engine.slots.Slots` (the logins with room kept for addresses holding
 none), pending (unauthenticated) connections :class:`~natrelay.engine.slots.FairSlots` (a full
-total evicts the oldest pending connection of an address holding at least as many as the
-newcomer's: 250 flooding addresses used to hold all 512 slots for the whole AuthTimeout and
+total evicts the oldest pending connection of the address holding the most, if it holds more
+than the newcomer's: 250 flooding addresses used to hold all 512 slots for the whole AuthTimeout and
 reset every new login), new connections per address a
 :class:`~natrelay.engine.rates.KeyedRate`, addresses keyed by
 :func:`~natrelay.engine.sources.source_key` (IPv6 by /64), log lines bounded by
@@ -67,8 +67,8 @@ class GuardLimits:
     """Connections not authenticated yet (hello, key exchange), in total..."""
     max_pending_per_ip: int = 8
     """... and per address: 64 addresses are needed to fill the total, not two; and a full total
-    evicts the oldest pending connection of an address holding at least as many as the newcomer's,
-    so no number of addresses can keep a newcomer out."""
+    evicts the oldest pending connection of the address holding the most (if more than the
+    newcomer's), so no number of addresses can keep a newcomer out."""
     max_bytes_before_auth: int = 16_384
     pending_timeout: float = 20.0
     """Seconds a connection may take to authenticate (the original waits 60)."""
@@ -105,7 +105,8 @@ class FloodGuard:
         self._connections = Slots(SlotCaps(limits.max_connections, limits.max_connections_per_ip),
                                   SlotReasons(CONNECTIONS, CONNECTIONS_PER_IP))
         pending = SlotCaps(limits.max_pending, limits.max_pending_per_ip)
-        self._pending: FairSlots[Hashable] = FairSlots(pending, SlotReasons(PENDING, PENDING_PER_IP))
+        self._pending: FairSlots[Hashable] = FairSlots(pending, SlotReasons(PENDING, PENDING_PER_IP),
+                                                       spare_equals=True)
         self._logging_in: set[Hashable] = set()
         """Pending connections whose login began: out of the evictable slots, still unauthenticated."""
         self._logins = Slots(SlotCaps(limits.max_logins, limits.max_logins_per_ip, limits.login_reserve),

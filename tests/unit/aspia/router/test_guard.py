@@ -97,15 +97,20 @@ def test_a_flood_from_many_addresses_cannot_keep_a_newcomer_out() -> None:
         for _ in range(lim.max_pending_per_ip):
             conn, now = conn + 1, now + 0.001
             decision = guard.admit(conn, ip, now)
-            assert decision.refused is None  # the flood evicts its own oldest, never refused
-            live[conn] = ip
+            if decision.refused is None:
+                live[conn] = ip
+            else:  # only when every other address holds as many
+                assert decision.refused == flood.PENDING
             if decision.evicted is not None:
                 assert isinstance(decision.evicted, int)
                 guard.release(decision.evicted, live.pop(decision.evicted))  # the shell closes it
-    assert guard.pending == lim.max_pending and guard.refused[flood.PENDING] == 0
+    assert guard.pending == lim.max_pending == len(live)
     evicted = guard.refused[flood.EVICTED]
-    assert evicted == 250 * lim.max_pending_per_ip - lim.max_pending
-    oldest = next(iter(live))
+    assert evicted + guard.refused[flood.PENDING] == 250 * lim.max_pending_per_ip - lim.max_pending
+    assert evicted > 0
+    # The victim: the oldest pending connection of the address holding the most.
+    biggest = max(guard.per_ip(ip)[1] for ip in live.values())
+    oldest = next(c for c, ip in live.items() if guard.per_ip(ip)[1] == biggest)
     newcomer = guard.admit("login", "192.0.2.1", now + 0.001)
     assert newcomer.refused is None and newcomer.evicted == oldest
     guard.release(oldest, live.pop(oldest))
@@ -115,7 +120,8 @@ def test_a_flood_from_many_addresses_cannot_keep_a_newcomer_out() -> None:
         conn, now = conn + 1, now + 0.001
         ip = f"127.0.{i % 250 // 250}.{i % 250 + 2}"
         decision = guard.admit(conn, ip, now)
-        assert decision.refused in (None, flood.PENDING_PER_IP) and decision.evicted != "login"
+        assert decision.refused in (None, flood.PENDING_PER_IP, flood.PENDING)
+        assert decision.evicted != "login"
         if decision.refused is None:
             live[conn] = ip
         if decision.evicted is not None:
@@ -202,3 +208,19 @@ def test_housekeeping_expires_unused_host_ids_after_the_configured_days(tmp_path
     assert db.find_host(b"old") is None and db.find_host(b"new") == 2
     assert db.find_host(b"from the original") == kept
     db.close()
+
+
+def test_a_login_under_way_is_never_evicted() -> None:
+    guard = FloodGuard(GuardLimits(max_pending=2, max_pending_per_ip=2, connections_per_minute_per_ip=0))
+    assert guard.admit("login", "192.0.2.1", 0.0).refused is None
+    assert guard.admit("x1", "10.0.0.1", 1.0).refused is None
+    assert guard.begin_login("192.0.2.1", "login") is None  # the SRP exchange began
+    assert guard.per_ip("192.0.2.1") == (1, 0, 1) and guard.pending == 2
+    assert guard.admit("y1", "10.0.0.2", 2.0).evicted is None  # a free slot: the login left the pool
+    newcomer = guard.admit("z1", "10.0.0.3", 3.0)  # full: one of the others goes, not the login
+    assert newcomer.refused is None and newcomer.evicted == "x1"
+    guard.release("x1", "10.0.0.1")
+    guard.end_login("192.0.2.1")
+    for conn, ip in (("login", "192.0.2.1"), ("y1", "10.0.0.2"), ("z1", "10.0.0.3")):
+        guard.release(conn, ip)
+    assert (guard.connections, guard.pending, guard.logins) == (0, 0, 0)
