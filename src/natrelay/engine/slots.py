@@ -151,6 +151,11 @@ class FairSlots(Generic[C]):
         self._source: dict[C, str] = {}
         self._by_source: dict[str, dict[C, None]] = {}
         """Per source, its handles oldest first (dicts keep insertion order)."""
+        self._levels: dict[int, dict[str, None]] = {}
+        """With ``spare_equals``: sources by the number of slots they hold, in the order they
+        reached it, so the biggest holder is found without a scan (a flood from a thousand
+        addresses made every admission scan them all: ~75 us instead of ~2)."""
+        self._top = 0
         self._deadlines: TimerWheel[C] = TimerWheel()
 
     def __len__(self) -> int:
@@ -182,7 +187,22 @@ class FairSlots(Generic[C]):
         self._source[conn] = source
         self._by_source.setdefault(source, {})[conn] = None
         self._deadlines.schedule(conn, deadline)
+        if self.spare_equals:
+            self._relevel(source, own, own + 1)
         return Admitted(None, evicted)
+
+    def _relevel(self, source: str, before: int, after: int) -> None:
+        levels = self._levels
+        if before:
+            level = levels[before]
+            del level[source]
+            if not level:
+                del levels[before]
+        if after:
+            levels.setdefault(after, {})[source] = None
+            self._top = max(self._top, after)
+        while self._top and self._top not in levels:
+            self._top -= 1
 
     def _victim(self, source: str, own: int) -> C | None:
         if self.spare_equals:
@@ -191,21 +211,11 @@ class FairSlots(Generic[C]):
 
     def _biggest_holders_oldest(self, source: str, own: int) -> C | None:
         """The oldest connection of the source holding the most slots, if it holds more than
-        ``own`` (ties: the earlier deadline)."""
-        best: C | None = None
-        best_held, best_deadline = own, float("inf")
-        deadlines = self._deadlines
-        for other, conns in self._by_source.items():
-            held = len(conns)
-            if other == source or held < best_held or (held == best_held and best is None):
-                continue
-            oldest = next(iter(conns))
-            deadline = deadlines.deadline(oldest)
-            if deadline is None:
-                continue
-            if held > best_held or deadline < best_deadline:
-                best, best_held, best_deadline = oldest, held, deadline
-        return best
+        ``own`` (ties: the source that reached that many first)."""
+        if self._top <= own:
+            return None
+        biggest = next(iter(self._levels[self._top]))  # not ``source``: it holds only ``own``
+        return next(iter(self._by_source[biggest]))
 
     def _oldest_of_at_least(self, source: str, own: int) -> C | None:
         """The connection with the earliest deadline among the oldest of each other source holding
@@ -231,6 +241,8 @@ class FairSlots(Generic[C]):
         del conns[conn]
         if not conns:
             del self._by_source[source]
+        if self.spare_equals:
+            self._relevel(source, len(conns) + 1, len(conns))
         self._deadlines.cancel(conn)
         return source
 
@@ -247,4 +259,6 @@ class FairSlots(Generic[C]):
             del conns[conn]
             if not conns:
                 del self._by_source[source]
+            if self.spare_equals:
+                self._relevel(source, len(conns) + 1, len(conns))
         return out

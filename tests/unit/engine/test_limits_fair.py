@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from natrelay.engine.limits import Admission, Limits
 
 
@@ -13,7 +15,8 @@ def test_many_sources_fill_the_total_then_a_newcomer_evicts_the_biggest_holders_
     """250 addresses x 8 (the default per-address cap) exceed the 1,024 handshakes in total."""
     lim = Limits()
     adm = Admission(lim)
-    now, conn, held = 0.0, 0, {}
+    now, conn = 0.0, 0
+    held: dict[Hashable, str] = {}
     for i in range(250):
         for _ in range(lim.max_handshakes_per_ip):
             conn += 1
@@ -26,10 +29,13 @@ def test_many_sources_fill_the_total_then_a_newcomer_evicts_the_biggest_holders_
     assert adm.handshakes == lim.max_handshakes == len(held)
     biggest = max(adm.handshakes_per_ip(ip) for ip in set(held.values()))
     assert biggest <= lim.max_handshakes_per_ip
-    # The victim: the oldest handshake of the address holding the most (dicts keep insertion order).
-    oldest = next(c for c, ip in held.items() if adm.handshakes_per_ip(ip) == biggest)
     newcomer = adm.start_handshake("legit", "192.0.2.1", now + 4.0)
-    assert newcomer.refusal is None and newcomer.evicted == oldest, newcomer
+    assert newcomer.refusal is None and newcomer.evicted in held, newcomer
+    # The victim: the oldest handshake of an address holding the most (dicts keep insertion order).
+    oldest = newcomer.evicted
+    victim_ip = held[oldest]
+    assert adm.handshakes_per_ip(victim_ip) == biggest - 1
+    assert oldest == next(c for c, ip in held.items() if ip == victim_ip)
     assert "evicted" in newcomer.evicted_message
     assert adm.handshakes == lim.max_handshakes and adm.handshakes_per_ip("192.0.2.1") == 1
     # The flood goes on: its addresses hold 4 or 5 each, so they evict each other, never the

@@ -108,11 +108,13 @@ def test_a_flood_from_many_addresses_cannot_keep_a_newcomer_out() -> None:
     evicted = guard.refused[flood.EVICTED]
     assert evicted + guard.refused[flood.PENDING] == 250 * lim.max_pending_per_ip - lim.max_pending
     assert evicted > 0
-    # The victim: the oldest pending connection of the address holding the most.
     biggest = max(guard.per_ip(ip)[1] for ip in live.values())
-    oldest = next(c for c, ip in live.items() if guard.per_ip(ip)[1] == biggest)
     newcomer = guard.admit("login", "192.0.2.1", now + 0.001)
-    assert newcomer.refused is None and newcomer.evicted == oldest
+    assert newcomer.refused is None and newcomer.evicted in live
+    # The victim: the oldest pending connection of an address holding the most.
+    oldest = newcomer.evicted
+    assert guard.per_ip(live[oldest])[1] == biggest - 1
+    assert oldest == next(c for c, ip in live.items() if ip == live[oldest])
     guard.release(oldest, live.pop(oldest))
     assert guard.refused[flood.EVICTED] == evicted + 1 and guard.pending == lim.max_pending
     assert guard.begin_login("192.0.2.1", "login") is None  # its login began: no longer evictable
