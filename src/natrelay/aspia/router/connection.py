@@ -16,7 +16,9 @@ computation.
 
 Every connection also passes the flood guard (:mod:`natrelay.aspia.router.guard`): new
 connections per minute per address, connections and unauthenticated connections in total and
-per address, bytes before authentication, a short deadline to authenticate and a shorter one
+per address (a full unauthenticated total evicts the biggest holder's oldest connection for a
+newcomer: the guard hands it back, :meth:`RouterConnection.evict` resets it), bytes before
+authentication, a short deadline to authenticate and a shorter one
 for a started password login (half-open logins from a few addresses used to lock every password
 login out for a minute). Refusals are counted by reason and logged at debug level, rate-limited.
 
