@@ -172,6 +172,43 @@ def test_connection_flood_from_one_address_is_capped_and_counted(router: Router)
             sock.close()
 
 
+def test_a_flood_from_many_addresses_cannot_keep_a_login_out(tmp_path: Path) -> None:
+    """Issue 8: 64 addresses x 8 held all 512 pending slots for the whole AuthTimeout and every new
+    password login was reset. Scaled down (40 pending slots, 4 per address, 20 addresses x 4
+    silent connections): the total is full, the flood's addresses hold 2 each and their third is
+    refused, and a login from another address evicts the oldest of the biggest holder and succeeds."""
+    setup = create_router(tmp_path, MaxPendingConnections="40", MaxPendingConnectionsPerIp="4")
+    add_router_user(setup, "bob", "bob-secret")
+    router = start_router(setup)
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            for i in range(2, 22):
+                socks.append(socket.create_connection((HOST, setup.port), timeout=10,
+                                                      source_address=(f"127.0.4.{i}", 0)))
+        wait_for(lambda: guard_status(router)["refused"]["pending"] >= 40, 30,
+                 "the pending total to refuse the flood's third and fourth connections")
+        status = guard_status(router)
+        assert status["pending"] == 40 and status["refused"]["evicted"] == 0, status
+        for _ in range(3):  # each login a new connection, while the flood holds every slot
+            login(setup, "bob", "bob-secret").close()
+            wait_for(lambda: guard_status(router)["pending"] == 39, 30, "the login's slot to be free")
+            socks.append(socket.create_connection((HOST, setup.port), timeout=10,  # refill it
+                                                  source_address=("127.0.4.30", 0)))
+            wait_for(lambda: guard_status(router)["pending"] == 40, 30, "the flood to refill the slot")
+        status = guard_status(router)
+        assert status["refused"]["evicted"] == 3, status
+        for sock in socks:
+            sock.close()
+        socks.clear()
+        wait_for(lambda: guard_status(router)["connections"] == 0, 30, "every connection to be released")
+        assert guard_status(router)["pending"] == 0
+    finally:
+        for sock in socks:
+            sock.close()
+        assert router.stop() == 0, router.log()
+
+
 def test_relays_from_addresses_outside_the_white_list_are_refused(tmp_path: Path) -> None:
     # "Loopback only" covers all of 127.0.0.0/8, so the default cannot be shown from here;
     # with a white list the rule is exact, even for loopback addresses (unit-tested as well).

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from natrelay.aspia.framing import encode_user_frame
 from natrelay.aspia.messages import build_peer_to_relay, make_envelope
 from natrelay.aspia.proto import router_common_pb2, router_peer_pb2
 from tests.e2e import offset_env
@@ -308,3 +309,41 @@ def test_strelay_counts_a_real_transfer_and_returns_to_zero(tmp_path: Path) -> N
                  "every connection closed")
     finally:
         assert relay.stop() == 0, relay.log()
+
+
+def test_router_counts_every_failed_handshake_and_logs_few(tmp_path: Path) -> None:
+    """Issue 8: the router counted a failed handshake only when its rate-limited log line was
+    written (30 of 2,000 malformed connections). Every one is counted; the lines stay few."""
+    http_port = free_port()
+    setup = create_router(tmp_path / "router", HttpListen=f"{HOST}:{http_port}")
+    router = start_router(setup)
+    base = f"http://{HOST}:{http_port}/"
+    garbage = encode_user_frame(b"\xff" * 40)  # a frame where the ClientHello goes, not one
+
+    def failures() -> float:
+        samples = scrape(base)
+        return sum(v for (n, labels), v in samples.items()
+                   if n == "natrelay_handshake_failures_total" and ("family", "aspia_router") in labels)
+
+    try:
+        wait_for(lambda: _scrapes(base), 30, "the router's HTTP surface")
+        for i in range(40):
+            with socket.create_connection((HOST, setup.port), timeout=10,
+                                          source_address=(f"127.0.5.{2 + i}", 0)) as sock:
+                sock.sendall(garbage)
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass
+        wait_for(lambda: failures() == 40, 30, "all 40 failed handshakes to be counted")
+        lines = [x for x in router.log().splitlines() if "Handshake from" in x]
+        assert 1 <= len(lines) <= 10, lines  # 5 per 10 s (the log limiter's burst), not 40
+    finally:
+        assert router.stop() == 0, router.log()
+
+
+def _scrapes(base: str) -> bool:
+    try:
+        scrape(base)
+    except (OSError, urllib.error.URLError):
+        return False
+    return True

@@ -420,3 +420,84 @@ def test_connection_cap_fits_the_descriptor_limit(tmp_path: Path) -> None:
         assert "Too many open files" not in log and "out of system resource" not in log
     finally:
         stop_relay(relay)
+
+
+def test_a_flood_from_many_addresses_cannot_keep_a_node_out(tmp_path: Path) -> None:
+    """Issue 8: 250 addresses x 8 filled strelay's 1,024 handshake slots and no node got in.
+
+    Scaled down (40 handshake slots, 4 per address, from 20 addresses: 80 silent connections
+    wanting 40 slots, each reopened as soon as the relay ends it; once they hold 2 each, their
+    third is refused): a newcomer's handshake evicts the oldest of the biggest holder, so a
+    legitimate tunnel is made and carries bytes intact while the flood goes on, and the
+    evictions are counted under ``evicted``.
+    """
+    relay = start_relay(tmp_path / "relay", "--log-level", "info", "--max-handshakes", "40",
+                        "--max-handshakes-per-ip", "4", "--handshake-timeout", "120")
+    b_ident, b_key = make_identity(tmp_path, "b")
+    a_ident, _ = make_identity(tmp_path, "a")
+    addresses = [f"127.0.3.{i}" for i in range(2, 22)]
+
+    async def scenario() -> int:
+        async with Echo() as echo_port:
+            exposer = peer("offset", "listen", "--idfile", str(b_ident), "--relay", str(relay.ticket),
+                           "--allow-any", "--expose", f"127.0.0.1:{echo_port}")
+            client = OffsetClient(Identity(read_identity_seed(a_ident)), read_ticket(relay.ticket))
+            stop = asyncio.Event()
+            attempts = 0
+            watchers: set[asyncio.Task[None]] = set()
+
+            async def watch(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while await r.read(65536):  # the relay's handshake opening: stay silent
+                        pass
+                w.close()
+
+            async def hold(ip: str) -> None:
+                """Keep 4 silent connections from ``ip``, reopening each one the relay ends."""
+                nonlocal attempts
+                open_: list[asyncio.StreamWriter] = []
+                while not stop.is_set() and attempts < 20_000:
+                    open_ = [w for w in open_ if not w.transport.is_closing()]
+                    while len(open_) < 4 and attempts < 20_000:
+                        attempts += 1
+                        try:
+                            r, w = await asyncio.open_connection("127.0.0.1", relay.port, local_addr=(ip, 0))
+                        except OSError:
+                            continue
+                        open_.append(w)
+                        watchers.add(task := asyncio.create_task(watch(r, w)))
+                        task.add_done_callback(watchers.discard)
+                    await asyncio.sleep(0.2)
+                for w in open_:
+                    w.close()
+
+            try:
+                await first_roundtrip(client, b_key, 1024, exposer)  # the listener is in before the flood
+                holders = [asyncio.create_task(hold(ip)) for ip in addresses]
+                # Full: the flood's addresses hold 2 each, and a third is refused (none holds more).
+                await asyncio.to_thread(wait_for, lambda: refusals(relay).get("handshakes", 0) > 20, 60,
+                                        "the flood to fill the 40 handshake slots")
+                assert stats(relay)["gauges"]["handshakes"] == 40  # type: ignore[index]
+                for _ in range(3):  # each a new relay connection and handshake, during the flood
+                    await asyncio.wait_for(tunnel_roundtrip(client, b_key, 256 * 1024), 60)
+                stop.set()
+                await asyncio.gather(*holders)
+                return attempts
+            finally:
+                stop.set()
+                client.close()
+                end(exposer)
+
+    try:
+        attempts = asyncio.run(scenario())
+        counted = refusals(relay)
+        print(f"flood: {attempts} connections from {len(addresses)} addresses; refusals {counted}")
+        assert counted.get("evicted", 0) >= 1, counted
+        wait_for(lambda: stats(relay)["active"] == 0, 40, "every connection to be released")
+        s = stats(relay)
+        assert s["refused"] == sum(counted.values()), s
+        assert s["closes"]["evicted"] == counted["evicted"], s  # type: ignore[index]
+        gauges = s["gauges"]
+        assert isinstance(gauges, dict) and gauges["handshakes"] == 0 and gauges["admission_sources"] == 0, s
+    finally:
+        stop_relay(relay)

@@ -18,7 +18,8 @@ policy: which limits, which defaults, which config keys, which reason names):
 source keying (IPv4, IPv6 /64)         :mod:`natrelay.engine.sources` ``source_key``
 counted slots: total, per source,      :mod:`natrelay.engine.slots` ``Slots`` (here: connections,
 room kept for others                   handshakes; the router: connections, pending, logins)
-fair slots with deadlines, eviction    ``slots.FairSlots`` (the Aspia relay's pending peers)
+fair slots with deadlines, eviction    ``slots.FairSlots`` (here: strelay's handshakes; the Aspia
+                                       relay's pending peers; the router's pending connections)
 of the biggest holder's oldest
 rates (token buckets, per key,         :mod:`natrelay.engine.rates` ``TokenBucket``, ``KeyedRate``
 refund on success, bounded memory)     (bytes: ``engine/ratelimit.py`` pauses reading with them)
@@ -34,16 +35,30 @@ pending connections and SRP logins) and ``aspia/router/sessions.py`` (request ra
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, fields
 
 from natrelay.engine.refusals import Refusal
-from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
+from natrelay.engine.slots import FairSlots, SlotCaps, SlotReasons, Slots
 from natrelay.engine.sources import source_key
 
-__all__ = ["Admission", "Limits"]
+__all__ = ["EVICTED", "Admission", "HandshakeStart", "Limits"]
 
 CONNECTIONS = SlotReasons("connections", "connections_per_ip")
 HANDSHAKES = SlotReasons("handshakes", "handshakes_per_ip")
+EVICTED = "evicted"
+"""The reason an older handshake was ended to make room (a counter and metric label)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeStart:
+    """What :meth:`Admission.start_handshake` decided: ``refusal`` (close the new connection) or
+    None; ``evicted``: the handle of an older handshake already forgotten here, which the caller
+    must close (and count as :data:`EVICTED`, with ``evicted_message`` as its log text)."""
+
+    refusal: Refusal | None = None
+    evicted: Hashable | None = None
+    evicted_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,9 @@ class Admission:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._connections = Slots(SlotCaps(limits.max_connections, limits.max_per_ip), CONNECTIONS)
-        self._handshakes = Slots(SlotCaps(limits.max_handshakes, limits.max_handshakes_per_ip), HANDSHAKES)
+        caps = SlotCaps(limits.max_handshakes, limits.max_handshakes_per_ip)
+        self._handshakes = Slots(caps, HANDSHAKES)
+        self._fair: FairSlots[Hashable] = FairSlots(caps, HANDSHAKES, spare_equals=True)
 
     @property
     def connections(self) -> int:
@@ -100,7 +117,7 @@ class Admission:
     @property
     def handshakes(self) -> int:
         """Handshakes in progress."""
-        return self._handshakes.held
+        return self._handshakes.held + len(self._fair)
 
     def admit(self, ip: str) -> Refusal | None:
         """Take a connection slot for ``ip``; return ``None``, or why it is refused."""
@@ -131,15 +148,50 @@ class Admission:
         """Give back the slot taken by ``begin_handshake`` (with the same ``ip``)."""
         self._handshakes.give(None if ip is None else source_key(ip))
 
+    # A process uses either begin/end_handshake (counted slots: the Syncthing relay, which
+    # counts handshakes without a source) or start/finish_handshake (fair slots: strelay).
+    def start_handshake(self, conn: Hashable, ip: str, deadline: float) -> HandshakeStart:
+        """A handshake slot for the connection ``conn`` from ``ip`` until ``deadline``.
+
+        Why fair slots: per-source caps alone leave the total to whoever comes first, and 250
+        addresses x 8 fill 1,024 slots; silent connections refill every slot as it frees, and
+        no legitimate handshake gets in. So a full total does not refuse a newcomer whose source
+        holds fewer slots than the biggest holder: that holder's oldest handshake is evicted
+        instead (a real node finishes its handshake within a round trip or two, a flood's
+        connections sit silent, so the oldest is the one to go), and a node holding one slot is
+        never evicted by flooding addresses holding one or more. A source over its own cap, or
+        holding as many as every other, is refused.
+        """
+        source = source_key(ip)
+        decision = self._fair.take(conn, source, deadline)
+        code = decision.refused
+        if code == HANDSHAKES.total:
+            return HandshakeStart(Refusal(code, f"concurrent handshake limit reached "
+                                                f"({self.limits.max_handshakes}) and {source} holds "
+                                                f"as many as any other address"))
+        if code is not None:
+            return HandshakeStart(Refusal(code, f"per-IP concurrent handshake limit reached "
+                                                f"({self.limits.max_handshakes_per_ip}) for {source}"))
+        if decision.evicted is None:
+            return HandshakeStart()
+        return HandshakeStart(None, decision.evicted,
+                              f"evicted: the oldest handshake of its address, to make room under the "
+                              f"concurrent handshake limit ({self.limits.max_handshakes}) for {source}")
+
+    def finish_handshake(self, conn: Hashable) -> bool:
+        """Give back ``conn``'s slot from :meth:`start_handshake`; False if it held none (evicted)."""
+        return self._fair.remove(conn) is not None
+
     def per_ip(self, ip: str) -> int:
         """Live connections from ``ip``'s source."""
         return self._connections.held_by(source_key(ip))
 
     def handshakes_per_ip(self, ip: str) -> int:
         """Handshakes in progress from ``ip``'s source."""
-        return self._handshakes.held_by(source_key(ip))
+        source = source_key(ip)
+        return self._handshakes.held_by(source) + self._fair.held_by(source)
 
     @property
     def sources(self) -> int:
         """Sources with a live connection or handshake (0 once every slot is back)."""
-        return self._connections.sources + self._handshakes.sources
+        return self._connections.sources + self._handshakes.sources + self._fair.sources

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass, field
 
 from natrelay.engine.forward import rate_burst
-from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.limits import EVICTED, Admission, Limits
 from natrelay.engine.rates import TokenBucket
 from natrelay.engine.refusals import RefusalLog
 from natrelay.engine.sources import source_key
@@ -131,8 +131,11 @@ class RelayConnection(LinkProtocol):
         server.stats.accepted += 1
         admission = server.admission
         refusal = admission.admit(self.ip)
+        evicted = None
         if refusal is None:
-            refusal = admission.begin_handshake(self.ip)
+            start = admission.start_handshake(self.conn_id, self.ip,
+                                              self.loop.time() + server.config.handshake_timeout)
+            refusal, evicted = start.refusal, start.evicted
             if refusal is not None:
                 admission.release(self.ip)  # never counted as active: give the slot back now
         if refusal is not None:
@@ -143,6 +146,8 @@ class RelayConnection(LinkProtocol):
         self._registered = True
         server.stats.active += 1
         server.connections[self.conn_id] = self
+        if evicted is not None:
+            server.evict(evicted, start.evicted_message)
         return True
 
     def refuse(self, reason: str) -> None:
@@ -163,7 +168,7 @@ class RelayConnection(LinkProtocol):
     def _end_handshake(self) -> None:
         if self._in_handshake:
             self._in_handshake = False
-            self.server.admission.end_handshake(self.ip)
+            self.server.admission.finish_handshake(self.conn_id)
 
     # ----------------------------------------------------------- messages
     def on_messages(self, messages: list[bytes]) -> None:
@@ -402,6 +407,14 @@ class OffsetRelayServer:
                 acceptor.splice(connector)
                 connector.splice(acceptor)
         self._arm_half_tunnels()
+
+    def evict(self, conn_id: object, message: str) -> None:
+        """End a handshake the admission evicted to make room (its slot is already free)."""
+        conn = self.connections.get(conn_id) if isinstance(conn_id, int) else None
+        if conn is None or conn.closing:
+            return
+        self.refused(EVICTED, conn.ip, message)
+        conn.refuse(message)
 
     def refused(self, code: str, ip: str, message: str) -> None:
         """Count a refusal by the limit ``code`` exactly, and log it within the log's bound."""

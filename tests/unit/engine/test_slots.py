@@ -60,3 +60,49 @@ def test_fair_slots_hand_deadlines_to_the_caller() -> None:
     assert slots.next_deadline() == 2.0
     assert slots.expired(2.5) == [1]
     assert slots.expired(10.0) == [2] and slots.next_deadline() is None and len(slots) == 0
+
+
+def test_fair_slots_sparing_equals_evict_only_the_biggest_holder() -> None:
+    slots: FairSlots[int] = FairSlots(SlotCaps(total=4, per_source=3), REASONS, spare_equals=True)
+    for conn, source in ((1, "a"), (2, "b"), (3, "b"), (4, "legit")):
+        assert slots.take(conn, source, float(conn)).refused is None
+    # "a" holds 1: it may evict only from a bigger holder ("b", 2), never the legit one (1).
+    assert slots.take(5, "a", 5.0).evicted == 2
+    # Now "a" 2, "b" 1, "legit" 1: "c" (0) evicts the biggest holder's oldest: "a"'s first.
+    assert slots.take(6, "c", 6.0).evicted == 1
+    # Everyone holds 1: a source holding 1 finds no bigger holder and is refused.
+    assert slots.take(7, "b", 7.0).refused == "total" and 4 in slots and len(slots) == 4
+    assert slots.sources == 4
+
+
+def test_fair_slots_sparing_equals_always_pick_a_biggest_holder() -> None:
+    """Random takes, removals and expiries against a plain count of who holds what."""
+    import random
+
+    rng = random.Random(8)
+    slots: FairSlots[int] = FairSlots(SlotCaps(total=30, per_source=5), REASONS, spare_equals=True)
+    held: dict[int, str] = {}
+    for conn in range(5000):
+        counts: dict[str, int] = {}
+        for source in held.values():
+            counts[source] = counts.get(source, 0) + 1
+        action = rng.random()
+        if action < 0.7:
+            source = f"s{rng.randrange(12)}"
+            decision = slots.take(conn, source, float(conn))
+            if decision.evicted is not None:
+                victim = held.pop(decision.evicted)
+                assert counts[victim] == max(counts.values()) > counts.get(source, 0)
+                assert decision.evicted == min(c for c, s in held.items() | {(decision.evicted, victim)}
+                                               if s == victim)
+            if decision.refused is None:
+                held[conn] = source
+            elif decision.refused == "total":
+                assert max(c for s, c in counts.items() if s != source) <= counts.get(source, 0)
+        elif action < 0.9 and held:
+            gone = rng.choice(list(held))
+            assert slots.remove(gone) == held.pop(gone)
+        else:
+            for gone in slots.expired(float(conn - 40)):
+                held.pop(gone)
+        assert len(slots) == len(held) and slots.sources == len(set(held.values()))

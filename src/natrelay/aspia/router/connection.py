@@ -16,7 +16,9 @@ computation.
 
 Every connection also passes the flood guard (:mod:`natrelay.aspia.router.guard`): new
 connections per minute per address, connections and unauthenticated connections in total and
-per address, bytes before authentication, a short deadline to authenticate and a shorter one
+per address (a full unauthenticated total evicts the biggest holder's oldest connection for a
+newcomer: the guard hands it back, :meth:`RouterConnection.evict` resets it), bytes before
+authentication, a short deadline to authenticate and a shorter one
 for a started password login (half-open logins from a few addresses used to lock every password
 login out for a minute). Refusals are counted by reason and logged at debug level, rate-limited.
 
@@ -115,7 +117,7 @@ class RouterConnection(ChannelProtocol):
         self.attempted_user = name
         if not self.in_login:
             guard = self.server.guard
-            refusal = guard.begin_login(self.ip)
+            refusal = guard.begin_login(self.ip, self)
             if refusal is not None:
                 self.login_refused = True
                 # Error level, not debug: a legitimate user may be the one refused, and the
@@ -142,23 +144,35 @@ class RouterConnection(ChannelProtocol):
         assert self.transport is not None
         self.ip = peer_ip(self.transport)
         self.local_ip = local_ip(self.transport)
-        refusal = self.server.guard.admit(self.ip, self.loop.time())
+        decision = self.server.guard.admit(self, self.ip, self.loop.time())
+        refusal = decision.refused
         if refusal is None:
             self.admitted = self.pending = True
             with contextlib.suppress(OSError):
                 sock = self.transport.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if isinstance(decision.evicted, RouterConnection):
+                decision.evicted.evict()
             return True
         self.login_refused = True  # nothing to explain later: the refusal is logged here
         self.server.refusal(refusal, self.ip)
         self.abort(f"refused: {refusal}")
         return False
 
+    def evict(self) -> None:
+        """The guard gave this pending connection's slot to a newcomer (already counted): reset it."""
+        self.pending = False
+        if self.closing:
+            return
+        self.login_refused = True  # nothing to explain later: the eviction is logged here
+        self.server.refusal(flood.EVICTED, self.ip)
+        self.abort(f"refused: {flood.EVICTED}")
+
     def _end_handshake(self) -> None:
         if self.pending:
             self.pending = False
-            self.server.guard.authenticated(self.ip)
+            self.server.guard.authenticated(self)
         if self.in_login:
             self.in_login = False
             self.login_deadline = None
@@ -236,7 +250,7 @@ class RouterConnection(ChannelProtocol):
         self._end_handshake()
         if self.admitted:
             self.admitted = False
-            self.server.guard.release(self.ip, pending=False)
+            self.server.guard.release(self, self.ip)
         if self.session_id is not None:
             self.server.connections.pop(self.session_id, None)
             session = self.server.core.sessions.get(self.session_id)
@@ -249,31 +263,36 @@ class RouterConnection(ChannelProtocol):
             self._explain_failed_handshake(reason)
 
     def _explain_failed_handshake(self, reason: str) -> None:
-        # Rate-limited: a flood of connections that time out must not become a flood of lines.
-        skipped = self.server.guard.log.allow("handshake failed", self.loop.time())
-        if skipped is None:
-            return
-        if skipped:
-            log.error("%d more failed handshakes were not logged", skipped)
+        # Every failure is counted (the counters are exact); only the log line is rate-limited,
+        # so a flood of connections that time out does not become a flood of lines.
         handshake = self.handshake
         error = self.link.error if self.link is not None else None
         # Keys were installed and the peer then walked away (or sent what our key cannot open).
         key_refused = handshake is not None and handshake.cipher is not None and (
             error is None or isinstance(error, DecryptionError))
+        stats = self.server.stats
         if self.attempted_user is not None and key_refused:
             # The SRP client gives up when it cannot open our challenge: that is what a wrong
             # password and an unknown user look like, and the log must not say which of them.
-            self.server.stats.login_failures["wrong_password"] += 1
-            self.server.stats.handshake_failures["wrong_password"] += 1
+            stats.login_failures["wrong_password"] += 1
+            stats.handshake_failures["wrong_password"] += 1
+        elif self.attempted_user is None and key_refused:
+            stats.handshake_failures["wrong_router_key"] += 1
+        else:
+            label = reason.split(":", 1)[0].strip().lower().replace(" ", "_") or "other"
+            stats.handshake_failures[label[:32]] += 1
+        skipped = self.server.guard.log.allow("handshake failed", self.loop.time())
+        if skipped is None:
+            return
+        if skipped:
+            log.error("%d more failed handshakes were not logged", skipped)
+        if self.attempted_user is not None and key_refused:
             log.error("Login failed for user %r from %s: wrong user name or password", self.attempted_user,
                       self.ip)
         elif self.attempted_user is None and key_refused:
-            self.server.stats.handshake_failures["wrong_router_key"] += 1
             log.error(
                 "Handshake from %s failed after the router's challenge: the relay or host there most "
                 "likely uses the wrong router public key (its RouterPublicKey must equal router.pub: %s)",
                 self.ip, self.server.options.public_key_hex or "see router.pub")
         else:
-            label = reason.split(":", 1)[0].strip().lower().replace(" ", "_") or "other"
-            self.server.stats.handshake_failures[label[:32]] += 1
             log.error("Handshake from %s failed: %s", self.ip, reason)

@@ -2,9 +2,12 @@
 
 Sans-IO (``now`` in, decisions out); the asyncio shell calls it at each stage of a connection.
 This module is the router's *policy* only: which limits, their defaults and reason names. The
-mechanisms are the engine's (see :mod:`natrelay.engine.limits` for the map): connections,
-pending (unauthenticated) connections and SRP logins are three :class:`~natrelay.engine.slots.Slots`
-(the logins with room kept for addresses holding none), new connections per address a
+mechanisms are the engine's (see :mod:`natrelay.engine.limits` for the map): connections and SRP
+logins are :class:`~natrelay.engine.slots.Slots` (the logins with room kept for addresses holding
+none), pending (unauthenticated) connections :class:`~natrelay.engine.slots.FairSlots` (a full
+total evicts the oldest pending connection of the address holding the most, if it holds more
+than the newcomer's: 250 flooding addresses used to hold all 512 slots for the whole AuthTimeout and
+reset every new login), new connections per address a
 :class:`~natrelay.engine.rates.KeyedRate`, addresses keyed by
 :func:`~natrelay.engine.sources.source_key` (IPv6 by /64), log lines bounded by
 :class:`~natrelay.engine.refusals.LogLimiter`.
@@ -23,15 +26,16 @@ become a log flood).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final
 
 from natrelay.engine.rates import KeyedRate
 from natrelay.engine.refusals import LogLimiter
-from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
+from natrelay.engine.slots import Admitted, FairSlots, SlotCaps, SlotReasons, Slots
 from natrelay.engine.sources import source_key
 
-__all__ = ["REASONS", "FloodGuard", "GuardLimits", "LogLimiter", "describe"]
+__all__ = ["REASONS", "Admitted", "FloodGuard", "GuardLimits", "LogLimiter", "describe"]
 
 LOG_INTERVAL: Final = 10.0
 
@@ -41,13 +45,14 @@ CONNECTIONS: Final = "connections"
 CONNECTIONS_PER_IP: Final = "connections_per_ip"
 PENDING: Final = "pending"
 PENDING_PER_IP: Final = "pending_per_ip"
+EVICTED: Final = "evicted"
 BYTES_BEFORE_AUTH: Final = "bytes_before_auth"
 LOGINS: Final = "logins"
 LOGINS_PER_IP: Final = "logins_per_ip"
 LOGIN_RESERVE: Final = "logins_reserved"
 LOGIN_DEADLINE: Final = "login_deadline"
-REASONS: Final = (RATE, CONNECTIONS, CONNECTIONS_PER_IP, PENDING, PENDING_PER_IP, BYTES_BEFORE_AUTH,
-                  LOGINS, LOGINS_PER_IP, LOGIN_RESERVE, LOGIN_DEADLINE)
+REASONS: Final = (RATE, CONNECTIONS, CONNECTIONS_PER_IP, PENDING, PENDING_PER_IP, EVICTED,
+                  BYTES_BEFORE_AUTH, LOGINS, LOGINS_PER_IP, LOGIN_RESERVE, LOGIN_DEADLINE)
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,9 @@ class GuardLimits:
     max_pending: int = 512
     """Connections not authenticated yet (hello, key exchange), in total..."""
     max_pending_per_ip: int = 8
-    """... and per address: 64 addresses are needed to fill the total, not two."""
+    """... and per address: 64 addresses are needed to fill the total, not two; and a full total
+    evicts the oldest pending connection of the address holding the most (if more than the
+    newcomer's), so no number of addresses can keep a newcomer out."""
     max_bytes_before_auth: int = 16_384
     pending_timeout: float = 20.0
     """Seconds a connection may take to authenticate (the original waits 60)."""
@@ -82,8 +89,13 @@ class GuardLimits:
 class FloodGuard:
     """Exact counts of connections, pending handshakes and SRP logins, per address and in total.
 
-    Each successful ``admit``/``begin_login`` is matched by exactly one ``release``/``end_login``
-    and each ``admit`` by ``authenticated`` or ``release`` ending its pending state.
+    Connections are named by a hashable handle (the shell's connection object). Each admitted
+    connection leaves through exactly one ``release``; its pending slot ends at ``authenticated``,
+    at ``release``, or when a newcomer's ``admit`` reports it evicted. Each successful
+    ``begin_login`` is matched by one ``end_login``. A connection whose password login has begun
+    (``begin_login`` with its handle) is no longer evictable: it holds one of the few login slots,
+    which have their own per-address caps, reserve and deadline, and a login under way is the
+    legitimate work eviction exists to protect.
     """
 
     def __init__(self, limits: GuardLimits) -> None:
@@ -92,8 +104,11 @@ class FloodGuard:
         self.refused: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self._connections = Slots(SlotCaps(limits.max_connections, limits.max_connections_per_ip),
                                   SlotReasons(CONNECTIONS, CONNECTIONS_PER_IP))
-        self._pending = Slots(SlotCaps(limits.max_pending, limits.max_pending_per_ip),
-                              SlotReasons(PENDING, PENDING_PER_IP))
+        pending = SlotCaps(limits.max_pending, limits.max_pending_per_ip)
+        self._pending: FairSlots[Hashable] = FairSlots(pending, SlotReasons(PENDING, PENDING_PER_IP),
+                                                       spare_equals=True)
+        self._logging_in: set[Hashable] = set()
+        """Pending connections whose login began: out of the evictable slots, still unauthenticated."""
         self._logins = Slots(SlotCaps(limits.max_logins, limits.max_logins_per_ip, limits.login_reserve),
                              SlotReasons(LOGINS, LOGINS_PER_IP, LOGIN_RESERVE))
         rate = limits.connections_per_minute_per_ip
@@ -106,39 +121,54 @@ class FloodGuard:
 
     @property
     def pending(self) -> int:
-        return self._pending.held
+        """Connections not authenticated yet (evictable, or in a password login)."""
+        return len(self._pending) + len(self._logging_in)
 
     @property
     def logins(self) -> int:
         return self._logins.held
 
     # ---------------------------------------------------------- connections
-    def admit(self, ip: str, now: float) -> str | None:
-        """A new connection from ``ip``: None (admitted, pending) or the reason it is refused.
+    def admit(self, conn: Hashable, ip: str, now: float) -> Admitted[Hashable]:
+        """A new connection ``conn`` from ``ip``: admitted (``refused`` None) and pending, or refused.
 
-        The rate is asked last, so a connection refused by a cap spends no token.
+        ``evicted``, if set, is an older pending connection already forgotten here (counted as
+        :data:`EVICTED`); the caller closes it and later calls ``release`` for it as for any
+        connection. The rate is asked last, so a connection refused by a cap spends no token.
         """
-        ip = source_key(ip)
-        reason = self._connections.check(ip) or self._pending.check(ip)
-        if reason is None and not self._rate.allow(ip, now):
+        source = source_key(ip)
+        reason = self._connections.check(source)
+        if reason is None and self.limits.max_pending_per_ip and \
+                self._pending.held_by(source) >= self.limits.max_pending_per_ip:
+            reason = PENDING_PER_IP
+        if reason is None and not self._rate.allow(source, now):
             reason = RATE
+        decision: Admitted[Hashable] = Admitted(reason)
+        if reason is None:
+            decision = self._pending.take(conn, source, now + (self.limits.pending_timeout or 60.0))
+            reason = decision.refused
         if reason is not None:
             self.refused[reason] += 1
-            return reason
+            return decision
         self.accepted += 1
-        self._connections.add(ip)
-        self._pending.add(ip)
-        return None
+        self._connections.add(source)
+        if decision.evicted is not None:
+            self.refused[EVICTED] += 1
+        return decision
 
-    def authenticated(self, ip: str) -> None:
-        """The connection finished its handshake: it no longer holds a pending slot."""
-        self._pending.give(source_key(ip))
+    def authenticated(self, conn: Hashable) -> bool:
+        """The connection finished its handshake: it no longer holds a pending slot.
 
-    def release(self, ip: str, *, pending: bool) -> None:
-        """An admitted connection closed; ``pending`` if it never authenticated."""
+        False if it held none (already authenticated, or evicted)."""
+        if conn in self._logging_in:
+            self._logging_in.discard(conn)
+            return True
+        return self._pending.remove(conn) is not None
+
+    def release(self, conn: Hashable, ip: str) -> None:
+        """An admitted connection closed (its pending slot too, if it still held one)."""
         self._connections.give(source_key(ip))
-        if pending:
-            self.authenticated(ip)
+        self.authenticated(conn)
 
     def too_many_bytes(self, received_before_auth: int) -> bool:
         cap = self.limits.max_bytes_before_auth
@@ -152,16 +182,19 @@ class FloodGuard:
         self.refused[reason] += 1
 
     # --------------------------------------------------------------- logins
-    def begin_login(self, ip: str) -> str | None:
+    def begin_login(self, ip: str, conn: Hashable | None = None) -> str | None:
         """A password login starts its expensive part: None (slot taken) or the refusal reason.
 
         The per-address cap is well below the total, and the last ``login_reserve`` slots go
         only to addresses with no login in progress, so a few addresses holding half-open
-        logins leave room for everyone else.
+        logins leave room for everyone else. With ``conn``, that pending connection can no
+        longer be evicted (its login slot and deadline bound it now).
         """
         reason = self._logins.take(source_key(ip))
         if reason is not None:
             self.refused[reason] += 1
+        elif conn is not None and self._pending.remove(conn) is not None:
+            self._logging_in.add(conn)
         return reason
 
     def login_deadline(self, now: float) -> float | None:
@@ -173,7 +206,7 @@ class FloodGuard:
         self._logins.give(source_key(ip))
 
     def per_ip(self, ip: str) -> tuple[int, int, int]:
-        """Connections, pending connections and logins of ``ip`` (for tests and status)."""
+        """Connections, evictable pending connections and logins of ``ip`` (for tests and status)."""
         ip = source_key(ip)
         return self._connections.held_by(ip), self._pending.held_by(ip), self._logins.held_by(ip)
 
@@ -194,6 +227,8 @@ def describe(reason: str, limits: GuardLimits) -> str:
         CONNECTIONS_PER_IP: f"per-IP connection limit reached ({limits.max_connections_per_ip})",
         PENDING: f"unauthenticated connection limit reached ({limits.max_pending})",
         PENDING_PER_IP: f"per-IP unauthenticated connection limit reached ({limits.max_pending_per_ip})",
+        EVICTED: f"evicted: its address held the most of the {limits.max_pending} unauthenticated "
+                 f"connection slots, and its oldest made room for a newcomer",
         BYTES_BEFORE_AUTH: f"sent more than {limits.max_bytes_before_auth} bytes before authenticating",
         LOGINS: f"login limit reached ({limits.max_logins})",
         LOGINS_PER_IP: f"per-IP login limit reached ({limits.max_logins_per_ip})",
