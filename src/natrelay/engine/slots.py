@@ -237,14 +237,18 @@ class FairSlots(Generic[C]):
         source = self._source.pop(conn, None)
         if source is None:
             return None
+        self._forget(conn, source)
+        self._deadlines.cancel(conn)
+        return source
+
+    def _forget(self, conn: C, source: str) -> None:
+        """Take ``conn`` out of its source's bookkeeping (its entry in ``_source`` is gone)."""
         conns = self._by_source[source]
         del conns[conn]
         if not conns:
             del self._by_source[source]
         if self.spare_equals:
             self._relevel(source, len(conns) + 1, len(conns))
-        self._deadlines.cancel(conn)
-        return source
 
     def next_deadline(self) -> float | None:
         """When the earliest deadline falls (None when no slot is held)."""
@@ -254,11 +258,5 @@ class FairSlots(Generic[C]):
         """Handles whose deadline passed, oldest first; their slots are free, the caller closes them."""
         out = self._deadlines.expired(now)
         for conn in out:
-            source = self._source.pop(conn)
-            conns = self._by_source[source]
-            del conns[conn]
-            if not conns:
-                del self._by_source[source]
-            if self.spare_equals:
-                self._relevel(source, len(conns) + 1, len(conns))
+            self._forget(conn, self._source.pop(conn))
         return out
