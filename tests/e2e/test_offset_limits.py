@@ -150,6 +150,48 @@ async def first_roundtrip(client: OffsetClient, key: str, size: int,
             await asyncio.sleep(0.5)
 
 
+class SilentFlood:
+    """Silent connections to strelay from given source addresses, each reopened when the relay ends it.
+
+    Two flood tests differ only in how many connections each address keeps, the budget of
+    connections and the pause between refills; one class keeps the flooding itself in one place.
+    """
+
+    def __init__(self, port: int, *, per_address: int, budget: int, pause: float) -> None:
+        self.port = port
+        self.per_address = per_address
+        self.budget = budget
+        self.pause = pause
+        self.attempts = 0
+        self.stop = asyncio.Event()
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def hold(self, ip: str) -> None:
+        """Keep ``per_address`` connections open from ``ip`` until stopped or out of budget."""
+        open_: list[asyncio.StreamWriter] = []
+        while not self.stop.is_set() and self.attempts < self.budget:
+            open_ = [w for w in open_ if not w.transport.is_closing()]
+            while len(open_) < self.per_address and self.attempts < self.budget:
+                self.attempts += 1
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(ip, 0))
+                except OSError:
+                    continue
+                open_.append(w)
+                self._watchers.add(task := asyncio.create_task(self._watch(r, w)))
+                task.add_done_callback(self._watchers.discard)
+            await asyncio.sleep(self.pause)
+        for w in open_:
+            w.close()
+
+    @staticmethod
+    async def _watch(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await r.read(65536):  # the relay's handshake opening: stay silent
+                pass
+        w.close()
+
+
 # ------------------------------------------------------------------ floods
 @pytest.fixture
 def default_relay(tmp_path: Path) -> Iterator[Relay]:
@@ -173,53 +215,24 @@ def test_two_addresses_cannot_exhaust_handshakes(default_relay: Relay, tmp_path:
             exposer = peer("offset", "listen", "--idfile", str(b_ident), "--relay", str(relay.ticket),
                            "--allow-any", "--expose", f"127.0.0.1:{echo_port}")
             client = OffsetClient(Identity(read_identity_seed(a_ident)), read_ticket(relay.ticket))
-            attempts = 0
-            stop = asyncio.Event()
+            flood = SilentFlood(relay.port, per_address=300, budget=40_000, pause=0.05)
             try:
                 await first_roundtrip(client, b_key, 1024, exposer)
                 await asyncio.sleep(0.5)
                 base_fds = relay.fd_count()
 
-                watchers: set[asyncio.Task[None]] = set()
-
-                async def hold(ip: str) -> None:
-                    """Keep up to 300 silent connections from ``ip``, reopening each one closed."""
-                    nonlocal attempts
-                    open_: list[asyncio.StreamWriter] = []
-                    while not stop.is_set() and attempts < 40_000:
-                        open_ = [w for w in open_ if not w.is_closing() and not w.transport.is_closing()]
-                        while len(open_) < 300 and attempts < 40_000:
-                            attempts += 1
-                            try:
-                                r, w = await asyncio.open_connection("127.0.0.1", relay.port,
-                                                                     local_addr=(ip, 0))
-                            except OSError:
-                                continue
-                            open_.append(w)
-                            watchers.add(task := asyncio.create_task(watch(r, w)))
-                            task.add_done_callback(watchers.discard)
-                        await asyncio.sleep(0.05)
-                    for w in open_:
-                        w.close()
-
-                async def watch(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                    with contextlib.suppress(ConnectionError):
-                        while await r.read(65536):  # the relay's handshake opening: stay silent
-                            pass
-                    w.close()
-
-                holders = [asyncio.create_task(hold(ip)) for ip in ("127.0.0.2", "127.0.0.3")]
+                holders = [asyncio.create_task(flood.hold(ip)) for ip in ("127.0.0.2", "127.0.0.3")]
                 await asyncio.sleep(2.0)  # the flood is on: every slot these two may take is taken
                 await tunnel_roundtrip(client, b_key, 2 * 1024 * 1024)
                 await asyncio.sleep(10.0)  # through more than two of the relay's handshake deadlines
                 await tunnel_roundtrip(client, b_key, 256 * 1024)
-                stop.set()
+                flood.stop.set()
                 await asyncio.gather(*holders)
                 await asyncio.to_thread(wait_for, lambda: relay.fd_count() <= base_fds, 40,
                                         "the relay's descriptors to return to their count before the flood")
-                return attempts, base_fds
+                return flood.attempts, base_fds
             finally:
-                stop.set()
+                flood.stop.set()
                 client.close()
                 end(exposer)
 
@@ -442,49 +455,22 @@ def test_a_flood_from_many_addresses_cannot_keep_a_node_out(tmp_path: Path) -> N
             exposer = peer("offset", "listen", "--idfile", str(b_ident), "--relay", str(relay.ticket),
                            "--allow-any", "--expose", f"127.0.0.1:{echo_port}")
             client = OffsetClient(Identity(read_identity_seed(a_ident)), read_ticket(relay.ticket))
-            stop = asyncio.Event()
-            attempts = 0
-            watchers: set[asyncio.Task[None]] = set()
-
-            async def watch(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                with contextlib.suppress(ConnectionError):
-                    while await r.read(65536):  # the relay's handshake opening: stay silent
-                        pass
-                w.close()
-
-            async def hold(ip: str) -> None:
-                """Keep 4 silent connections from ``ip``, reopening each one the relay ends."""
-                nonlocal attempts
-                open_: list[asyncio.StreamWriter] = []
-                while not stop.is_set() and attempts < 20_000:
-                    open_ = [w for w in open_ if not w.transport.is_closing()]
-                    while len(open_) < 4 and attempts < 20_000:
-                        attempts += 1
-                        try:
-                            r, w = await asyncio.open_connection("127.0.0.1", relay.port, local_addr=(ip, 0))
-                        except OSError:
-                            continue
-                        open_.append(w)
-                        watchers.add(task := asyncio.create_task(watch(r, w)))
-                        task.add_done_callback(watchers.discard)
-                    await asyncio.sleep(0.2)
-                for w in open_:
-                    w.close()
+            flood = SilentFlood(relay.port, per_address=4, budget=20_000, pause=0.2)
 
             try:
                 await first_roundtrip(client, b_key, 1024, exposer)  # the listener is in before the flood
-                holders = [asyncio.create_task(hold(ip)) for ip in addresses]
+                holders = [asyncio.create_task(flood.hold(ip)) for ip in addresses]
                 # Full: the flood's addresses hold 2 each, and a third is refused (none holds more).
                 await asyncio.to_thread(wait_for, lambda: refusals(relay).get("handshakes", 0) > 20, 60,
                                         "the flood to fill the 40 handshake slots")
                 assert stats(relay)["gauges"]["handshakes"] == 40  # type: ignore[index]
                 for _ in range(3):  # each a new relay connection and handshake, during the flood
                     await asyncio.wait_for(tunnel_roundtrip(client, b_key, 256 * 1024), 60)
-                stop.set()
+                flood.stop.set()
                 await asyncio.gather(*holders)
-                return attempts
+                return flood.attempts
             finally:
-                stop.set()
+                flood.stop.set()
                 client.close()
                 end(exposer)
 
