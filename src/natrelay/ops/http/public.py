@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from natrelay.ops.http.listen import listen
+
 log = logging.getLogger("natrelay.http")
 
 JsonRoute = Callable[[], object]
@@ -37,14 +39,7 @@ class PublicJson:
         app = web.Application(client_max_size=1024)
         for path, route in self.routes.items():
             app.router.add_get(path, self._handler(path, route))  # answers HEAD too
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host or None, port, backlog=128, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
+        runner = await listen(app, host, port)
         self._runner = runner
         bound = runner.addresses[0]
         self.address = (str(bound[0]), int(bound[1]))

@@ -23,6 +23,7 @@ from aiohttp import BasicAuth, web
 from natrelay.ops.http import auth as authmod
 from natrelay.ops.http.auth import Authenticator, Gate
 from natrelay.ops.http.dashboard import PAGE_SIZE, login_html, overview, page_html
+from natrelay.ops.http.listen import listen
 from natrelay.ops.http.metrics import CONTENT_TYPE, exposition, make_registry
 from natrelay.ops.http.options import HttpConfigError, HttpOptions
 from natrelay.ops.http.rates import SAMPLE_INTERVAL, RateWindows
@@ -83,15 +84,7 @@ class HttpServer:
         app.router.add_get("/login", self._login_form)
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.options.host or None, self.options.port, ssl_context=ssl_context,
-                           backlog=128, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
+        runner = await listen(app, self.options.host, self.options.port, ssl_context)
         self._runner = runner
         host, port = runner.addresses[0][:2]
         shown = f"[{host}]" if ":" in str(host) else str(host)
