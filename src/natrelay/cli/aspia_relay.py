@@ -28,17 +28,17 @@ from natrelay.aspia.relay.app import (
 from natrelay.aspia.relay.controller import RouterController
 from natrelay.aspia.relay.server import PeerListener
 from natrelay.ops import sdnotify
-from natrelay.ops.aspia_config import (
+from natrelay.ops.aspia_config import RelayConfig
+from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
+from natrelay.ops.aspia_settings import (
     EXIT_CONFIG_ERROR,
     RELAY_CONFIG_NAME,
     ConfigError,
     ConfigExistsError,
     ConfigProblem,
-    RelayConfig,
     default_config_path,
     warning_lines,
 )
-from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
 from natrelay.ops.bandwidth import parse_rate
 from natrelay.ops.http.aspia_sources import AspiaRelaySource
 from natrelay.ops.http.options import HttpConfigError, add_http_arguments, http_options

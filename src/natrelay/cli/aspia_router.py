@@ -40,16 +40,16 @@ from natrelay.aspia.router.storage.factory import open_storage, sqlite_path
 from natrelay.aspia.router.storage.postgres import PostgresStorage, is_postgres_url, redact
 from natrelay.aspia.router.storage.presence import DEFAULT_LEASE, PostgresPresence
 from natrelay.ops import sdnotify
-from natrelay.ops.aspia_config import (
+from natrelay.ops.aspia_config import RouterConfig
+from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
+from natrelay.ops.aspia_settings import (
     EXIT_CONFIG_ERROR,
     ROUTER_CONFIG_NAME,
     ConfigError,
     ConfigProblem,
-    RouterConfig,
     warning_lines,
 )
-from natrelay.ops.aspia_config import default_config_path as _default_config_path
-from natrelay.ops.aspia_logging import report_always, setup_aspia_logging
+from natrelay.ops.aspia_settings import default_config_path as _default_config_path
 from natrelay.ops.http.aspia_sources import AspiaRouterSource
 from natrelay.ops.http.auth import RouterAccounts
 from natrelay.ops.http.options import HttpConfigError, HttpOptions, add_http_arguments, http_options

@@ -31,7 +31,7 @@ from natrelay.offset.files import (
 )
 from natrelay.offset.server import OffsetRelayServer
 from natrelay.ops import sdnotify
-from natrelay.ops.aspia_config import ConfigError
+from natrelay.ops.aspia_settings import ConfigError
 from natrelay.ops.http.aspia_sources import AspiaRelaySource, AspiaRouterSource
 from natrelay.ops.http.auth import Authenticator, RouterAccounts
 from natrelay.ops.http.offset_source import OffsetSource

@@ -35,8 +35,8 @@ from pathlib import Path
 from string import Template
 from typing import Final
 
-from natrelay.ops.aspia_config import CONFIG_DIR_ENV, EXIT_CONFIG_ERROR
 from natrelay.ops.aspia_logging import LEVEL_ENV, LOG_DIR_ENV
+from natrelay.ops.aspia_settings import CONFIG_DIR_ENV, EXIT_CONFIG_ERROR
 from natrelay.ops.jsonsettings import write_file_atomically
 
 _DEFAULT_CONFIG_DIR: Final = "/etc/aspia"

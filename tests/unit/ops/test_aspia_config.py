@@ -14,12 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natrelay.ops.aspia_config import (
+from natrelay.ops.aspia_config import RelayConfig, RouterConfig
+from natrelay.ops.aspia_settings import (
     CONFIG_DIR_ENV,
     ConfigError,
     ConfigExistsError,
-    RelayConfig,
-    RouterConfig,
     address_allowed,
     default_config_path,
 )
@@ -227,7 +226,7 @@ def test_unknown_keys_warn_with_a_suggestion_but_load(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_json(tmp_path / "relay.json", good_relay(PeerIdelTimeout="3"))
-    with caplog.at_level(logging.WARNING, logger="natrelay.ops.aspia_config"):
+    with caplog.at_level(logging.WARNING, logger="natrelay.ops.aspia_settings"):
         cfg = RelayConfig.load(path)
     assert cfg.peer_idle_timeout == 5
     assert "'PeerIdelTimeout'" in caplog.text and "did you mean 'PeerIdleTimeout'" in caplog.text

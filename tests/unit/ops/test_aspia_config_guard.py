@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.ops.aspia_config import ConfigError, RelayConfig
+from natrelay.ops.aspia_config import RelayConfig
+from natrelay.ops.aspia_settings import ConfigError
 from natrelay.ops.jsonsettings import SettingsDocument
 
 KEY_HEX = "01" * 32

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.ops.aspia_config import ConfigError, ConfigProblem, RelayConfig, RouterConfig
+from natrelay.ops.aspia_config import RelayConfig, RouterConfig
 from natrelay.ops.aspia_logging import AspiaFileHandler, report_always
+from natrelay.ops.aspia_settings import ConfigError, ConfigProblem
 from natrelay.ops.jsonsettings import (
     directory_mode_for,
     make_directories,
@@ -140,7 +141,7 @@ def test_a_relay_json_others_can_write_is_warned_about(tmp_path: Path) -> None:
 
 def test_without_a_list_warnings_are_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path / "router.json", {"PrivateKey": KEY_HEX}, 0o644)
-    with caplog.at_level(logging.WARNING, logger="natrelay.ops.aspia_config"):
+    with caplog.at_level(logging.WARNING, logger="natrelay.ops.aspia_settings"):
         RouterConfig.load(path)
     assert "chmod 600" in caplog.text
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.ops.aspia_config import ROUTER_GUARD_FIELDS, ConfigError, RouterConfig
+from natrelay.ops.aspia_config import ROUTER_GUARD_FIELDS, RouterConfig
+from natrelay.ops.aspia_settings import ConfigError
 
 KEY_HEX = "11" * 32
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.ops.aspia_config import EXIT_CONFIG_ERROR
+from natrelay.ops.aspia_settings import EXIT_CONFIG_ERROR
 from natrelay.ops.systemd import quote_exec_word, render_unit, unit_file_name, write_unit
 
 HARDENING = {

@@ -42,7 +42,8 @@ from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
 from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.sessions import SessionKind
-from natrelay.ops.aspia_config import RouterConfig, address_allowed
+from natrelay.ops.aspia_config import RouterConfig
+from natrelay.ops.aspia_settings import address_allowed
 
 if TYPE_CHECKING:
     from natrelay.aspia.router.server import RouterServer

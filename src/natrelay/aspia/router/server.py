@@ -43,7 +43,8 @@ from natrelay.aspia.router.storage.presence import (
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.endpoint import make_wheel
 from natrelay.engine.stats import RelayStats
-from natrelay.ops.aspia_config import IPAddress, RouterConfig
+from natrelay.ops.aspia_config import RouterConfig
+from natrelay.ops.aspia_settings import IPAddress
 
 log = logging.getLogger("natrelay.aspia.router")
 

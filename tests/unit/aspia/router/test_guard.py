@@ -13,7 +13,8 @@ from natrelay.aspia.router.connection import relay_allowed
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits
 from natrelay.aspia.router.server import RouterOptions, RouterServer
-from natrelay.ops.aspia_config import RouterConfig, _plain_ip
+from natrelay.ops.aspia_config import RouterConfig
+from natrelay.ops.aspia_settings import _plain_ip
 
 
 class Conns:

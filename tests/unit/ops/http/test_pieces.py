@@ -116,7 +116,8 @@ def test_rates_take_binary_suffixes_and_say_what_is_accepted() -> None:
 
 
 def test_relay_json_rate_fields_round_trip_and_name_the_field(tmp_path: Path) -> None:
-    from natrelay.ops.aspia_config import ConfigError, RelayConfig
+    from natrelay.ops.aspia_config import RelayConfig
+    from natrelay.ops.aspia_settings import ConfigError
     from natrelay.ops.jsonsettings import SettingsDocument
 
     base = RelayConfig(router_address="127.0.0.1", router_public_key=b"\x01" * 32, peer_address="10.0.0.1")

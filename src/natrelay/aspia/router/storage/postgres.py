@@ -35,7 +35,7 @@ from natrelay.aspia.router.storage.base import (
     row_to_user,
 )
 from natrelay.aspia.router.storage.migrations import ADVISORY_LOCK_KEY, MIGRATIONS, SCHEMA_TABLE
-from natrelay.ops.aspia_config import DATABASE_URL_SCHEMES
+from natrelay.ops.aspia_settings import DATABASE_URL_SCHEMES
 
 log = logging.getLogger("natrelay.aspia.router")
 
