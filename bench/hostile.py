@@ -52,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import flood
+from relaybench.flood_targets import TARGETS, Target, aspia_target
 
 Attack = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TRANSFER = 20 * 1024 * 1024
@@ -332,7 +333,7 @@ def transfer(a: Any, b: Any, size: int, pace: float = 0.01) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------- the router's request flood
-def request_flood(target: flood.Target, host_id: int, requests: int) -> dict[str, Any]:
+def request_flood(target: Target, host_id: int, requests: int) -> dict[str, Any]:
     """One logged-in account (``mallory``, added for this) sends ``requests`` ConnectionRequests to
     the legitimate host as fast as the router answers; offers are counted by error code."""
     from relaybench.aspia import CLIENT_SESSION, _cli, _env, _RouterSession
@@ -371,7 +372,7 @@ def request_flood(target: flood.Target, host_id: int, requests: int) -> dict[str
 
 
 # ------------------------------------------------------------------------------------------ main
-def measure(target: flood.Target, args: argparse.Namespace) -> dict[str, Any]:
+def measure(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"server": target.server, "settings_changed": target.changed}
     opener = target.opener
     if target.server == "strelay":
@@ -459,7 +460,7 @@ def flood_connect(port: int) -> Any:
     return connect(port)
 
 
-def recorded_router_handshake(target: flood.Target) -> bytes:
+def recorded_router_handshake(target: Target) -> bytes:
     """The bytes of a real anonymous host handshake and a HostIdRequest, recorded for replaying."""
     from relaybench.aspia import HOST_SESSION
     from relaybench.subject import connect
@@ -520,7 +521,7 @@ def table(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--subject", choices=sorted(flood.TARGETS), default="strelay")
+    p.add_argument("--subject", choices=sorted(TARGETS), default="strelay")
     p.add_argument("--count", type=int, default=400, help="connections per attack (default %(default)s)")
     p.add_argument("--addresses", type=int, default=250, help="127.0.x.y source addresses")
     p.add_argument("--parallel", type=int, help="attack connections at once (default 200; aspia_relay: "
@@ -536,10 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel is None:
         args.parallel = 40 if args.subject == "aspia_relay" else 200
     with tempfile.TemporaryDirectory(prefix="natrelay-hostile-") as tmp:
-        make = flood.TARGETS[args.subject]
+        make = TARGETS[args.subject]
         if args.subject == "aspia_router":
             def make(d: Path) -> Any:
-                return flood.aspia_target(d, flood_router=True, lift_request_rates=False)
+                return aspia_target(d, flood_router=True, lift_request_rates=False)
         try:
             with make(Path(tmp)) as target:
                 report = measure(target, args)

@@ -5,6 +5,7 @@ import threading
 import time
 
 import flood
+from relaybench import flood_targets
 
 
 def test_source_addresses_skip_the_legitimate_peers_address() -> None:
@@ -80,10 +81,11 @@ def test_slow_bytes_never_complete_a_first_message() -> None:
     """Each server's trickle announces a first message it never finishes, so no handshake can start."""
     from natrelay.offset.framing import FrameDecoder
 
-    frames = FrameDecoder().feed(flood.OFFSET_SLOW_BYTES[:-1])
+    frames = FrameDecoder().feed(flood_targets.offset_slow_bytes()[:-1])
     assert len(frames) == 1  # the version frame only; the 256-byte handshake frame stays incomplete
     assert flood.SLOW_BYTES[:4] == (256).to_bytes(4, "big") and len(flood.SLOW_BYTES) == 260
-    assert flood.ROUTER_SLOW_BYTES[:2] == b"\x80\x02" and len(flood.ROUTER_SLOW_BYTES) == 258
+    router = flood_targets.router_slow_bytes()
+    assert router[:2] == b"\x80\x02" and len(router) == 258
 
 
 def test_counters_from_metrics_text_and_their_delta() -> None:
