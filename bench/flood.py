@@ -65,14 +65,9 @@ _SRC = str(Path(__file__).resolve().parent.parent / "src")
 if _SRC not in sys.path:  # natrelay from this checkout even when it is not installed
     sys.path.insert(0, _SRC)
 
-from relaybench.flood_targets import SLOW_BYTES, TARGETS, Target  # noqa: E402
+from relaybench.flood_targets import SLOW_BYTES, TARGETS, Target, source_address  # noqa: E402
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-
-def source_address(index: int) -> str:
-    """127.0.0.2, 127.0.0.3, ... 127.0.0.251, 127.0.1.2, ... (127.0.0.1 is the legitimate peers')."""
-    return f"127.0.{index // 250}.{index % 250 + 2}"
-
 
 # ----------------------------------------------------------------------------- the flood process
 @dataclass

@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
+def source_address(index: int) -> str:
+    """An attacker's address: 127.0.0.2, ... 127.0.0.251, 127.0.1.2, ...
+
+    127.0.0.1 is left to the legitimate peers, whose per-address limits the flood must not use up."""
+    return f"127.0.{index // 250}.{index % 250 + 2}"
+
+
 SLOW_BYTES = b"\x00\x00\x01\x00" + b"x" * 256
 """aspia_relay: a PeerToRelay length of 256, then a body it never finishes."""
 

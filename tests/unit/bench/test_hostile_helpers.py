@@ -1,15 +1,15 @@
-"""bench/hostile.py: how one hostile connection's outcome is told from the server's answer."""
+"""bench/relaybench/attacks.py (used by hostile.py): how one connection's outcome is told from the answer."""
 
 import asyncio
 import socket
 import struct
 
-import hostile
 import pytest
+from relaybench import attacks
 
 
 async def _outcome(server_does: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(hostile, "VERDICT_WAIT", 0.5)
+    monkeypatch.setattr(attacks, "VERDICT_WAIT", 0.5)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(10)
@@ -26,7 +26,7 @@ async def _outcome(server_does: str, monkeypatch: pytest.MonkeyPatch) -> str:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        return await hostile.one(hostile._send(lambda: b"garbage"), "127.0.0.5", port)
+        return await attacks.one(attacks.send(lambda: b"garbage"), "127.0.0.5", port)
     finally:
         server.close()
 
@@ -41,5 +41,5 @@ def test_connect_failure_is_its_own_outcome() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: the connect is refused
-        outcome = asyncio.run(hostile.one(hostile._send(lambda: b"x"), "127.0.0.5", port))
+        outcome = asyncio.run(attacks.one(attacks.send(lambda: b"x"), "127.0.0.5", port))
     assert outcome == "reset at connect (ConnectionRefusedError)"
