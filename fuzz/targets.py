@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from fuzz.aspia_service_targets import TARGETS as ASPIA_SERVICES
 from fuzz.aspia_targets import TARGETS as ASPIA
 from fuzz.harness import Target
 from fuzz.offset_targets import TARGETS as OFFSET
 
-TARGETS: dict[str, Target] = {t.name: t for t in (*OFFSET, *ASPIA)}
+TARGETS: dict[str, Target] = {t.name: t for t in (*OFFSET, *ASPIA, *ASPIA_SERVICES)}
