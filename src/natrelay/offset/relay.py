@@ -19,14 +19,19 @@ Where the original misbehaves (spec §12.2) this machine does better, compatibly
 * listeners are counted against their source (an address, or an IPv6 /64, as the shell
   decides) as well as in total, so that Listen registrations under random keys from a few
   hundred addresses cannot take every listener slot (the original has no cap at all).
+
+The counting and the deadlines are the engine's (:class:`~natrelay.engine.slots.Slots` for the
+listener caps, :class:`~natrelay.engine.timers.TimerWheel` for half-tunnel timeouts), as for
+every other family; this module only says what they are for.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
+
+from natrelay.engine.slots import SlotCaps, SlotReasons, Slots
+from natrelay.engine.timers import TimerWheel
 
 ConnId = int
 
@@ -63,6 +68,9 @@ class SpliceTunnel:
 
 Action = NotifyListener | CloseConnection | SpliceTunnel
 
+_LISTENER_LIMITS = SlotReasons(total="listeners", per_source="listeners_per_ip")
+"""The refusal codes of the listener caps (counter and metric labels, as before)."""
+
 
 @dataclass
 class _Listener:
@@ -78,7 +86,6 @@ class _Listener:
 class _HalfTunnel:
     listener_key: bytes
     connector_key: bytes
-    deadline: float
 
 
 class RelayPairing:
@@ -87,15 +94,13 @@ class RelayPairing:
     def __init__(self, *, half_tunnel_timeout: float, max_listeners: int = 0,
                  max_pending_per_listener: int = 0, max_listeners_per_source: int = 0) -> None:
         self.half_tunnel_timeout = half_tunnel_timeout
-        self.max_listeners = max_listeners
         self.max_pending_per_listener = max_pending_per_listener
-        self.max_listeners_per_source = max_listeners_per_source
-        self._per_source: dict[str, int] = {}
+        self._slots = Slots(SlotCaps(total=max_listeners, per_source=max_listeners_per_source),
+                            _LISTENER_LIMITS)
         self._listeners: dict[bytes, _Listener] = {}
         self._listener_by_conn: dict[ConnId, _Listener] = {}
         self._half: dict[ConnId, _HalfTunnel] = {}
-        self._deadlines: list[tuple[float, int, ConnId]] = []
-        self._seq = itertools.count()
+        self._deadlines: TimerWheel[ConnId] = TimerWheel()
 
     # ----------------------------------------------------------------- queries
     @property
@@ -108,12 +113,12 @@ class RelayPairing:
 
     def listeners_from(self, source: str) -> int:
         """Live listeners registered from ``source``."""
-        return self._per_source.get(source, 0)
+        return self._slots.held_by(source)
 
     @property
     def listener_sources(self) -> int:
         """Sources with a live listener (0 once every listener is gone)."""
-        return len(self._per_source)
+        return self._slots.sources
 
     def is_listening(self, key: bytes) -> bool:
         return key in self._listeners
@@ -124,37 +129,37 @@ class RelayPairing:
 
     def next_deadline(self) -> float | None:
         """When ``expire`` next has work to do (``None``: no half tunnel is pending)."""
-        while self._deadlines:
-            when, _, conn = self._deadlines[0]
-            half = self._half.get(conn)
-            if half is not None and half.deadline == when:
-                return when
-            heapq.heappop(self._deadlines)  # stale entry: accepted, rejected or closed already
-        return None
+        return self._deadlines.next_deadline()
 
     # ------------------------------------------------------------------ events
     def listen(self, conn: ConnId, key: bytes, source: str = "") -> list[Action]:
         """``InitConnection.listen`` from ``conn``, authenticated as ``key``, coming from ``source``."""
         actions: list[Action] = []
         old = self._listeners.get(key)
-        cap = self.max_listeners_per_source
-        if cap:
-            # A replacement from the same source frees the slot it takes.
-            held = self._per_source.get(source, 0) - (old is not None and old.source == source)
-            if held >= cap:
-                return [CloseConnection(conn, f"per-IP listener limit reached ({cap}) for {source}",
-                                        limit="listeners_per_ip")]
+        slots = self._slots
         if old is not None:
-            actions += self._drop_listener(old, "listener replaced by a new Listen from the same key")
+            slots.give(old.source)  # a replacement frees the slot the old listener held...
+        refused = slots.check(source)
+        if refused is not None:
+            if old is not None:
+                slots.add(old.source)  # ...but only if the new one is let in
+            return [self._refusal(conn, refused, source)]
+        if old is not None:
+            actions += self._drop_listener(old, "listener replaced by a new Listen from the same key",
+                                           slot_given=True)
             actions.append(CloseConnection(old.conn, "listener replaced by a new Listen from the same key"))
-        elif self.max_listeners and len(self._listeners) >= self.max_listeners:
-            return [CloseConnection(conn, f"listener limit reached ({self.max_listeners})",
-                                    limit="listeners")]
+        slots.add(source)
         listener = _Listener(conn=conn, key=key, source=source)
         self._listeners[key] = listener
         self._listener_by_conn[conn] = listener
-        self._per_source[source] = self._per_source.get(source, 0) + 1
         return actions
+
+    def _refusal(self, conn: ConnId, reason: str, source: str) -> CloseConnection:
+        caps = self._slots.caps
+        if reason == _LISTENER_LIMITS.per_source:
+            return CloseConnection(conn, f"per-IP listener limit reached ({caps.per_source}) for {source}",
+                                   limit=reason)
+        return CloseConnection(conn, f"listener limit reached ({caps.total})", limit=reason)
 
     def connect(self, conn: ConnId, key: bytes, target: bytes, now: float) -> list[Action]:
         """``InitConnection.connect(target)`` from ``conn``, authenticated as ``key``."""
@@ -167,9 +172,8 @@ class RelayPairing:
                                     limit="pending_per_listener")]
         listener.pending.setdefault(key, deque()).append(conn)
         listener.pending_count += 1
-        deadline = now + self.half_tunnel_timeout
-        self._half[conn] = _HalfTunnel(listener_key=target, connector_key=key, deadline=deadline)
-        heapq.heappush(self._deadlines, (deadline, next(self._seq), conn))
+        self._half[conn] = _HalfTunnel(listener_key=target, connector_key=key)
+        self._deadlines.schedule(conn, now + self.half_tunnel_timeout)
         return [NotifyListener(listener.conn, key)]
 
     def accept(self, conn: ConnId, key: bytes, initiator: bytes) -> list[Action]:
@@ -205,22 +209,19 @@ class RelayPairing:
             owner = self._listeners.get(half.listener_key)
             if owner is not None:
                 self._unlink_pending(owner, half.connector_key, conn)
-            del self._half[conn]
+            self._forget_half(conn)
         return []
 
     def expire(self, now: float) -> list[Action]:
         """Close half tunnels whose timeout has passed (spec §7.7)."""
         actions: list[Action] = []
-        while True:
-            when = self.next_deadline()
-            if when is None or when > now:
-                return actions
-            _, _, conn = heapq.heappop(self._deadlines)
+        for conn in self._deadlines.expired(now):
             half = self._half.pop(conn)
             owner = self._listeners.get(half.listener_key)
             if owner is not None:
                 self._unlink_pending(owner, half.connector_key, conn)
             actions.append(CloseConnection(conn, "connect not accepted in time"))
+        return actions
 
     # ----------------------------------------------------------------- helpers
     def _take_pending(self, listener: _Listener, connector_key: bytes) -> ConnId | None:
@@ -231,8 +232,12 @@ class RelayPairing:
         if not queue:
             del listener.pending[connector_key]
         listener.pending_count -= 1
-        del self._half[conn]
+        self._forget_half(conn)
         return conn
+
+    def _forget_half(self, conn: ConnId) -> None:
+        del self._half[conn]
+        self._deadlines.cancel(conn)
 
     @staticmethod
     def _unlink_pending(listener: _Listener, connector_key: bytes, conn: ConnId) -> None:
@@ -247,18 +252,15 @@ class RelayPairing:
         if not queue:
             del listener.pending[connector_key]
 
-    def _drop_listener(self, listener: _Listener, reason: str) -> list[Action]:
+    def _drop_listener(self, listener: _Listener, reason: str, slot_given: bool = False) -> list[Action]:
         del self._listeners[listener.key]
         del self._listener_by_conn[listener.conn]
-        left = self._per_source[listener.source] - 1
-        if left:
-            self._per_source[listener.source] = left
-        else:
-            del self._per_source[listener.source]
+        if not slot_given:
+            self._slots.give(listener.source)
         actions: list[Action] = []
         for queue in listener.pending.values():
             for conn in queue:
-                del self._half[conn]
+                self._forget_half(conn)
                 actions.append(CloseConnection(conn, f"{reason} before accepting"))
         listener.pending.clear()
         listener.pending_count = 0

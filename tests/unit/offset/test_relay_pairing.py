@@ -155,6 +155,25 @@ def test_listeners_are_counted_against_their_source() -> None:
     assert p.listener_count == 0 and p.listener_sources == 0
 
 
+def test_a_refused_replacement_keeps_the_old_listener_and_its_slot() -> None:
+    p = pairing(max_listeners=100, max_listeners_per_source=1)
+    p.listen(1, A, "10.0.0.1")
+    p.listen(2, B, "10.0.0.2")
+    (refused,) = p.listen(3, A, "10.0.0.2")  # A moves to a source whose quota is full
+    assert refused.limit == "listeners_per_ip" and refused.conn == 3
+    assert p.listener_conn(A) == 1 and p.listeners_from("10.0.0.1") == 1
+    assert p.listeners_from("10.0.0.2") == 1
+    (again,) = p.listen(4, C, "10.0.0.1")  # the slot A keeps is still taken
+    assert again.limit == "listeners_per_ip"
+
+
+def test_a_replacement_fits_under_a_full_total() -> None:
+    p = pairing(max_listeners=1)
+    p.listen(1, B, "s")
+    assert p.listen(2, B, "t") == [CloseConnection(1, "listener replaced by a new Listen from the same key")]
+    assert p.listener_conn(B) == 2 and p.listener_count == 1 and p.listeners_from("s") == 0
+
+
 def test_limit_closes_name_their_limit_and_others_do_not() -> None:
     p = pairing(max_listeners=1, max_pending_per_listener=1)
     p.listen(1, B, "s")
