@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from natrelay.aspia import srp
-from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, UserRecord
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
+from natrelay.aspia.handshake_server import UserRecord
 from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
