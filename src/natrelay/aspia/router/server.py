@@ -31,7 +31,8 @@ from natrelay.aspia.router.admin_socket import AdminSocketServer
 from natrelay.aspia.router.cluster_link import ClusterLink
 from natrelay.aspia.router.connection import RouterConnection
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits
-from natrelay.aspia.router.sessions import Actions, RequestLimits, SessionKind
+from natrelay.aspia.router.request_limits import RequestLimits
+from natrelay.aspia.router.sessions import Actions, SessionKind
 from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 from natrelay.aspia.router.storage.presence import (
     MAX_PUBLISHED_SESSIONS,
