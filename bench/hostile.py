@@ -99,7 +99,7 @@ def request_flood(target: Target, host_id: int, requests: int) -> dict[str, Any]
     the legitimate host as fast as the router answers; offers are counted by error code."""
     from relaybench.aspia import CLIENT_SESSION, _cli, _env, _RouterSession
 
-    from natrelay.aspia.handshake import ClientConfig
+    from natrelay.aspia.handshake_client import ClientConfig
     from natrelay.aspia.messages import make_envelope, serialize
     from natrelay.aspia.proto import router_peer_pb2
 
@@ -228,7 +228,8 @@ def recorded_router_handshake(target: Target) -> bytes:
     from relaybench.subject import connect
 
     from natrelay.aspia.channel import Channel
-    from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+    from natrelay.aspia.handshake import Identify
+    from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
     from natrelay.aspia.messages import make_envelope, serialize
     from natrelay.aspia.proto import router_peer_pb2
 

@@ -28,13 +28,9 @@ from natrelay.aspia.framing import (
     encode_user_frame,
     split_channel_header,
 )
-from natrelay.aspia.handshake import (
-    ClientConfig,
-    ClientHandshake,
-    Identify,
-    ServerConfig,
-    ServerHandshake,
-)
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import (
     ASPIA_VERSION,
     check_relay_credentials,
@@ -145,7 +141,7 @@ def _s_session_b_cached() -> State:
     state; the client's messages and the session key are computed once and replayed.
     """
     from natrelay.aspia.crypto import ChannelCipher, Cipher, bytes_to_int, h256, int_to_bytes
-    from natrelay.aspia.handshake import ServerHandshake as _SH
+    from natrelay.aspia.handshake_server import ServerHandshake as _SH
     from tests.fuzz.test_aspia_parsers import ROUTER as FUZZ_ROUTER
 
     if not _SESSION_B:

@@ -82,7 +82,7 @@ class _RouterSession:
 
     def __init__(self, port: int, config: Any, source: str | None = None) -> None:
         from natrelay.aspia.channel import Channel
-        from natrelay.aspia.handshake import ClientHandshake
+        from natrelay.aspia.handshake_client import ClientHandshake
 
         self.sock = connect(port, source=source)
         self.channel = Channel(ClientHandshake(config, time.monotonic()), now=time.monotonic())
@@ -152,7 +152,8 @@ class AspiaOpener(Opener):
         self._login()
 
     def _login(self) -> None:
-        from natrelay.aspia.handshake import ClientConfig, Identify
+        from natrelay.aspia.handshake import Identify
+        from natrelay.aspia.handshake_client import ClientConfig
         from natrelay.aspia.messages import make_envelope, serialize
         from natrelay.aspia.proto import router_peer_pb2
 

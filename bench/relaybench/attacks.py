@@ -150,7 +150,8 @@ def relay_attacks(replay: bytes) -> dict[str, Attack]:
 def router_attacks(router_key: bytes, replay: bytes) -> dict[str, Attack]:
     from natrelay.aspia.channel import Channel
     from natrelay.aspia.framing import encode_user_frame
-    from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+    from natrelay.aspia.handshake import Identify
+    from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
     from natrelay.aspia.messages import ASPIA_VERSION, serialize
     from natrelay.aspia.proto import key_exchange_pb2
 

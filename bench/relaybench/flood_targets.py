@@ -85,7 +85,7 @@ def aspia_target(workdir: Path, flood_router: bool, lift_request_rates: bool = T
         password = (d / "bench.password").read_text().strip().encode()
 
         def login(source: str) -> None:
-            from natrelay.aspia.handshake import ClientConfig
+            from natrelay.aspia.handshake_client import ClientConfig
 
             config = ClientConfig(session_type=CLIENT_SESSION, username=USER, password=password,
                                   server_public_key=key)

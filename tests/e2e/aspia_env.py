@@ -25,7 +25,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from natrelay.aspia.channel import Channel
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.messages import parse, serialize
 from natrelay.ops.jsonsettings import update_settings
 

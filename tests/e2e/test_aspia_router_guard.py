@@ -25,7 +25,8 @@ import pytest
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.framing import encode_user_frame
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.messages import ASPIA_VERSION, make_envelope, serialize
 from natrelay.aspia.proto import key_exchange_pb2, router_peer_pb2, router_relay_pb2
 from tests.e2e.aspia_env import (
@@ -283,7 +284,8 @@ def test_host_id_flood_is_rate_limited(router: Router) -> None:
 NS_ROUTER_IP, NS_RELAY_IP = "10.213.77.1", "10.213.77.2"
 FAKE_RELAY = """
 import sys
-from natrelay.aspia.handshake import ClientConfig, Identify
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig
 from natrelay.aspia.messages import make_envelope
 from natrelay.aspia.proto import router_relay_pb2
 from tests.e2e.test_aspia_router import relay_keys

@@ -41,7 +41,9 @@ from natrelay.aspia.framing import (
     encode_user_frame,
     split_channel_header,
 )
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify, ServerConfig, ServerHandshake
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import ASPIA_VERSION, PeerToRelayReader, parse, serialize
 from natrelay.aspia.proto import (
     common_pb2,

@@ -23,7 +23,9 @@ from natrelay.aspia.framing import (
     encode_user_frame,
     split_channel_header,
 )
-from natrelay.aspia.handshake import ClientHandshake, HandshakeResult, ServerHandshake
+from natrelay.aspia.handshake import HandshakeResult
+from natrelay.aspia.handshake_client import ClientHandshake
+from natrelay.aspia.handshake_server import ServerHandshake
 
 IDLE_RECHECK = 3600.0
 """How far ahead :meth:`Channel.next_deadline` points when no timer is running: a finite value

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from natrelay.aspia import srp
 from natrelay.aspia.crypto import RandomBytes, X25519KeyPair
-from natrelay.aspia.handshake import ClientHandshake, ServerHandshake, UserRecord
+from natrelay.aspia.handshake_client import ClientHandshake
+from natrelay.aspia.handshake_server import ServerHandshake, UserRecord
 
 SERVER_PRIVATE = bytes(range(0x61, 0x81))
 SERVER_PUBLIC = X25519KeyPair.from_private_bytes(SERVER_PRIVATE).public_bytes

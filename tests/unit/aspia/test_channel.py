@@ -14,7 +14,9 @@ from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol, channel_on_socket, open_channel
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
 from natrelay.aspia.framing import FrameDecoder, KeepAliveFrame, encode_keepalive
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify, ServerConfig, ServerHandshake
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.engine.endpoint import make_wheel
 from tests.unit.aspia.helpers import SEED, SERVER_PRIVATE, SERVER_PUBLIC, cheap_random, lookup, make_user
 

@@ -7,14 +7,9 @@ import pytest
 from natrelay.aspia import srp
 from natrelay.aspia.crypto import Cipher, MessageDecryptor, X25519KeyPair, bytes_to_int, h256, int_to_bytes
 from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
-from natrelay.aspia.handshake import (
-    ClientConfig,
-    ClientHandshake,
-    Identify,
-    ServerConfig,
-    ServerHandshake,
-    SessionInfo,
-)
+from natrelay.aspia.handshake import Identify, SessionInfo
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import ASPIA_VERSION, parse
 from natrelay.aspia.proto import key_exchange_pb2 as kx
 from tests.unit.aspia.helpers import (

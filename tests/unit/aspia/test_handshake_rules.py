@@ -8,14 +8,9 @@ import pytest
 from natrelay.aspia import srp
 from natrelay.aspia.crypto import ChannelCipher, Cipher, X25519KeyPair, int_to_bytes
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
-from natrelay.aspia.handshake import (
-    MAX_HANDSHAKE_MESSAGE,
-    ClientConfig,
-    ClientHandshake,
-    Identify,
-    ServerConfig,
-    ServerHandshake,
-)
+from natrelay.aspia.handshake import MAX_HANDSHAKE_MESSAGE, Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import ASPIA_VERSION, Version, parse, serialize
 from natrelay.aspia.proto import key_exchange_pb2 as kx
 from tests.unit.aspia.helpers import (

@@ -16,7 +16,8 @@ from typing import Any
 from natrelay.aspia.connection import ChannelClosedError, make_wheel, open_channel
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.errors import ErrorCode
-from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import (
     DEFAULT_KEEPALIVE,
     KeepAliveTiming,

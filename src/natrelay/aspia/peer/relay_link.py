@@ -21,7 +21,8 @@ from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol
 from natrelay.aspia.errors import ErrorCode
 from natrelay.aspia.framing import KeepAlive
-from natrelay.aspia.handshake import ClientHandshake, ServerHandshake
+from natrelay.aspia.handshake_client import ClientHandshake
+from natrelay.aspia.handshake_server import ServerHandshake
 from natrelay.aspia.messages import build_peer_to_relay
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.engine.clock import WheelDriver

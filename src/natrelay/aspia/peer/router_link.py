@@ -22,7 +22,8 @@ from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol
 from natrelay.aspia.crypto import RandomBytes, default_random
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify, SessionInfo
+from natrelay.aspia.handshake import Identify, SessionInfo
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import DEFAULT_KEEPALIVE, KeepAliveTiming, PeerError
 from natrelay.aspia.peer.router_session import (
     ClientOffer,

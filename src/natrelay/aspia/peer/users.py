@@ -15,7 +15,7 @@ from pathlib import Path
 
 from natrelay.aspia import srp
 from natrelay.aspia.crypto import RandomBytes
-from natrelay.aspia.handshake import UserRecord
+from natrelay.aspia.handshake_server import UserRecord
 
 PORT_FORWARD_SESSION = 0x20
 """The session type a natrelay Client requests and a natrelay Host grants.

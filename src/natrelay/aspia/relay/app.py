@@ -26,8 +26,9 @@ from natrelay.aspia.connection import make_wheel
 from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
 from natrelay.aspia.relay.controller import RECONNECT_DELAY, RouterController, RouterLinkConfig
 from natrelay.aspia.relay.keypool import KEY_EXPIRY, KeyPool, PoolKey
+from natrelay.aspia.relay.listener_config import REPORT_INTERVAL, PeerListenerConfig, connection_limits
 from natrelay.aspia.relay.pairing import PENDING_TIMEOUT
-from natrelay.aspia.relay.server import REPORT_INTERVAL, PeerListener, PeerListenerConfig, connection_limits
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.aspia.relay.stats import relay_stat
 from natrelay.engine.floodguard import FloodLimits
 from natrelay.engine.threads import MAX_THREADS

@@ -34,7 +34,8 @@ from typing import Any
 from natrelay.aspia.channel import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Channel
 from natrelay.aspia.connection import ChannelClosedError, ChannelProtocol, open_channel
 from natrelay.aspia.errors import AspiaProtocolError, ErrorCode
-from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ClientConfig, ClientHandshake, Identify, SessionInfo
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, Identify, SessionInfo
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.messages import RELAY_FROM_ROUTER, first_present, make_envelope, parse, serialize
 from natrelay.aspia.proto import router_common_pb2, router_relay_pb2
 from natrelay.aspia.relay.keypool import ANNOUNCE_DELAY, ANNOUNCE_LOW_STOCK, AnnounceBatch, KeyPool, PoolKey

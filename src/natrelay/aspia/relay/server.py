@@ -14,11 +14,9 @@ possible session) instead of only sizing the key pool; an idle session is timed 
 byte (§12 bug 14) and ends like any other session, freeing its slot and announcing a
 replacement key (§12 bug 1); a listener that cannot bind is fatal (§12 bug 5).
 
-Forwarding can use every core: with ``workers`` > 0 a paired session's two sockets move to one
-of that many forwarding threads (:mod:`natrelay.engine.threads`), while accepting, pairing, the
-key pool and the router link stay on this loop, single-threaded. A session's end comes back to
-this loop, so the key accounting and the replacement key are exactly as with one loop.
-``workers`` = 0 forwards on this loop itself.
+What happens after pairing (the forwarding engine or threads, session lifetimes, what a
+session's end gives back) is :mod:`natrelay.aspia.relay.forwarding`'s; this module ends where a
+pair is handed over.
 
 Flood guard (issue 8): before its ``PeerToRelay`` proves that a connection holds one of the
 pool's keys, it is unauthenticated and held to :mod:`natrelay.engine.floodguard`'s rules (a
@@ -35,27 +33,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import socket
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from natrelay.aspia.errors import AspiaProtocolError
-from natrelay.aspia.messages import MAX_PEER_TO_RELAY_SIZE, PeerToRelayReader
+from natrelay.aspia.messages import PeerToRelayReader
+from natrelay.aspia.relay.forwarding import ActiveSession, ForwardedSessions
 from natrelay.aspia.relay.keypool import KeyPool, PoolKey
-from natrelay.aspia.relay.pairing import PENDING_TIMEOUT, Paired, Pairing, PeerInfo
+from natrelay.aspia.relay.listener_config import PeerListenerConfig
+from natrelay.aspia.relay.pairing import Paired, Pairing
 from natrelay.aspia.relay.stats import SessionSnapshot
-from natrelay.engine.floodguard import CLOSED_EVICTED, CLOSED_FIRST_MESSAGE_TIMEOUT, FloodGuard, FloodLimits
+from natrelay.engine.floodguard import CLOSED_EVICTED, CLOSED_FIRST_MESSAGE_TIMEOUT, FloodGuard
 from natrelay.engine.forward import ForwardEngine
-from natrelay.engine.limits import Admission, Limits
+from natrelay.engine.limits import Admission
 from natrelay.engine.refusals import LogLimiter
-from natrelay.engine.session import ForwardSession
 from natrelay.engine.sources import source_key
 from natrelay.engine.stats import RelayStats
-from natrelay.engine.threads import ForwardingThreads, ThreadedSession
+from natrelay.engine.threads import ForwardingThreads
 
 log = logging.getLogger("natrelay.aspia.relay")
 
@@ -69,44 +65,6 @@ REFUSED_CONNECTIONS_PER_IP = "connections_per_ip"
 REFUSED_PEER_COUNT = "peer_count"
 CLOSED_TOO_BIG = "too_big_before_auth"
 CLOSED_SESSION_LIFETIME = "session_lifetime"
-
-MAX_BYTES_BEFORE_AUTH = 16 * 1024
-MAX_SESSION = 24 * 3600.0
-REPORT_INTERVAL = 60.0
-
-
-@dataclass(frozen=True)
-class PeerListenerConfig:
-    """The peer side of relay.json, with times in seconds."""
-
-    listen_host: str
-    """Empty: every interface, IPv6 and IPv4 (``[::]`` dual-stack, as the original)."""
-    port: int
-    idle_timeout: float
-    pending_timeout: float = PENDING_TIMEOUT
-    max_message: int = MAX_PEER_TO_RELAY_SIZE
-    workers: int = 0
-    """Forwarding threads; 0 forwards on the listener's own loop."""
-    session_rate: int = 0
-    """Bytes per second per session, both directions together; 0 = no limit."""
-    global_rate: int = 0
-    """Bytes per second for all sessions together (split evenly over forwarding threads); 0 = none."""
-    guard: FloodLimits = field(default_factory=FloodLimits)
-    limits: Limits = field(default_factory=lambda: connection_limits(10_000, 256))
-    """Open connections in total and per source (only the connection caps of ``Limits`` apply)."""
-    max_bytes_before_auth: int = MAX_BYTES_BEFORE_AUTH
-    """Bytes a connection may send up to the end of its PeerToRelay (4-byte length included)."""
-    max_session: float = MAX_SESSION
-    """Seconds a paired session may last; 0 = no cap."""
-    report_interval: float = REPORT_INTERVAL
-    """Seconds between info-level summaries of refusals (only when something changed)."""
-
-
-def connection_limits(total: int, per_ip: int) -> Limits:
-    """An :class:`Admission` rule set with only the total and per-source connection caps."""
-    return Limits(max_connections=total, max_per_ip=per_ip, max_handshakes=0, max_listeners=0,
-                  max_pending_per_listener=0)
-
 
 class _Pending:
     """An accepted peer connection that has not paired yet."""
@@ -123,25 +81,6 @@ class _Pending:
         self.reader: PeerToRelayReader | None = None
         self.watching = False
         self.accepted_at = 0.0
-
-
-@dataclass(slots=True)
-class ActiveSession:
-    """A paired, forwarding session (what statistics and disconnect requests refer to)."""
-
-    session_id: int
-    key_id: int
-    info: PeerInfo
-    addresses: tuple[str, str]
-    sources: tuple[str, str] = ("", "")
-    ends_at: float = float("inf")
-    forward: ForwardSession | ThreadedSession | None = None
-
-    def snapshot(self) -> SessionSnapshot:
-        forward = self.forward
-        assert forward is not None
-        return SessionSnapshot(self.session_id, self.info, forward.counters.total, forward.started_at,
-                               forward.last_activity)
 
 
 def _ip(addr: object) -> str:
@@ -180,7 +119,8 @@ class PeerListener:
     ``on_keys`` receives the replacement keys made when a session ends (the router link
     announces them); it is called from the engine's close callback, always on this loop.
     Forwarding happens on ``engine`` (this loop) when one is given or ``config.workers`` is 0,
-    else on ``config.workers`` forwarding threads started by :meth:`start`.
+    else on ``config.workers`` forwarding threads started by :meth:`start` (see
+    :class:`ForwardedSessions`, :attr:`forwarding`).
     """
 
     def __init__(self, pool: KeyPool, config: PeerListenerConfig, *, engine: ForwardEngine | None = None,
@@ -188,26 +128,18 @@ class PeerListener:
         self.loop = asyncio.get_running_loop()
         self.pool = pool
         self.config = config
-        self.engine: ForwardEngine | None = None
-        self.threads: ForwardingThreads | None = None
-        if engine is not None or config.workers <= 0:
-            self.engine = engine if engine is not None else ForwardEngine(
-                self.loop, session_rate=config.session_rate or None, global_rate=config.global_rate or None)
-        else:
-            share = config.global_rate / config.workers if config.global_rate else None
-            self.threads = ForwardingThreads(config.workers, home=self.loop, engine_factory=lambda loop: (
-                ForwardEngine(loop, session_rate=config.session_rate or None, global_rate=share)))
+        self.forwarding = ForwardedSessions(
+            self.loop, engine=engine, workers=config.workers, session_rate=config.session_rate,
+            global_rate=config.global_rate, idle_timeout=config.idle_timeout, max_session=config.max_session,
+            on_end=self._session_ended)
         self.on_keys = on_keys
         self.pairing: Pairing[_Pending] = Pairing(pool, timeout=config.pending_timeout)
-        self.sessions: dict[int, ActiveSession] = {}
-        self._session_ids = itertools.count(1)
         self._listener: socket.socket | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.started_at = self.loop.time()
         self.admission = Admission(config.limits)
         self.guard: FloodGuard[_Pending] = FloodGuard(config.guard)
-        self._lifetimes: list[tuple[float, int]] = []
         self._throttle = LogLimiter(interval=1.0, burst=10)
         """Lines about unauthenticated peers: at most ten a second, however many peers."""
         self._report: asyncio.TimerHandle | None = None
@@ -233,12 +165,11 @@ class PeerListener:
         Raises OSError if it cannot bind, RuntimeError if the forwarding threads cannot start.
         """
         sock = bind_listener(self.config.listen_host, self.config.port)
-        if self.threads is not None:
-            try:
-                self.threads.start()
-            except RuntimeError:
-                sock.close()
-                raise
+        try:
+            self.forwarding.start_threads()
+        except RuntimeError:
+            sock.close()
+            raise
         self._listener = sock
         self.started_at = self.loop.time()
         self.loop.add_reader(sock.fileno(), self._on_accept)
@@ -260,10 +191,21 @@ class PeerListener:
             self._report = None
         for pending in list(self.pairing.expired(float("inf"))):
             self._close_pending(pending, None)
-        if self.engine is not None:
-            self.engine.close("relay stopping")
-        if self.threads is not None:
-            self.threads.close("relay stopping")
+        self.forwarding.close("relay stopping")
+
+    @property
+    def engine(self) -> ForwardEngine | None:
+        """The engine forwarding on this loop; None when forwarding threads do it."""
+        return self.forwarding.engine
+
+    @property
+    def threads(self) -> ForwardingThreads | None:
+        return self.forwarding.threads
+
+    @property
+    def sessions(self) -> dict[int, ActiveSession]:
+        """The paired sessions by ID."""
+        return self.forwarding.sessions
 
     @property
     def uptime(self) -> float:
@@ -274,15 +216,11 @@ class PeerListener:
         return len(self.pairing)
 
     def snapshots(self) -> list[SessionSnapshot]:
-        return [s.snapshot() for s in self.sessions.values() if s.forward is not None]
+        return self.forwarding.snapshots()
 
     def disconnect(self, session_id: int) -> bool:
         """Drop a session (router's ``peer_connection_request``); a normal session end follows."""
-        session = self.sessions.get(session_id)
-        if session is None or session.forward is None:
-            return False
-        session.forward.close("disconnected by the router")
-        return True
+        return self.forwarding.disconnect(session_id)
 
     # ---------------------------------------------------------------- accept
     def _on_accept(self) -> None:
@@ -435,82 +373,28 @@ class PeerListener:
         first, second = paired.first, paired.second
         for pending in (first, second):
             pending.reader = None
-            if self.threads is not None:
-                # Another loop takes the sockets: nothing of them may stay registered here.
-                with contextlib.suppress(Exception):
-                    self.loop.remove_reader(pending.fd)
-        # On this loop the engine's readers replace ours in place (ForwardEngine.start): removing
-        # them first cost 2-3 epoll_ctl calls and an ioctl per socket, the biggest avoidable
-        # system-call item of a pairing.
         self.stats.pairing_latency.observe(self.loop.time() - first.accepted_at)
-        session = ActiveSession(next(self._session_ids), paired.key_id, paired.info,
-                                (first.address, second.address), (first.source, second.source))
-        self.sessions[session.session_id] = session
-        if self.config.max_session > 0:
-            session.ends_at = self.loop.time() + self.config.max_session
-            heapq.heappush(self._lifetimes, (session.ends_at, session.session_id))
-            self._arm_timer()
-        idle = self.config.idle_timeout
-        try:
-            if self.threads is not None:
-                # The worker owns both sockets from here; nothing of them stays on this loop.
-                session.forward = self.threads.start_session(
-                    first.sock, second.sock, idle_timeout=idle, on_close=self._session_closed,
-                    context=session)
-            else:
-                assert self.engine is not None
-                # Non-blocking with Nagle off since accept (_on_accept).
-                session.forward = self.engine.start(
-                    first.sock, second.sock, idle_timeout=idle, on_close=self._session_closed,
-                    context=session, nodelay_set=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            log.error("Cannot forward session %d: %s", session.session_id, exc)
-            for pending in (first, second):
-                with contextlib.suppress(Exception):  # our reader may still be there
-                    self.loop.remove_reader(pending.fd)
-                pending.sock.close()
-            self._session_closed(None, "error", session)
+        session = self.forwarding.start(paired.key_id, paired.info, (first.sock, second.sock),
+                                        (first.address, second.address), (first.source, second.source))
+        self._arm_timer()
+        if session is None:
             return
         log.info("Session %d: peers %s and %s paired with key %d (host id %d, client user %r); "
                  "%d sessions active", session.session_id, first.address, second.address, paired.key_id,
                  paired.info.host_id, paired.info.client_user_name, len(self.sessions))
 
-    def _session_closed(self, forward: ForwardSession | ThreadedSession | None, reason: str,
-                        session: ActiveSession | None = None) -> None:
-        if session is None:
-            assert forward is not None
-            context = forward.context
-            assert isinstance(context, ActiveSession)
-            session = context
-        if self.sessions.pop(session.session_id, None) is None:
-            return
+    def _session_ended(self, session: ActiveSession) -> None:
+        """Its admission slots come back, and the pool makes a replacement key (§12 bug 1)."""
         for source in session.sources:
             self.admission.release(source)
-        if len(self._lifetimes) > 2 * len(self.sessions) + 64:  # ended sessions' entries pile up
-            self._lifetimes = [(s.ends_at, s.session_id) for s in self.sessions.values()
-                               if s.ends_at != float("inf")]
-            heapq.heapify(self._lifetimes)
-        moved = forward.counters.total if forward is not None else 0
-        log.info("Session %d ended (%s) after %d bytes; %d sessions active", session.session_id, reason,
-                 moved, len(self.sessions))
         keys = self.pool.session_ended()
         if keys and self.on_keys is not None:
             self.on_keys(keys)
 
     # ----------------------------------------------------------------- timer
-    def _next_lifetime(self) -> float | None:
-        heap = self._lifetimes
-        while heap:
-            when, session_id = heap[0]
-            session = self.sessions.get(session_id)
-            if session is not None and session.ends_at == when:
-                return when
-            heapq.heappop(heap)  # ended since
-        return None
-
     def _arm_timer(self) -> None:
         candidates = [t for t in (self.pairing.next_deadline(), self.guard.next_deadline(),
-                                  self._next_lifetime()) if t is not None]
+                                  self.forwarding.next_deadline()) if t is not None]
         if not candidates:
             return
         when = min(candidates)
@@ -529,9 +413,7 @@ class PeerListener:
             self._guard_close(pending, CLOSED_FIRST_MESSAGE_TIMEOUT)
         for pending in self.pairing.expired(now):
             self._close_pending(pending, f"not paired within {self.config.pending_timeout:g} s", forget=False)
-        while (when := self._next_lifetime()) is not None and when <= now:
-            _, session_id = heapq.heappop(self._lifetimes)
-            session = self.sessions[session_id]
+        for session in self.forwarding.expired(now):
             if session.forward is not None:
                 self.guard_closes[CLOSED_SESSION_LIFETIME] += 1
                 session.forward.close(f"session lifetime of {self.config.max_session:g} s reached")

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelProtocol
 from natrelay.aspia.errors import AspiaProtocolError, DecryptionError, ErrorCode
-from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, ServerConfig, ServerHandshake, UserRecord
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake, UserRecord
 from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.sessions import SessionKind
 from natrelay.ops.aspia_config import RouterConfig

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from natrelay.aspia import srp
-from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT, UserRecord
+from natrelay.aspia.handshake import HANDSHAKE_TIMEOUT
+from natrelay.aspia.handshake_server import UserRecord
 from natrelay.aspia.router import guard as flood
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.admin_socket import AdminSocketServer
 from natrelay.aspia.router.cluster_link import ClusterLink
 from natrelay.aspia.router.connection import RouterConnection
 from natrelay.aspia.router.guard import FloodGuard, GuardLimits
-from natrelay.aspia.router.sessions import Actions, RequestLimits, SessionKind
+from natrelay.aspia.router.request_limits import RequestLimits
+from natrelay.aspia.router.sessions import Actions, SessionKind
 from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 from natrelay.aspia.router.storage.presence import (
     MAX_PUBLISHED_SESSIONS,

@@ -9,12 +9,10 @@ requested, never done inline, so a handler never tears down the session it is ru
 Every request gets an answer where the original would go silent on an internal failure
 (§12 bug 10): a host-ID request that cannot be served is answered ``UNKNOWN``.
 
-Request limits (issue 8), token buckets fed with the ``now`` of each call: connection requests
-per client account and per target host (one account could drain the key pool and make the
-host open dozens of relay connections), new host IDs per source address (anonymous requests
-grew ``router.db3`` without limit), and the keys held per relay. A refused connection request
-is answered ``ACCESS_DENIED``, a refused host-ID request ``UNKNOWN``; each refusal is counted in
-:attr:`RouterCore.refused` under a fixed reason name.
+Request limits (issue 8) are :mod:`natrelay.aspia.router.request_limits`' policy; the core
+asks it before serving a request. A refused connection request is answered ``ACCESS_DENIED``, a
+refused host-ID request ``UNKNOWN``; each refusal is counted in :attr:`RouterCore.refused` under
+a fixed reason name.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from natrelay.aspia.messages import (
 )
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_peer_pb2, router_relay_pb2
 from natrelay.aspia.router.keypool import KeyPool, TakenKey
+from natrelay.aspia.router.request_limits import RELAY_KEYS_OVER_CAP, RequestLimits, RequestRates
 from natrelay.aspia.router.storage.base import DatabaseError, RouterStorage
 from natrelay.aspia.router.storage.presence import (
     MESSAGE_DELIVER,
@@ -50,9 +49,6 @@ from natrelay.aspia.router.storage.presence import (
     RemoteMessage,
     RemoteSession,
 )
-from natrelay.engine.rates import KeyedRate
-from natrelay.engine.refusals import LogLimiter
-from natrelay.engine.sources import source_key
 
 log = logging.getLogger("natrelay.aspia.router")
 
@@ -61,33 +57,7 @@ SECRET_RANDOM_SIZE = 16
 _Offer = router_peer_pb2.ConnectionOffer
 _HostIdRequest = router_peer_pb2.HostIdRequest
 _HostIdResponse = router_peer_pb2.HostIdResponse
-
-
-# Reason names of RouterCore.refused (stable: they become metric labels).
-CLIENT_RATE = "client_request_rate"
-HOST_RATE = "host_request_rate"
-HOST_ID_RATE = "host_id_rate"
-RELAY_KEYS_OVER_CAP = "relay_keys_over_cap"
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """Per-minute rates (0 = no limit); each bucket holds half a minute's worth as its burst.
-
-    The burst must cover honest use: ``natrelay aspia client --listen`` asks once per local
-    connection, and a browser or a test opens twenty at once. The per-host rate is above the
-    per-account one, so one account cannot use up a host's allowance and lock other accounts
-    out of that host.
-    """
-
-    client_per_minute: int = 60
-    host_per_minute: int = 120
-    new_host_ids_per_minute: int = 10
-    max_keys_per_relay: int = 1000
-
-
-def _buckets(per_minute: int) -> KeyedRate[object]:
-    return KeyedRate(per_minute, max(1, per_minute // 2))
+_DEFAULT_LIMITS = RequestLimits()
 
 
 class SessionKind(enum.IntEnum):
@@ -150,18 +120,14 @@ class RouterCore:
     """All router sessions, the host-ID map and the key pool; no I/O, no clocks of its own."""
 
     def __init__(self, db: RouterStorage, random_bytes: RandomBytes = crypto.default_random,
-                 limits: RequestLimits = RequestLimits(), presence: NoCluster | None = None) -> None:
+                 limits: RequestLimits = _DEFAULT_LIMITS, presence: NoCluster | None = None) -> None:
         self.db = db
         self.presence = presence if presence is not None else NoCluster()
         self.pool = KeyPool()
         self.limits = limits
-        self._client_rate = _buckets(limits.client_per_minute)
-        self._host_rate = _buckets(limits.host_per_minute)
-        self._host_id_rate = KeyedRate[object](limits.new_host_ids_per_minute,
-                                               limits.new_host_ids_per_minute)
-        self.refused: Counter[str] = Counter({CLIENT_RATE: 0, HOST_RATE: 0, HOST_ID_RATE: 0,
-                                              RELAY_KEYS_OVER_CAP: 0})
-        self._log_limit = LogLimiter()
+        self.requests = RequestRates(limits)
+        self.refused: Counter[str] = self.requests.refused
+        """Refusals by reason (the names in :mod:`natrelay.aspia.router.request_limits`)."""
         self.sessions: dict[int, RouterSession] = {}
         self._random = random_bytes
         self._next_id = 1
@@ -266,10 +232,7 @@ class RouterCore:
         response = _HostIdResponse()
         try:
             if request.type == _HostIdRequest.NEW_ID:
-                if not self._host_id_rate.allow(source_key(session.address), now):
-                    self._limited(HOST_ID_RATE, now, "Host session %d (%s): new host ID refused: more "
-                                  "than %d per minute from this address", session.session_id,
-                                  session.address, self.limits.new_host_ids_per_minute)
+                if self.requests.new_host_id_refused(session.session_id, session.address, now):
                     response.error_code = _HostIdResponse.UNKNOWN
                     return response
                 key = self._random(HOST_KEY_SIZE)
@@ -339,31 +302,9 @@ class RouterCore:
         assert isinstance(body, router_peer_pb2.ConnectionRequest)
         self._connect(session, body.host_id, actions, now)
 
-    def _limited(self, reason: str, now: float, message: str, *args: object) -> None:
-        """Count a refusal and log it at most once per interval per reason."""
-        self.refused[reason] += 1
-        skipped = self._log_limit.allow(reason, now)
-        if skipped is not None:
-            more = f" ({skipped} more like it not logged)" if skipped else ""
-            log.warning(message + more, *args)
-
-    def _rate_limited(self, client: RouterSession, host_id: int, now: float) -> bool:
-        if not self._client_rate.allow(client.user_name, now):
-            self._limited(CLIENT_RATE, now, "Connection request of user %r (client %d, %s) to host %d "
-                          "refused: more than %d per minute for this account", client.user_name,
-                          client.session_id, client.address, host_id, self.limits.client_per_minute)
-            return True
-        if not self._host_rate.allow(host_id, now):
-            self._limited(HOST_RATE, now, "Connection request of user %r (client %d) to host %d refused: "
-                          "more than %d per minute to this host", client.user_name, client.session_id,
-                          host_id, self.limits.host_per_minute)
-            return True
-        return False
-
     def prune(self, now: float) -> None:
         """Forget rate-limit buckets that are full again (no state); call now and then."""
-        for buckets in (self._client_rate, self._host_rate, self._host_id_rate):
-            buckets.prune(now)
+        self.requests.prune(now)
 
     def expire_unused_host_ids(self, issued_before: float, now: float) -> int:
         """Delete host IDs issued before ``issued_before`` and never used since (online ones are used)."""
@@ -379,7 +320,8 @@ class RouterCore:
                      client.session_id, client.address, client.user_name, host_id)
             self._refuse(client, _Offer.PEER_NOT_FOUND, actions)
             return
-        if self._rate_limited(client, host_id, now):
+        if self.requests.connection_refused(client.user_name, client.session_id, client.address, host_id,
+                                            now):
             self._refuse(client, _Offer.ACCESS_DENIED, actions)
             return
         taken = self.pool.take(self._usable_relay, now)
@@ -483,9 +425,9 @@ class RouterCore:
         session.keys_received += len(keys)
         dropped = self.pool.add(session.session_id, keys, self.limits.max_keys_per_relay)
         if dropped:
-            self._limited(RELAY_KEYS_OVER_CAP, now, "Relay %d (%s) holds more than MaxKeysPerRelay (%d) "
-                          "keys; its %d oldest were dropped", session.session_id, session.address,
-                          self.limits.max_keys_per_relay, dropped)
+            self.requests.limited(RELAY_KEYS_OVER_CAP, now, "Relay %d (%s) holds more than MaxKeysPerRelay "
+                                  "(%d) keys; its %d oldest were dropped", session.session_id,
+                                  session.address, self.limits.max_keys_per_relay, dropped)
             self.refused[RELAY_KEYS_OVER_CAP] += dropped - 1  # count keys, not lines
         log.info("Relay %d (%s, peers at %s:%d) added %d keys; it now has %d in the pool",
                  session.session_id, session.address, session.peer_host, session.peer_port, len(keys),

@@ -16,7 +16,7 @@ from typing import Any
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelProtocol, make_wheel
 from natrelay.aspia.crypto import X25519KeyPair, open_relay_secret
-from natrelay.aspia.handshake import ServerConfig, ServerHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import (
     ROUTER_FROM_CLIENT,
     ROUTER_FROM_HOST,

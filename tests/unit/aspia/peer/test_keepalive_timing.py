@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, Identify
+from natrelay.aspia.handshake import Identify
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
 from natrelay.aspia.peer.relay_link import DEFAULT_KEEPALIVE, KeepAliveTiming
 from natrelay.cli.natrelay import main
 

@@ -14,7 +14,8 @@ import pytest
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelClosedError, make_wheel
-from natrelay.aspia.handshake import ClientConfig, ClientHandshake, ServerConfig, ServerHandshake
+from natrelay.aspia.handshake_client import ClientConfig, ClientHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import PeerToRelayReader, build_peer_to_relay
 from natrelay.aspia.peer.relay_link import RelayTunnel, describe_client_failure
 from natrelay.aspia.peer.users import PORT_FORWARD_SESSION, Credentials, HostUsers

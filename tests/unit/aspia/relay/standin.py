@@ -13,7 +13,7 @@ from typing import Any
 
 from natrelay.aspia.channel import Channel
 from natrelay.aspia.connection import ChannelProtocol, make_wheel
-from natrelay.aspia.handshake import ServerConfig, ServerHandshake
+from natrelay.aspia.handshake_server import ServerConfig, ServerHandshake
 from natrelay.aspia.messages import build_peer_to_relay, make_envelope, parse, serialize
 from natrelay.aspia.proto import relay_peer_pb2, router_common_pb2, router_relay_pb2
 from natrelay.engine.clock import WheelDriver

@@ -17,7 +17,8 @@ import pytest
 
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.aspia.relay.keypool import KeyPool
-from natrelay.aspia.relay.server import PeerListener, PeerListenerConfig, connection_limits
+from natrelay.aspia.relay.listener_config import PeerListenerConfig, connection_limits
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.engine.floodguard import FloodLimits
 from tests.unit.aspia.relay.standin import peer, secret
 

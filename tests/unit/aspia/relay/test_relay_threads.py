@@ -17,7 +17,8 @@ import pytest
 from natrelay.aspia.proto import router_common_pb2
 from natrelay.aspia.relay.app import WORKERS_ENV, RelayTimers, default_workers, serve_relay, workers_from_env
 from natrelay.aspia.relay.keypool import KeyPool, PoolKey
-from natrelay.aspia.relay.server import PeerListener, PeerListenerConfig
+from natrelay.aspia.relay.listener_config import PeerListenerConfig
+from natrelay.aspia.relay.server import PeerListener
 from natrelay.engine.threads import ThreadedSession
 from natrelay.ops.aspia_config import RelayConfig
 from tests.unit.aspia.helpers import SERVER_PUBLIC

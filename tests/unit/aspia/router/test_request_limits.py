@@ -10,14 +10,14 @@ from natrelay.aspia.proto import router_peer_pb2
 from natrelay.aspia.router.admin import Router
 from natrelay.aspia.router.db import RouterDatabase
 from natrelay.aspia.router.keypool import KeyPool
-from natrelay.aspia.router.sessions import (
+from natrelay.aspia.router.request_limits import (
     CLIENT_RATE,
     HOST_ID_RATE,
     HOST_RATE,
     RELAY_KEYS_OVER_CAP,
     RequestLimits,
-    SessionKind,
 )
+from natrelay.aspia.router.sessions import SessionKind
 from tests.unit.aspia.router.helpers import NOW, key_pool, open_session, peer, relay_keys
 
 Req = router_peer_pb2.HostIdRequest

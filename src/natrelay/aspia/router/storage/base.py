@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from natrelay.aspia.handshake import USER_FLAG_ENABLED, UserRecord
+from natrelay.aspia.handshake_server import USER_FLAG_ENABLED, UserRecord
 
 MAX_NAME_LENGTH: Final = 64
 
