@@ -13,19 +13,18 @@ key pool and the router link stay on the listener's loop, single-threaded. A ses
 back to that loop, so the key accounting and the replacement key are exactly as with one loop.
 ``workers`` = 0 forwards on the loop itself.
 
-Lifetimes are a heap of ``(ends_at, session_id)``: an ended session's entry is skipped when it
-comes to the top, and the heap is rebuilt when such entries outnumber the live ones.
+Lifetimes are deadlines on the engine's :class:`~natrelay.engine.timers.TimerWheel`, keyed by
+session ID, like every other deadline of every family; an ended session's is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from natrelay.aspia.relay.pairing import PeerInfo
@@ -33,6 +32,7 @@ from natrelay.aspia.relay.stats import SessionSnapshot
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.session import ForwardSession
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
+from natrelay.engine.timers import TimerWheel
 
 log = logging.getLogger("natrelay.aspia.relay")
 
@@ -83,7 +83,7 @@ class ForwardedSessions:
         self.on_end = on_end
         self.sessions: dict[int, ActiveSession] = {}
         self._session_ids = itertools.count(1)
-        self._lifetimes: list[tuple[float, int]] = []
+        self._lifetimes: TimerWheel[int] = TimerWheel()
 
     def start_threads(self) -> None:
         """Start the forwarding threads, if any; raises RuntimeError if one cannot start."""
@@ -127,7 +127,7 @@ class ForwardedSessions:
         self.sessions[session.session_id] = session
         if self.max_session > 0:
             session.ends_at = self.loop.time() + self.max_session
-            heapq.heappush(self._lifetimes, (session.ends_at, session.session_id))
+            self._lifetimes.schedule(session.session_id, session.ends_at)
         idle = self.idle_timeout
         try:
             if self.threads is not None:
@@ -159,10 +159,7 @@ class ForwardedSessions:
             session = context
         if self.sessions.pop(session.session_id, None) is None:
             return
-        if len(self._lifetimes) > 2 * len(self.sessions) + 64:  # ended sessions' entries pile up
-            self._lifetimes = [(s.ends_at, s.session_id) for s in self.sessions.values()
-                               if s.ends_at != float("inf")]
-            heapq.heapify(self._lifetimes)
+        self._lifetimes.cancel(session.session_id)
         moved = forward.counters.total if forward is not None else 0
         log.info("Session %d ended (%s) after %d bytes; %d sessions active", session.session_id, reason,
                  moved, len(self.sessions))
@@ -171,17 +168,9 @@ class ForwardedSessions:
     # -------------------------------------------------------------- lifetimes
     def next_deadline(self) -> float | None:
         """When the next live session's lifetime runs out, if any has one."""
-        heap = self._lifetimes
-        while heap:
-            when, session_id = heap[0]
-            session = self.sessions.get(session_id)
-            if session is not None and session.ends_at == when:
-                return when
-            heapq.heappop(heap)  # ended since
-        return None
+        return self._lifetimes.next_deadline()
 
-    def expired(self, now: float) -> Iterator[ActiveSession]:
+    def expired(self, now: float) -> list[ActiveSession]:
         """The sessions whose lifetime has run out by ``now``; the caller closes them."""
-        while (when := self.next_deadline()) is not None and when <= now:
-            _, session_id = heapq.heappop(self._lifetimes)
-            yield self.sessions[session_id]
+        sessions = self.sessions
+        return [sessions[i] for i in self._lifetimes.expired(now) if i in sessions]

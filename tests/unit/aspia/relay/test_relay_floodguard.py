@@ -222,3 +222,22 @@ def test_refusals_are_logged_at_debug_with_the_address_and_throttled(
     refused = [r for r in caplog.records if "refused: pending_per_ip" in r.getMessage()]
     assert refused and all(r.levelno == logging.DEBUG and "127.0.0.6:" in r.getMessage() for r in refused)
     assert len(refused) <= 40  # 10 a second, however many connections
+
+
+def test_a_session_that_ends_early_leaves_no_lifetime_deadline() -> None:
+    async def main() -> None:
+        async with listener(max_session=30.0) as lst:
+            key = lst.keys.pop()  # type: ignore[attr-defined]
+            creds = router_common_pb2.RelayCredentials(host="127.0.0.1", port=port(lst),
+                                                       key=key.to_proto(), secret=secret())
+            host, client = await peer(creds), await peer(creds)
+            client[1].write(b"x")
+            assert await host[0].readexactly(1) == b"x"
+            deadline = lst.forwarding.next_deadline()
+            assert deadline is not None and deadline > asyncio.get_running_loop().time() + 20
+            for stream in (host, client):
+                stream[1].close()
+            await _until(lambda: drained(lst))
+            assert lst.forwarding.next_deadline() is None  # the relay's timer is not woken for it
+            assert lst.guard_closes == {}
+    _run(main)
