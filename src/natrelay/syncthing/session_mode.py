@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("natrelay.syncthing")
 
+#: The answer to every good join, encoded once.
+_SUCCESS = xdr.encode(xdr.RESPONSE_SUCCESS)
+
 
 class Peeking:
     """An accepted connection whose first byte has not been seen yet."""
@@ -180,7 +183,7 @@ class SessionMode:
             self.drop(conn, "session side already connected", xdr.RESPONSE_ALREADY_CONNECTED)
             return
         conn.key = key
-        if not self._send_small(conn, xdr.RESPONSE_SUCCESS):
+        if not self._send_small(conn, _SUCCESS):
             if isinstance(result, Waiting):
                 self.table.leave(key, conn)
             else:
@@ -199,8 +202,7 @@ class SessionMode:
         assert isinstance(result, Paired)
         self._start_session(result)
 
-    def _send_small(self, conn: SessionConn, msg: xdr.Message) -> bool:
-        data = xdr.encode(msg)
+    def _send_small(self, conn: SessionConn, data: bytes) -> bool:
         try:
             return conn.sock.send(data) == len(data)
         except OSError:
