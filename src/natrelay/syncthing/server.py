@@ -28,7 +28,7 @@ from typing import Any
 from natrelay.engine.forward import ForwardEngine
 from natrelay.engine.limits import Admission, Limits
 from natrelay.engine.timers import TimerWheel
-from natrelay.syncthing.protocol_conn import ProtocolConn
+from natrelay.syncthing.protocol_conn import ProtocolConn, server_tls
 from natrelay.syncthing.relay import Action, Close, EndSession, ProtocolRelay, RelayConfig, Send
 from natrelay.syncthing.session_mode import Peeking, SessionConn, SessionMode
 from natrelay.syncthing.sessions import SessionTable
@@ -237,14 +237,14 @@ class SyncthingRelay:
         try:
             # The same descriptor from here on: the reader registered at accept stays, with a new
             # callback (replacing it in place costs no system call; removing it would cost two).
-            sock = self.tls.wrap_socket(item.sock, server_side=True, do_handshake_on_connect=False)
+            tls = server_tls(self.tls, item.sock)
         except (OSError, ValueError) as exc:
             log.info("TLS with %s cannot start: %s", item.address, exc)
             self.admission.end_handshake()
             self.sessions.drop(item, None)
             return
         self.protocol_connections += 1
-        conn = ProtocolConn(self, sock, item.address, item.ip)
+        conn = ProtocolConn(self, item.sock, tls, item.address, item.ip)
         self._tls_conns.add(conn)
         # The handshake must be over by the deadline set at accept (strelaysrv's message timeout).
         self._incoming.schedule(conn, deadline or self.loop.time() + self.options.config.message_timeout)
