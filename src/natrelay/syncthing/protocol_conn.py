@@ -25,6 +25,7 @@ timeout; ~20 us per pairing together. Same OpenSSL calls, same exceptions (``SSL
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -56,6 +57,37 @@ class TLSObject(Protocol):
     def pending(self) -> int: ...
     def shutdown(self) -> object: ...
     def getpeercert(self, binary_form: bool = ..., /) -> Any: ...
+
+
+class _ClosedTLS:
+    """The TLS object of a closed connection. ``ssl.SSLSocket.close()`` freed OpenSSL's state at once;
+    so does putting this in its place, whatever still holds the connection for a while (a cancelled
+    entry of a timer wheel stays in its heap until it surfaces). Nothing calls it: every path checks
+    the connection's state first."""
+
+    def _closed(self) -> OSError:
+        return OSError(errno.EBADF, "the TLS connection is closed")
+
+    def do_handshake(self) -> None:
+        raise self._closed()
+
+    def read(self, size: int, /) -> bytes:
+        raise self._closed()
+
+    def write(self, data: bytes | bytearray, /) -> int:
+        raise self._closed()
+
+    def pending(self) -> int:
+        return 0
+
+    def shutdown(self) -> object:
+        raise self._closed()
+
+    def getpeercert(self, binary_form: bool = False, /) -> Any:
+        return None
+
+
+_CLOSED_TLS: TLSObject = _ClosedTLS()
 
 
 def server_tls(ctx: ssl.SSLContext, sock: socket.socket) -> TLSObject:
@@ -238,6 +270,7 @@ class ProtocolConn:
         with contextlib.suppress(Exception):
             loop.remove_reader(self.fd)
         self._stop_writing()
+        self.tls = _CLOSED_TLS
         self.sock.close()
         if was_handshaking:
             server._handshake_done(self)
