@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from pathlib import Path
 
 from natrelay.syncthing import xdr
@@ -22,6 +23,17 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
         buf += chunk
     return buf
+
+
+def exchange(s: socket.socket, c: socket.socket, size: int = 256 * 1024) -> None:
+    """``size`` bytes from ``s`` to ``c`` and four back: the two sides of a session really meet."""
+    payload = bytes(range(256)) * (size // 256)
+    t = threading.Thread(target=s.sendall, args=(payload,))
+    t.start()
+    assert recv_exact(c, len(payload)) == payload
+    t.join()
+    c.sendall(b"back")
+    assert recv_exact(s, 4) == b"back"
 
 
 def read_message(sock: socket.socket) -> xdr.Message:

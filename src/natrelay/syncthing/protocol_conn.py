@@ -1,4 +1,4 @@
-"""One protocol-mode (TLS) connection of the relay: a non-blocking ``ssl.SSLSocket`` on the loop's poller.
+"""One protocol-mode (TLS) connection of the relay: OpenSSL on a non-blocking socket, on the loop's poller.
 
 The connection only moves bytes: it completes the TLS handshake, decodes messages
 (:class:`~natrelay.syncthing.xdr.Decoder`), hands them to the relay's
@@ -14,14 +14,23 @@ to close, the handshake deadline is a slot in the relay's timer wheel, and nothi
 message but the message (with the session-mode changes of the same commit: relay CPU per pairing
 -10 to -13 %). The messages are a few dozen bytes, so a write almost always completes at once; what
 does not is kept (bounded) and written when the socket is writable.
+
+The TLS object is the ssl module's own C object (what ``ssl.SSLSocket`` keeps as ``_sslobj``), made by
+``SSLContext._wrap_socket`` on the accepted socket: ``SSLSocket`` adds a second socket object over
+the same descriptor (three system calls to check it: getsockopt, getsockname, getpeername) and a
+Python layer around every call, down to an ioctl() per ``do_handshake`` to save and restore the
+timeout; ~20 us per pairing together. Same OpenSSL calls, same exceptions (``SSLWantReadError``...).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import socket
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from natrelay.syncthing import xdr
 from natrelay.syncthing.deviceid import device_id_of, format_device_id
@@ -39,15 +48,65 @@ READ_SIZE = 16 * 1024
 _HANDSHAKE, _OPEN, _CLOSED = 0, 1, 2
 
 
+class TLSObject(Protocol):
+    """What the relay uses of ``_ssl._SSLSocket`` (not in typeshed)."""
+
+    def do_handshake(self) -> None: ...
+    def read(self, size: int, /) -> bytes: ...
+    def write(self, data: bytes | bytearray, /) -> int: ...
+    def pending(self) -> int: ...
+    def shutdown(self) -> object: ...
+    def getpeercert(self, binary_form: bool = ..., /) -> Any: ...
+
+
+class _ClosedTLS:
+    """The TLS object of a closed connection. ``ssl.SSLSocket.close()`` freed OpenSSL's state at once;
+    so does putting this in its place, whatever still holds the connection for a while (a cancelled
+    entry of a timer wheel stays in its heap until it surfaces). Nothing calls it: every path checks
+    the connection's state first."""
+
+    def _closed(self) -> OSError:
+        return OSError(errno.EBADF, "the TLS connection is closed")
+
+    def do_handshake(self) -> None:
+        raise self._closed()
+
+    def read(self, size: int, /) -> bytes:
+        raise self._closed()
+
+    def write(self, data: bytes | bytearray, /) -> int:
+        raise self._closed()
+
+    def pending(self) -> int:
+        return 0
+
+    def shutdown(self) -> object:
+        raise self._closed()
+
+    def getpeercert(self, binary_form: bool = False, /) -> Any:
+        return None
+
+
+_CLOSED_TLS: TLSObject = _ClosedTLS()
+
+
+def server_tls(ctx: ssl.SSLContext, sock: socket.socket) -> TLSObject:
+    """The server side of TLS on the connected, non-blocking ``sock`` (which the caller keeps open)."""
+    wrap: Callable[[socket.socket, bool, str | None], TLSObject] = ctx._wrap_socket  # type: ignore[attr-defined]
+    return wrap(sock, True, None)
+
+
 class ProtocolConn:
     """One TLS protocol-mode connection; created at the first byte, owns ``sock`` from then on."""
 
     __slots__ = ("_closing", "_out", "_state", "_writing", "address", "decoder", "device_id", "fd", "ip",
-                 "opened", "server", "sock")
+                 "opened", "server", "sock", "tls")
 
-    def __init__(self, server: SyncthingRelay, sock: ssl.SSLSocket, address: str, ip: str) -> None:
+    def __init__(self, server: SyncthingRelay, sock: socket.socket, tls: TLSObject, address: str,
+                 ip: str) -> None:
         self.server = server
         self.sock = sock
+        self.tls = tls
         self.fd = sock.fileno()
         self.address = address
         self.ip = ip
@@ -81,7 +140,7 @@ class ProtocolConn:
     # ------------------------------------------------------------ handshake
     def _handshake(self) -> None:
         try:
-            self.sock.do_handshake()
+            self.tls.do_handshake()
         except ssl.SSLWantReadError:
             self._stop_writing()
             return
@@ -96,7 +155,7 @@ class ProtocolConn:
         self._state = _OPEN
         server = self.server
         server._handshake_done(self)
-        cert = self.sock.getpeercert(binary_form=True)
+        cert = self.tls.getpeercert(True)
         if not cert:
             log.info("Protocol connection from %s without a client certificate: closed", self.address)
             self._lost()
@@ -105,7 +164,7 @@ class ProtocolConn:
         self.opened = True
         server.relay.opened(self, self.device_id, server.loop.time())
         server._rearm()
-        if self.sock.pending():
+        if self.tls.pending():
             self._read()  # a message that came with the handshake's last flight
 
     def handshake_expired(self) -> None:
@@ -117,10 +176,10 @@ class ProtocolConn:
 
     # ------------------------------------------------------------ messages
     def _read(self) -> None:
-        sock = self.sock
+        tls = self.tls
         while True:
             try:
-                data = sock.recv(READ_SIZE)
+                data = tls.read(READ_SIZE)
             except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
                 return
             except ssl.SSLWantWriteError:
@@ -144,7 +203,7 @@ class ProtocolConn:
                 if self._state != _OPEN:
                     return
             server._rearm()
-            if not sock.pending():
+            if not tls.pending():
                 return  # more in the kernel wakes the poller again
 
     def send(self, msg: xdr.Message) -> None:
@@ -158,7 +217,7 @@ class ProtocolConn:
                 self._lost()
             return
         try:
-            sent = self.sock.send(data)
+            sent = self.tls.write(data)
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
             sent = 0
         except (ssl.SSLError, OSError):
@@ -171,7 +230,7 @@ class ProtocolConn:
 
     def _flush(self) -> None:
         try:
-            sent = self.sock.send(self._out)
+            sent = self.tls.write(self._out)
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, InterruptedError):
             return
         except (ssl.SSLError, OSError):
@@ -196,7 +255,7 @@ class ProtocolConn:
         if self._state == _OPEN:
             # close_notify, as Go's Close() sends; the peer's own is not waited for.
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-                self.sock.unwrap()
+                self.tls.shutdown()
         self._lost()
 
     def _lost(self) -> None:
@@ -211,6 +270,7 @@ class ProtocolConn:
         with contextlib.suppress(Exception):
             loop.remove_reader(self.fd)
         self._stop_writing()
+        self.tls = _CLOSED_TLS
         self.sock.close()
         if was_handshaking:
             server._handshake_done(self)

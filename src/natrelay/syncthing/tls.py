@@ -8,6 +8,19 @@ through the ``_ssl`` extension) for a verify callback that accepts whatever chai
 Nothing else changes: the handshake, ciphers and the proof that the client holds the certificate's key
 are OpenSSL's own. If that hook cannot be installed the relay refuses to start (a relay that cannot
 tell devices apart would be useless), rather than silently running without client certificates.
+
+Every pairing costs the relay one handshake (the requesting device's ConnectRequest comes on a fresh
+TLS connection), and the handshake is most of a pairing's CPU, so two settings trim it:
+
+* the chain is not verified at all (``SSL_CTX_set_cert_verify_callback`` answers "good" in place of
+  ``X509_verify_cert``): it was built, checked and then overruled by the callback above on every
+  handshake, only to accept whatever the client sent; strelaysrv (Go's ``RequestClientCert``) skips it too;
+* TLS 1.3 prefers ``TLS_AES_128_GCM_SHA256`` (as Go does on CPUs with AES instructions): the key
+  schedule and transcript run on SHA-256, which has CPU instructions where SHA-384 has none.
+  AES-256 and ChaCha20 stay allowed.
+
+Together: the relay's side of a handshake -7 % (435 -> 403 us in a loop, 825 -> 780 us with cold
+caches, as between a relay's pairings), the device's side -4 to -6 %.
 """
 
 from __future__ import annotations
@@ -32,14 +45,23 @@ CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
 _SSL_VERIFY_PEER = 0x01
 _VERIFY_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+#: ``int (*)(X509_STORE_CTX *, void *arg)``: what OpenSSL calls instead of ``X509_verify_cert``.
+_CHAIN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+#: The server's TLS 1.3 order; OpenSSL's default puts AES-256 first.
+TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
 
 def _accept_any(_preverify_ok: int, _store: int | None) -> int:
     return 1
 
 
-#: Kept alive for the process: OpenSSL holds a raw pointer to it.
+def _accept_chain(_store: int | None, _arg: int | None) -> int:
+    return 1
+
+
+#: Kept alive for the process: OpenSSL holds raw pointers to them.
 _ACCEPT_ANY = _VERIFY_CB(_accept_any)
+_ACCEPT_CHAIN = _CHAIN_CB(_accept_chain)
 
 
 class TLSSetupError(RuntimeError):
@@ -95,16 +117,23 @@ def _generate(cert_path: Path, key_path: Path) -> None:
 
 
 def _request_any_client_cert(ctx: ssl.SSLContext) -> None:
-    """Make ``ctx`` request a client certificate and accept it unverified (Go's RequestClientCert)."""
+    """Make ``ctx`` request a client certificate and accept it unverified (Go's RequestClientCert),
+    and prefer the cheaper TLS 1.3 cipher suite."""
     try:
         import _ssl  # the extension module that links the OpenSSL the ssl module uses
 
         lib = ctypes.CDLL(_ssl.__file__)
         set_verify = lib.SSL_CTX_set_verify
+        set_chain_verify = lib.SSL_CTX_set_cert_verify_callback
+        set_suites = lib.SSL_CTX_set_ciphersuites
     except (OSError, AttributeError, ImportError) as exc:
         raise TLSSetupError(f"cannot reach OpenSSL to request client certificates: {exc}") from exc
     set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VERIFY_CB]
     set_verify.restype = None
+    set_chain_verify.argtypes = [ctypes.c_void_p, _CHAIN_CB, ctypes.c_void_p]
+    set_chain_verify.restype = None
+    set_suites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    set_suites.restype = ctypes.c_int
     if sys.implementation.name != "cpython":
         raise TLSSetupError("requesting unverified client certificates needs CPython")
     # CPython's SSLContext object is PyObject_HEAD followed by the SSL_CTX pointer.
@@ -124,6 +153,9 @@ def _request_any_client_cert(ctx: ssl.SSLContext) -> None:
     if get_options(ssl_ctx) != int(ctx.options) or get_mode(ssl_ctx) != _SSL_VERIFY_PEER:
         raise TLSSetupError("OpenSSL's context does not match the SSLContext; refusing to patch it")
     set_verify(ssl_ctx, _SSL_VERIFY_PEER, _ACCEPT_ANY)
+    set_chain_verify(ssl_ctx, _ACCEPT_CHAIN, None)
+    if set_suites(ssl_ctx, TLS13_CIPHERSUITES) != 1:  # pragma: no cover - suites every OpenSSL 1.1.1+ has
+        raise TLSSetupError("OpenSSL refused the TLS 1.3 cipher suites")
 
 
 def server_context(identity: RelayIdentity) -> ssl.SSLContext:

@@ -107,9 +107,9 @@ def test_each_session_has_its_own_bucket_and_all_share_the_global_one(tmp_path: 
                     socks.append(c)
             for _ in range(200):
                 await asyncio.sleep(0.01)
-                if len(relay._throttles) == 2:
+                if len(relay.sessions.throttles) == 2:
                     break
-            t1, t2 = relay._throttles.values()
+            t1, t2 = relay.sessions.throttles.values()
             own1, global1 = t1._buckets
             own2, global2 = t2._buckets
             assert own1 is not own2 and global1 is global2
