@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from natrelay.engine.busypoll import BusyPoll, busy_poll_from_env
 from natrelay.engine.clock import WheelDriver
 from natrelay.engine.ratelimit import SessionThrottle, TokenBucket
 from natrelay.engine.session import (
@@ -164,9 +166,12 @@ class ForwardEngine:
         nodelay: bool = True,
         session_rate: float | None = None,
         global_rate: float | None = None,
+        busy_poll: float | None = None,
     ) -> None:
         """``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
-        two directions together and all sessions of this engine together."""
+        two directions together and all sessions of this engine together. ``busy_poll``: seconds the
+        loop keeps polling after a delivery (:mod:`natrelay.engine.busypoll`); None = from
+        ``NATRELAY_BUSY_POLL_US`` or the default, 0 = off."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
         if session_rate or global_rate:
@@ -175,6 +180,7 @@ class ForwardEngine:
             pipe_size, buffer_size = min(pipe_size, RATE_CHUNK), min(buffer_size, RATE_CHUNK)
             max_chunks_per_wakeup = 1
         self.loop = loop
+        self.busy_poll = BusyPoll(loop, busy_poll_from_env(os.environ) if busy_poll is None else busy_poll)
         self._splice_ok: bool | None = None
         if method == "splice" and not self._can_splice():
             raise RuntimeError("splice(2) forwarding is not available here")
@@ -337,6 +343,7 @@ class ForwardEngine:
 
     def _shutdown(self) -> None:
         self._closed = True
+        self.busy_poll.close()
         self.timers.close()
         self.pool.close()
 

@@ -286,6 +286,7 @@ class Pump:
         self.delivered += n
         session = self.session
         session.last_activity = session.engine.time()
+        session.engine.busy_poll.kick()  # the answer usually follows within microseconds
         totals = session.engine.totals
         if self.ab:
             totals.a_to_b += n

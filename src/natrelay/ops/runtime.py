@@ -10,6 +10,8 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from natrelay.engine.busypoll import busy_poll_from_env
+
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +41,15 @@ def run(main: Callable[[Stop], Awaitable[int]], *, use_uvloop: bool = True,
     A second signal ends the process at once, and with ``grace`` set the process also ends by
     itself that many seconds after the first one: supervisors (``timeout``, systemd) and users
     expect a stop to take effect, whatever the program was waiting for.
+
+    The engine's environment settings are checked first, so that a wrong one is one line naming
+    the variable and exit status 2, not a traceback from deep inside the first session.
     """
+    try:
+        busy_poll_from_env(os.environ)
+    except ValueError as exc:
+        print(f"{os.path.basename(sys.argv[0]) or 'natrelay'}: {exc}", file=sys.stderr)
+        return 2
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:

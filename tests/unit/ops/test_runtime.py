@@ -1,8 +1,11 @@
-"""Argument fix-ups done before argparse sees the command line."""
+"""Argument fix-ups done before argparse sees the command line, and the checks before a server starts."""
 
 from __future__ import annotations
 
-from natrelay.ops.runtime import extract_attached, glue_key_values
+import pytest
+
+from natrelay.engine.busypoll import BUSY_POLL_ENV
+from natrelay.ops.runtime import Stop, extract_attached, glue_key_values, run
 
 DASH_KEY = "-" + "A" * 42
 
@@ -21,3 +24,27 @@ def test_other_arguments_are_left_alone() -> None:
 def test_attached_values_are_split() -> None:
     assert extract_attached(["--laddr1337", "--laddr=1", "--idfile", "x"], ("--laddr",)) == [
         "--laddr", "1337", "--laddr=1", "--idfile", "x"]
+
+
+def test_a_bad_engine_setting_is_one_line_and_status_2_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(BUSY_POLL_ENV, "fast")
+    started: list[bool] = []
+
+    async def main(stop: Stop) -> int:
+        started.append(True)
+        return 0
+
+    assert run(main) == 2
+    assert started == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{BUSY_POLL_ENV}='fast'" in err and "0..10000" in err
+
+
+def test_a_good_engine_setting_runs_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BUSY_POLL_ENV, "0")
+
+    async def main(stop: Stop) -> int:
+        return 7
+
+    assert run(main, use_uvloop=False) == 7
