@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from natrelay.engine.busypoll import BUSY_POLL_MAX_DELIVERY
+
 if TYPE_CHECKING:
     from natrelay.engine.forward import ForwardEngine
 
@@ -286,7 +288,8 @@ class Pump:
         self.delivered += n
         session = self.session
         session.last_activity = session.engine.time()
-        session.engine.busy_poll.kick()  # the answer usually follows within microseconds
+        if n <= BUSY_POLL_MAX_DELIVERY:  # a message, not a stream: its answer follows within microseconds
+            session.engine.busy_poll.kick()
         totals = session.engine.totals
         if self.ab:
             totals.a_to_b += n

@@ -130,3 +130,17 @@ def test_an_engine_with_polling_off_never_polls(loop_kind: str) -> None:
         engine.close()
 
     run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_bulk_delivery_does_not_poll(loop_kind: str) -> None:
+    async def main() -> None:
+        engine = ForwardEngine(asyncio.get_running_loop(), method="portable", busy_poll=0.5)
+        rig = make_rig("portable", engine=engine)
+        rig.ca.sendall(b"x" * 32768)  # queued before the engine's first read: one 32 KiB delivery
+        assert await read_exact(rig.cb, 32768) == b"x" * 32768
+        assert not engine.busy_poll.spinning
+        rig.close_clients()
+        engine.close()
+
+    run(loop_kind, main)
