@@ -57,6 +57,17 @@ async def connect(lst: PeerListener, source: str = "127.0.0.1") -> Stream:
     return await asyncio.open_connection("127.0.0.1", port(lst), local_addr=(source, 0))
 
 
+async def paired(lst: PeerListener) -> tuple[Stream, Stream]:
+    """A host and a client paired through ``lst`` with one of its keys, a byte already relayed."""
+    key = lst.keys.pop()  # type: ignore[attr-defined]
+    creds = router_common_pb2.RelayCredentials(host="127.0.0.1", port=port(lst),
+                                               key=key.to_proto(), secret=secret())
+    host, client = await peer(creds), await peer(creds)
+    client[1].write(b"x")
+    assert await host[0].readexactly(1) == b"x"
+    return host, client
+
+
 async def closed_by_relay(stream: Stream, timeout: float = 10.0) -> bool:
     try:
         return await asyncio.wait_for(stream[0].read(1), timeout) == b""
@@ -144,12 +155,7 @@ def test_too_many_bytes_before_the_peer_to_relay_closes() -> None:
 def test_sessions_end_at_their_maximum_lifetime() -> None:
     async def main() -> None:
         async with listener(max_session=0.5) as lst:
-            key = lst.keys.pop()  # type: ignore[attr-defined]
-            creds = router_common_pb2.RelayCredentials(host="127.0.0.1", port=port(lst),
-                                                       key=key.to_proto(), secret=secret())
-            host, client = await peer(creds), await peer(creds)
-            client[1].write(b"x")
-            assert await host[0].readexactly(1) == b"x"
+            host, client = await paired(lst)
             assert await closed_by_relay(host) and await closed_by_relay(client)
             assert lst.guard_closes == {"session_lifetime": 1}
             for stream in (host, client):
@@ -227,12 +233,7 @@ def test_refusals_are_logged_at_debug_with_the_address_and_throttled(
 def test_a_session_that_ends_early_leaves_no_lifetime_deadline() -> None:
     async def main() -> None:
         async with listener(max_session=30.0) as lst:
-            key = lst.keys.pop()  # type: ignore[attr-defined]
-            creds = router_common_pb2.RelayCredentials(host="127.0.0.1", port=port(lst),
-                                                       key=key.to_proto(), secret=secret())
-            host, client = await peer(creds), await peer(creds)
-            client[1].write(b"x")
-            assert await host[0].readexactly(1) == b"x"
+            host, client = await paired(lst)
             deadline = lst.forwarding.next_deadline()
             assert deadline is not None and deadline > asyncio.get_running_loop().time() + 20
             for stream in (host, client):
