@@ -137,16 +137,16 @@ class RelayPairing:
         actions: list[Action] = []
         old = self._listeners.get(key)
         slots = self._slots
-        if old is not None:
-            slots.give(old.source)  # a replacement frees the slot the old listener held...
-        refused = slots.check(source)
+        if old is None:
+            refused = slots.check(source)
+        else:  # a replacement is checked as if the old listener's slot were free already
+            slots.give(old.source)
+            refused = slots.check(source)
+            slots.add(old.source)
         if refused is not None:
-            if old is not None:
-                slots.add(old.source)  # ...but only if the new one is let in
             return [self._refusal(conn, refused, source)]
         if old is not None:
-            actions += self._drop_listener(old, "listener replaced by a new Listen from the same key",
-                                           slot_given=True)
+            actions += self._drop_listener(old, "listener replaced by a new Listen from the same key")
             actions.append(CloseConnection(old.conn, "listener replaced by a new Listen from the same key"))
         slots.add(source)
         listener = _Listener(conn=conn, key=key, source=source)
@@ -252,11 +252,10 @@ class RelayPairing:
         if not queue:
             del listener.pending[connector_key]
 
-    def _drop_listener(self, listener: _Listener, reason: str, slot_given: bool = False) -> list[Action]:
+    def _drop_listener(self, listener: _Listener, reason: str) -> list[Action]:
         del self._listeners[listener.key]
         del self._listener_by_conn[listener.conn]
-        if not slot_given:
-            self._slots.give(listener.source)
+        self._slots.give(listener.source)
         actions: list[Action] = []
         for queue in listener.pending.values():
             for conn in queue:
