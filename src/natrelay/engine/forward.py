@@ -29,6 +29,7 @@ from typing import Literal
 
 from natrelay.engine.busypoll import BusyPoll, busy_poll_from_env
 from natrelay.engine.clock import WheelDriver
+from natrelay.engine.poller import EpollPoller, Poller, make_poller
 from natrelay.engine.ratelimit import SessionThrottle, TokenBucket
 from natrelay.engine.session import (
     AGAIN,
@@ -167,11 +168,14 @@ class ForwardEngine:
         session_rate: float | None = None,
         global_rate: float | None = None,
         busy_poll: float | None = None,
+        poller: str = "auto",
     ) -> None:
         """``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
         two directions together and all sessions of this engine together. ``busy_poll``: seconds the
         loop keeps polling after a delivery (:mod:`natrelay.engine.busypoll`); None = from
-        ``NATRELAY_BUSY_POLL_US`` or the default, 0 = off."""
+        ``NATRELAY_BUSY_POLL_US`` or the default, 0 = off. ``poller``: how readiness of the forwarded
+        sockets is watched (:mod:`natrelay.engine.poller`): ``"epoll"`` of the engine's own,
+        ``"loop"`` readers, ``"auto"`` = epoll where the system has it."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
         if session_rate or global_rate:
@@ -181,6 +185,7 @@ class ForwardEngine:
             max_chunks_per_wakeup = 1
         self.loop = loop
         self.busy_poll = BusyPoll(loop, busy_poll_from_env(os.environ) if busy_poll is None else busy_poll)
+        self.poller: Poller = make_poller(loop, poller)
         self._splice_ok: bool | None = None
         if method == "splice" and not self._can_splice():
             raise RuntimeError("splice(2) forwarding is not available here")
@@ -198,11 +203,11 @@ class ForwardEngine:
         self.global_bucket = (TokenBucket(global_rate, rate_burst(global_rate), self.time())
                               if global_rate else None)
         self._throttles: dict[ForwardSession, SessionThrottle] = {}
-        # A short read almost always means the socket is drained.  asyncio's own
-        # selector loops re-report a still-readable descriptor, so the read that
-        # would only confirm EAGAIN can be skipped there.  uvloop must see EAGAIN
-        # (see Pump), so elsewhere we pay the extra read.
-        self.short_read_is_again = isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+        # A short read almost always means the socket is drained.  A level-triggered poller
+        # (the engine's epoll, asyncio's selector loops) re-reports a still-readable
+        # descriptor, so the read that would only confirm EAGAIN can be skipped there.
+        # uvloop's own readers must see EAGAIN (see Pump), so there we pay the extra read.
+        self.short_read_is_again = self.poller.level_triggered
         self._budget = max_chunks_per_wakeup
         self._buffer_size = buffer_size
         self._buf: memoryview | None = None
@@ -245,10 +250,9 @@ class ForwardEngine:
         does it at accept), so the engine does not repeat that system call per socket.
 
         A socket may still have a reader registered on this loop (the caller's, watching
-        it until pairing): the engine's own registration replaces that callback in place,
-        which costs no system call, whereas removing it first makes the loop delete the
-        descriptor from epoll and add it again (uvloop also drops and remakes its poll
-        handle). A caller on another loop must remove its reader before handing over.
+        it until pairing): the engine removes it (with its own epoll) or replaces that
+        callback in place (with the loop's readers). A caller on another loop must remove
+        its reader before handing over.
         """
         if self._closed:
             raise RuntimeError("the forwarding engine is closed")
@@ -262,6 +266,14 @@ class ForwardEngine:
                 raise ValueError("socket is closed")
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError("only stream sockets can be forwarded")
+        if isinstance(self.poller, EpollPoller):
+            # The caller's reader or writer on the loop (a listener watching until pairing) must
+            # go: the loop would go on calling it for bytes that are the engine's now.
+            loop = self.loop
+            for sock in (a, b):
+                fd = sock.fileno()
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
         for sock in (a, b):
             if sock.getblocking():  # Python tracks the mode itself: asking costs no system call
                 sock.setblocking(False)
@@ -344,6 +356,7 @@ class ForwardEngine:
     def _shutdown(self) -> None:
         self._closed = True
         self.busy_poll.close()
+        self.poller.close()
         self.timers.close()
         self.pool.close()
 
@@ -360,6 +373,7 @@ def start_forwarding(
     a_to_b: bytes = b"",
     b_to_a: bytes = b"",
     context: object = None,
+    poller: str = "auto",
 ) -> ForwardSession:
     """Forward ``a`` <-> ``b`` on ``loop``.
 
@@ -368,7 +382,7 @@ def start_forwarding(
     down with it: correct, but it costs a loop timer and a pool per session.
     """
     if engine is None:
-        engine = ForwardEngine(loop, method=method, max_spare_pipes=1)
+        engine = ForwardEngine(loop, method=method, max_spare_pipes=1, poller=poller)
         engine._close_when_empty = True
     elif engine.loop is not loop:
         raise ValueError("engine belongs to another event loop")

@@ -108,12 +108,16 @@ class Pump:
     held is the backpressure: the peer's TCP window closes instead of the relay's
     memory growing.
 
-    A callback returns with its registration still in place only after the socket
-    said EAGAIN (or took a partial write).  uvloop calls a poll handle's
-    callbacks one last time when epoll reports an error and then closes that
-    handle behind the caller's back (uvloop #552); a pump that saw EAGAIN cannot
-    have been in that situation, and one that yields with data still waiting
-    drops its registration first and continues from ``call_soon``.
+    Registrations go to the engine's poller (:mod:`natrelay.engine.poller`). With a
+    level-triggered one (the engine's own epoll, the default on Linux, or asyncio's
+    selector loops) a socket with bytes left is simply reported again, so a short read
+    ends a wake-up and a pump that used its budget keeps its reader. On uvloop's own
+    readers a callback returns with its registration still in place only after the
+    socket said EAGAIN (or took a partial write): uvloop calls a poll handle's
+    callbacks one last time when epoll reports an error and then closes that handle
+    behind the caller's back (uvloop #552); a pump that saw EAGAIN cannot have been in
+    that situation, and one that yields with data still waiting drops its
+    registration first and continues from ``call_soon``.
     """
 
     __slots__ = ("ab", "backlog", "delivered", "dst", "dst_fd", "eof", "finished", "paused", "reading",
@@ -171,13 +175,13 @@ class Pump:
 
     def stop(self) -> None:
         """Drop every registration; nothing is called on this pump afterwards."""
-        loop = self.session.loop
+        poller = self.session.engine.poller
         if self.reading:
             self.reading = False
-            loop.remove_reader(self.src_fd)
+            poller.remove_reader(self.src_fd)
         if self.writing:
             self.writing = False
-            loop.remove_writer(self.dst_fd)
+            poller.remove_writer(self.dst_fd)
         self.backlog = None
         self.release()
 
@@ -209,17 +213,17 @@ class Pump:
         if on != self.reading:
             self.reading = on
             if on:
-                self.session.loop.add_reader(self.src_fd, self._on_readable)
+                self.session.engine.poller.add_reader(self.src_fd, self._on_readable)
             else:
-                self.session.loop.remove_reader(self.src_fd)
+                self.session.engine.poller.remove_reader(self.src_fd)
 
     def _want_write(self, on: bool) -> None:
         if on != self.writing:
             self.writing = on
             if on:
-                self.session.loop.add_writer(self.dst_fd, self._on_writable)
+                self.session.engine.poller.add_writer(self.dst_fd, self._on_writable)
             else:
-                self.session.loop.remove_writer(self.dst_fd)
+                self.session.engine.poller.remove_writer(self.dst_fd)
 
     def _on_readable(self) -> None:
         if self.paused:
@@ -240,6 +244,11 @@ class Pump:
             self._want_read(False)
             self._want_write(True)
         elif outcome == BUDGET:
+            if self.session.engine.poller.level_triggered:
+                # Bytes are waiting, so the poller reports this socket again on the loop's next
+                # turn, after every other ready callback: fair without a registration change.
+                self._want_read(True)
+                return
             self._want_read(False)
             if not self.yielded:
                 self.yielded = True

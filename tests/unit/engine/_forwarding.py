@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 LOOP_KINDS = ["asyncio", "uvloop"]
 METHODS: list[Method] = ["splice", "portable"]
+#: How the engine watches its sockets: its own epoll (the default on Linux) or the loop's readers.
+POLLERS = ["epoll", "loop"]
 
 
 def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -139,10 +141,10 @@ class Rig:
 
 
 def make_rig(method: Method, kind: str = "unix", *, engine: ForwardEngine | None = None,
-             buffers: int | None = None, **start: Any) -> Rig:
+             poller: str = "auto", buffers: int | None = None, **start: Any) -> Rig:
     loop = asyncio.get_running_loop()
     if engine is None:
-        engine = ForwardEngine(loop, method=method)
+        engine = ForwardEngine(loop, method=method, poller=poller)
     ca, ra = stream_pair(kind)
     rb, cb = stream_pair(kind)
     if buffers is not None:

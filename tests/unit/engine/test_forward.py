@@ -18,6 +18,7 @@ from natrelay.engine.session import CLOSED, DONE
 from ._forwarding import (
     LOOP_KINDS,
     METHODS,
+    POLLERS,
     digest,
     eventually,
     make_rig,
@@ -34,6 +35,7 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.parametrize("loop_kind", LOOP_KINDS),
     pytest.mark.parametrize("method", METHODS),
+    pytest.mark.parametrize("poller", POLLERS),
 ]
 
 
@@ -43,12 +45,14 @@ def _supported(method: Method) -> None:
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
-def test_both_directions_exact_bytes_and_counters(loop_kind: str, method: Method, kind: str) -> None:
+def test_both_directions_exact_bytes_and_counters(
+    loop_kind: str, method: Method, poller: str, kind: str
+) -> None:
     up = os.urandom(3_000_017)
     down = os.urandom(1_234_567)
 
     async def main() -> None:
-        rig = make_rig(method, kind)
+        rig = make_rig(method, kind, poller=poller)
         got_b, got_a, _, _ = await asyncio.wait_for(
             asyncio.gather(
                 read_all(rig.cb),
@@ -74,9 +78,9 @@ def test_both_directions_exact_bytes_and_counters(loop_kind: str, method: Method
     run(loop_kind, main)
 
 
-def test_pending_bytes_go_first_and_are_counted(loop_kind: str, method: Method) -> None:
+def test_pending_bytes_go_first_and_are_counted(loop_kind: str, method: Method, poller: str) -> None:
     async def main() -> None:
-        rig = make_rig(method, a_to_b=b"already-read-from-a:", b_to_a=b"already-read-from-b:")
+        rig = make_rig(method, poller=poller, a_to_b=b"already-read-from-a:", b_to_a=b"already-read-from-b:")
         await send_all(rig.ca, b"more-a", shut=True)
         await send_all(rig.cb, b"more-b", shut=True)
         assert await asyncio.wait_for(read_all(rig.cb), 5) == b"already-read-from-a:more-a"
@@ -91,9 +95,9 @@ def test_pending_bytes_go_first_and_are_counted(loop_kind: str, method: Method) 
 
 
 @pytest.mark.parametrize("first", ["a", "b"])
-def test_half_close_each_direction(loop_kind: str, method: Method, first: str) -> None:
+def test_half_close_each_direction(loop_kind: str, method: Method, poller: str, first: str) -> None:
     async def main() -> None:
-        rig = make_rig(method)
+        rig = make_rig(method, poller=poller)
         closer, other = (rig.ca, rig.cb) if first == "a" else (rig.cb, rig.ca)
         await send_all(closer, b"last words", shut=True)
         # The other peer gets everything, then EOF...
@@ -116,12 +120,14 @@ def test_half_close_each_direction(loop_kind: str, method: Method, first: str) -
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])
-def test_close_after_drain_when_sender_closes_early(loop_kind: str, method: Method, kind: str) -> None:
+def test_close_after_drain_when_sender_closes_early(
+    loop_kind: str, method: Method, poller: str, kind: str
+) -> None:
     """A peer that writes and closes before the other reads loses nothing."""
     data = os.urandom(2_000_000)
 
     async def main() -> None:
-        rig = make_rig(method, kind, buffers=65536)
+        rig = make_rig(method, kind, poller=poller, buffers=65536)
         sender = asyncio.ensure_future(send_all(rig.ca, data))
         # The receiver is not reading: the relay fills up and stops.
         await eventually(lambda: rig.session.buffered > 0)
@@ -141,11 +147,11 @@ def test_close_after_drain_when_sender_closes_early(loop_kind: str, method: Meth
     run(loop_kind, main)
 
 
-def test_drain_delivers_held_bytes_then_half_closes_both(loop_kind: str, method: Method) -> None:
+def test_drain_delivers_held_bytes_then_half_closes_both(loop_kind: str, method: Method, poller: str) -> None:
     data = os.urandom(1_500_000)
 
     async def main() -> None:
-        rig = make_rig(method, buffers=65536)
+        rig = make_rig(method, poller=poller, buffers=65536)
         sender = asyncio.ensure_future(send_all(rig.ca, data))
         await eventually(lambda: rig.session.buffered > 0)
         rig.session.drain("shutdown")
@@ -165,13 +171,13 @@ def test_drain_delivers_held_bytes_then_half_closes_both(loop_kind: str, method:
     run(loop_kind, main)
 
 
-def test_backpressure_stops_reading_and_bounds_memory(loop_kind: str, method: Method) -> None:
+def test_backpressure_stops_reading_and_bounds_memory(loop_kind: str, method: Method, poller: str) -> None:
     """A receiver that stops reading stalls the sender; the relay holds at most one chunk."""
     chunk = 64 * 1024
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        engine = ForwardEngine(loop, method=method, pipe_size=chunk, buffer_size=chunk)
+        engine = ForwardEngine(loop, method=method, poller=poller, pipe_size=chunk, buffer_size=chunk)
         rig = make_rig(method, "tcp", engine=engine, buffers=32 * 1024)
         payload = os.urandom(chunk)
         sent = 0
@@ -203,10 +209,10 @@ def test_backpressure_stops_reading_and_bounds_memory(loop_kind: str, method: Me
     run(loop_kind, main)
 
 
-def test_local_close_and_abort(loop_kind: str, method: Method) -> None:
+def test_local_close_and_abort(loop_kind: str, method: Method, poller: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        engine = ForwardEngine(loop, method=method)
+        engine = ForwardEngine(loop, method=method, poller=poller)
         rig = make_rig(method, "tcp", engine=engine)
         await send_all(rig.ca, b"ping")
         assert await asyncio.wait_for(read_exact(rig.cb, 4), 5) == b"ping"
@@ -231,11 +237,11 @@ def test_local_close_and_abort(loop_kind: str, method: Method) -> None:
     run(loop_kind, main)
 
 
-def test_engine_close_closes_every_session(loop_kind: str, method: Method) -> None:
+def test_engine_close_closes_every_session(loop_kind: str, method: Method, poller: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
-        engine = ForwardEngine(loop, method=method)
+        engine = ForwardEngine(loop, method=method, poller=poller)
         rigs = [make_rig(method, engine=engine) for _ in range(20)]
         assert len(engine) == 20
         engine.close("shutdown")
@@ -250,7 +256,7 @@ def test_engine_close_closes_every_session(loop_kind: str, method: Method) -> No
     run(loop_kind, main)
 
 
-def test_start_forwarding_without_engine_cleans_up(loop_kind: str, method: Method) -> None:
+def test_start_forwarding_without_engine_cleans_up(loop_kind: str, method: Method, poller: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
@@ -261,7 +267,7 @@ def test_start_forwarding_without_engine_cleans_up(loop_kind: str, method: Metho
         cb.setblocking(False)
         reasons: list[str] = []
         session = start_forwarding(loop, ra, rb, idle_timeout=None, on_close=lambda s, r: reasons.append(r),
-                                   method=method)
+                                   method=method, poller=poller)
         data = os.urandom(500_000)
         got, _ = await asyncio.gather(read_all(cb), send_all(ca, data, shut=True))
         assert got == data

@@ -18,6 +18,7 @@ from natrelay.engine.session import DONE, ERROR, RESET
 from ._forwarding import (
     LOOP_KINDS,
     METHODS,
+    POLLERS,
     abort,
     eventually,
     make_rig,
@@ -32,6 +33,7 @@ pytestmark = [
     pytest.mark.timeout(60),
     pytest.mark.parametrize("loop_kind", LOOP_KINDS),
     pytest.mark.parametrize("method", METHODS),
+    pytest.mark.parametrize("poller", POLLERS),
 ]
 
 BLOCK = os.urandom(32 * 1024)
@@ -78,11 +80,13 @@ async def survivor_sees_end(sock: socket.socket) -> None:
 
 
 @pytest.mark.parametrize("who", ["a", "b"])
-def test_reset_mid_transfer_closes_both_and_leaks_nothing(loop_kind: str, method: Method, who: str) -> None:
+def test_reset_mid_transfer_closes_both_and_leaks_nothing(
+    loop_kind: str, method: Method, poller: str, who: str
+) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
-        engine = ForwardEngine(loop, method=method)
+        engine = ForwardEngine(loop, method=method, poller=poller)
         rig = make_rig(method, "tcp", engine=engine)
         sender = Pusher(rig.ca)
         reader = asyncio.ensure_future(read_all(rig.cb, expect_reset=True))
@@ -114,11 +118,11 @@ def test_reset_mid_transfer_closes_both_and_leaks_nothing(loop_kind: str, method
     run(loop_kind, main)
 
 
-def test_reset_by_stalled_receiver(loop_kind: str, method: Method) -> None:
+def test_reset_by_stalled_receiver(loop_kind: str, method: Method, poller: str) -> None:
     """The relay is blocked writing to b when b resets: the writer callback must notice."""
 
     async def main() -> None:
-        rig = make_rig(method, "tcp", buffers=65536)
+        rig = make_rig(method, "tcp", poller=poller, buffers=65536)
         sender = Pusher(rig.ca)
         await eventually(lambda: rig.session.buffered > 0)
         await asyncio.sleep(0.05)
@@ -135,11 +139,11 @@ def test_reset_by_stalled_receiver(loop_kind: str, method: Method) -> None:
     run(loop_kind, main)
 
 
-def test_reset_by_sender_while_receiver_stalled(loop_kind: str, method: Method) -> None:
+def test_reset_by_sender_while_receiver_stalled(loop_kind: str, method: Method, poller: str) -> None:
     """a resets while the relay is not reading it; b resuming surfaces the reset."""
 
     async def main() -> None:
-        rig = make_rig(method, "tcp", buffers=65536)
+        rig = make_rig(method, "tcp", poller=poller, buffers=65536)
         sender = Pusher(rig.ca)
         await eventually(lambda: rig.session.buffered > 0)
         await asyncio.sleep(0.05)
@@ -157,13 +161,13 @@ def test_reset_by_sender_while_receiver_stalled(loop_kind: str, method: Method) 
     run(loop_kind, main)
 
 
-def test_reset_right_behind_data_many_times(loop_kind: str, method: Method) -> None:
+def test_reset_right_behind_data_many_times(loop_kind: str, method: Method, poller: str) -> None:
     """Data then an immediate reset, with one chunk per wake-up: the reset must never be lost."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
-        engine = ForwardEngine(loop, method=method, pipe_size=4096, buffer_size=4096,
+        engine = ForwardEngine(loop, method=method, poller=poller, pipe_size=4096, buffer_size=4096,
                                max_chunks_per_wakeup=1)
         for _ in range(20):
             rig = make_rig(method, "tcp", engine=engine)
@@ -181,13 +185,13 @@ def test_reset_right_behind_data_many_times(loop_kind: str, method: Method) -> N
     run(loop_kind, main)
 
 
-def test_thousand_sessions_leave_no_descriptor(loop_kind: str, method: Method) -> None:
+def test_thousand_sessions_leave_no_descriptor(loop_kind: str, method: Method, poller: str) -> None:
     n = 1000
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         before = open_fds()
-        engine = ForwardEngine(loop, method=method)
+        engine = ForwardEngine(loop, method=method, poller=poller)
         rigs = [make_rig(method, engine=engine) for _ in range(n)]
         assert len(engine) == n
         # Traffic through every session, both ways.

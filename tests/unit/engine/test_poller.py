@@ -1,0 +1,187 @@
+"""The engine's own epoll (engine/poller.py): registration rules, dispatch, and what the loop sees."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+from typing import Any
+
+import pytest
+
+from natrelay.engine.forward import ForwardEngine
+from natrelay.engine.poller import EpollPoller, LoopPoller, make_poller
+
+from ._forwarding import LOOP_KINDS, run, tcp_pair
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.skipif(not hasattr(select, "epoll"), reason="epoll is Linux-only"),
+]
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_reader_and_writer_share_one_registration_and_leave_none(loop_kind: str) -> None:
+    async def main() -> None:
+        poller = EpollPoller(asyncio.get_running_loop())
+        a, b = socket.socketpair()
+        calls: list[str] = []
+        try:
+            poller.add_writer(a.fileno(), lambda: calls.append("w"))
+            poller.add_reader(a.fileno(), lambda: calls.append("r"))
+            assert len(poller) == 1
+            b.send(b"x")
+            await _turns()
+            assert "r" in calls and "w" in calls
+            assert poller.remove_writer(a.fileno())
+            assert not poller.remove_writer(a.fileno())
+            assert poller.remove_reader(a.fileno())
+            assert len(poller) == 0
+            calls.clear()
+            b.close()  # a hang-up is reported even for an empty mask: nothing may be left registered
+            await _turns()
+            assert calls == []
+            # Taken out of the kernel's epoll too: registering again is not "already registered".
+            poller.add_reader(a.fileno(), lambda: calls.append("again"))
+            await _turns()
+            assert calls and set(calls) == {"again"}
+        finally:
+            poller.close()
+            a.close()
+            b.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_callback_removed_during_dispatch_is_not_called(loop_kind: str) -> None:
+    async def main() -> None:
+        poller = EpollPoller(asyncio.get_running_loop())
+        a, b = socket.socketpair()
+        calls: list[str] = []
+        fd = a.fileno()
+
+        def reader() -> None:
+            calls.append("r")
+            poller.remove_writer(fd)
+            poller.remove_reader(fd)
+
+        try:
+            poller.add_reader(fd, reader)
+            poller.add_writer(fd, lambda: calls.append("w"))
+            b.send(b"x")  # readable and writable in the same event
+            await _turns()
+            assert calls == ["r"]
+        finally:
+            poller.close()
+            a.close()
+            b.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_failing_callback_goes_to_the_loop_and_the_others_still_run(loop_kind: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        poller = EpollPoller(loop)
+        pairs = [socket.socketpair() for _ in range(3)]
+        calls: list[int] = []
+
+        def bad() -> None:
+            raise RuntimeError("boom")
+
+        try:
+            for i, (a, b) in enumerate(pairs):
+                poller.add_reader(a.fileno(), bad if i == 1 else (lambda i=i: calls.append(i)))
+                b.send(b"x")
+            await _turns()
+            assert 0 in calls and 2 in calls
+            assert errors and isinstance(errors[0]["exception"], RuntimeError)
+        finally:
+            poller.close()
+            for a, b in pairs:
+                a.close()
+                b.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_close_takes_the_epoll_off_the_loop(loop_kind: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        poller = EpollPoller(loop)
+        epfd = poller._epfd
+        a, b = socket.socketpair()
+        poller.add_reader(a.fileno(), lambda: None)
+        poller.close()
+        poller.close()
+        assert len(poller) == 0
+        assert not loop.remove_reader(epfd)
+        a.close()
+        b.close()
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_forwarded_sockets_are_the_engines_not_the_loops(loop_kind: str) -> None:
+    """With the default poller a forwarded socket is on the engine's epoll, not a loop reader
+    (that per-socket loop handle was most of an idle session's memory), and a short read ends a
+    wake-up on both loops."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        engine = ForwardEngine(loop)
+        assert isinstance(engine.poller, EpollPoller)
+        assert engine.short_read_is_again
+        x, a = tcp_pair()
+        y, b = tcp_pair()
+        try:
+            session = engine.start(a, b)
+            assert len(engine.poller) == 2
+            assert not loop.remove_reader(a.fileno()) and not loop.remove_reader(b.fileno())
+            x.sendall(b"ping")
+            y.settimeout(5)
+            assert await loop.run_in_executor(None, y.recv, 4) == b"ping"
+            session.close()
+            assert len(engine.poller) == 0
+        finally:
+            engine.close()
+            x.close()
+            y.close()
+
+    run(loop_kind, main)
+
+
+def test_make_poller_choices() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        p = make_poller(loop, "loop")
+        assert isinstance(p, LoopPoller)
+        assert p.level_triggered  # asyncio's selector loop re-reports readiness
+        e = make_poller(loop, "auto")
+        assert isinstance(e, EpollPoller)
+        e.close()
+        with pytest.raises(ValueError, match="auto, epoll or loop"):
+            make_poller(loop, "kqueue")
+
+    asyncio.run(main())
+
+
+def test_loop_readers_on_uvloop_are_not_level_triggered() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        assert not make_poller(asyncio.get_running_loop(), "loop").level_triggered
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
