@@ -10,8 +10,14 @@
  *       this process reads every R descriptor until BYTES arrived or EOF. MODE "copy" uses write/read,
  *       "splice" uses sendfile from a memfd and splice into /dev/null (no user-space copies), to show
  *       that copying in the generator is not what limits the figures.
- *   loadgen pingpong SIZE COUNT SECONDS A:B
+ *   loadgen pingpong SIZE COUNT SECONDS A:B [block|poll]
  *       SIZE bytes A->B, echoed B->A, COUNT times after a short warm-up; prints round-trip percentiles.
+ *       "block" (the default) reads with blocking reads, so the generator sleeps until the data is there
+ *       and pays a scheduler wake-up for every read that had to wait. "poll" reads with non-blocking
+ *       reads in a spin loop (recv MSG_DONTWAIT, retry on EAGAIN; busy-poll, like sockperf's or
+ *       netperf's), so a round trip through a relay no longer includes the generator's own wake-ups,
+ *       which direct TCP (the data is already in the socket when it reads) never pays. Writes block in
+ *       both modes. A read that waits gives up one second after the time limit in both modes.
  *
  * Output: one JSON object on stdout. Everything stops at SECONDS (wall clock) whatever happens.
  */
@@ -281,6 +287,25 @@ static int read_exact(int fd, char *p, size_t n) {
     return 0;
 }
 
+/* Like read_exact, but never sleeps: spins on non-blocking reads until the bytes are there, the peer is
+ * gone, or the clock passes give_up (a stuck relay cannot hang the run). */
+static int read_exact_poll(int fd, char *p, size_t n, double give_up) {
+    while (n > 0) {
+        ssize_t r = recv(fd, p, n, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+                if (now_s() >= give_up) return -1;
+                continue;
+            }
+            return -1;
+        }
+        if (r == 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -292,15 +317,18 @@ static double pct(const double *sorted, long n, double p) {
 }
 
 static int cmd_pingpong(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: loadgen pingpong SIZE COUNT SECONDS A:B\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: loadgen pingpong SIZE COUNT SECONDS A:B [block|poll]\n");
         return 2;
     }
     long size = atol(argv[1]);
     long count = atol(argv[2]);
     double seconds = atof(argv[3]);
+    const char *mode = argc == 6 ? argv[5] : "block";
+    int poll_mode = strcmp(mode, "poll") == 0;
     int a, b;
-    if (size <= 0 || size > 65536 || count <= 0 || seconds <= 0 || parse_pair(argv[4], &a, &b) < 0) {
+    if (size <= 0 || size > 65536 || count <= 0 || seconds <= 0 || parse_pair(argv[4], &a, &b) < 0 ||
+        (!poll_mode && strcmp(mode, "block") != 0)) {
         fprintf(stderr, "loadgen: bad arguments\n");
         return 2;
     }
@@ -315,13 +343,21 @@ static int cmd_pingpong(int argc, char **argv) {
     if (!msg || !in || !lat) die("malloc");
     memset(msg, 0x42, (size_t)size);
     double t0 = now_s(), deadline = t0 + seconds;
+    double give_up = deadline + 1.0; /* the same grace as the blocking reads' SO_RCVTIMEO */
     long done = 0;
     int failed = 0;
     for (long i = 0; i < WARMUP + count; i++) {
         double t = now_s();
         if (t >= deadline) break;
-        if (write_all(a, msg, (size_t)size) || read_exact(b, in, (size_t)size) ||
-            write_all(b, in, (size_t)size) || read_exact(a, in, (size_t)size)) {
+        int bad;
+        if (poll_mode) {
+            bad = write_all(a, msg, (size_t)size) || read_exact_poll(b, in, (size_t)size, give_up) ||
+                  write_all(b, in, (size_t)size) || read_exact_poll(a, in, (size_t)size, give_up);
+        } else {
+            bad = write_all(a, msg, (size_t)size) || read_exact(b, in, (size_t)size) ||
+                  write_all(b, in, (size_t)size) || read_exact(a, in, (size_t)size);
+        }
+        if (bad) {
             failed = 1;
             break;
         }
@@ -329,15 +365,16 @@ static int cmd_pingpong(int argc, char **argv) {
     }
     double elapsed = now_s() - t0;
     if (done == 0) {
-        printf("{\"count\": 0, \"failed\": %s, \"seconds\": %.6f}\n", failed ? "true" : "false", elapsed);
+        printf("{\"mode\": \"%s\", \"count\": 0, \"failed\": %s, \"seconds\": %.6f, \"cpu_s\": %.4f}\n",
+               mode, failed ? "true" : "false", elapsed, cpu_of(RUSAGE_SELF));
         return 0;
     }
     double sum = 0;
     for (long i = 0; i < done; i++) sum += lat[i];
     qsort(lat, (size_t)done, sizeof(double), cmp_double);
-    printf("{\"count\": %ld, \"failed\": %s, \"seconds\": %.6f, \"mean_us\": %.3f, \"p50_us\": %.3f, "
-           "\"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, \"cpu_s\": %.4f}\n",
-           done, failed ? "true" : "false", elapsed, sum / (double)done * 1e6, pct(lat, done, 0.50) * 1e6,
+    printf("{\"mode\": \"%s\", \"count\": %ld, \"failed\": %s, \"seconds\": %.6f, \"mean_us\": %.3f, "
+           "\"p50_us\": %.3f, \"p90_us\": %.3f, \"p99_us\": %.3f, \"max_us\": %.3f, \"cpu_s\": %.4f}\n",
+           mode, done, failed ? "true" : "false", elapsed, sum / (double)done * 1e6, pct(lat, done, 0.50) * 1e6,
            pct(lat, done, 0.90) * 1e6, pct(lat, done, 0.99) * 1e6, lat[done - 1] * 1e6, cpu_of(RUSAGE_SELF));
     return 0;
 }

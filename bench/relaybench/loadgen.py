@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .pyloadgen import PING_MODES
+
 HERE = Path(__file__).resolve().parent
 C_SOURCE = HERE / "loadgen.c"
 PY_SOURCE = HERE / "pyloadgen.py"
@@ -110,11 +112,20 @@ class Generator:
         )
 
     def pingpong(
-        self, pair: tuple[socket.socket, socket.socket], size: int, count: int, seconds: float
+        self,
+        pair: tuple[socket.socket, socket.socket],
+        size: int,
+        count: int,
+        seconds: float,
+        mode: str = "block",
     ) -> dict[str, Any]:
+        """Round trips A->B->A; ``mode`` "block" reads with blocking reads, "poll" spins on non-blocking
+        reads (busy-poll), so the generator's own wake-ups are left out of the figure."""
+        if mode not in PING_MODES:
+            raise ValueError(f"pingpong mode must be one of {PING_MODES}, not {mode!r}")
         a, b = pair
         return self._run(
-            ["pingpong", str(size), str(count), f"{seconds:.3f}", f"{a.fileno()}:{b.fileno()}"],
+            ["pingpong", str(size), str(count), f"{seconds:.3f}", f"{a.fileno()}:{b.fileno()}", mode],
             [a.fileno(), b.fileno()],
             seconds,
         )

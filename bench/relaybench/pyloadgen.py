@@ -136,37 +136,72 @@ def _read_exact(fd: int, view: memoryview) -> None:
         got += n
 
 
-def pingpong(size: int, count: int, seconds: float, spec: str) -> dict[str, object]:
+def _read_exact_poll(sock: socket.socket, view: memoryview, give_up: float) -> None:
+    """Like _read_exact, but never sleeps: non-blocking reads in a spin loop until the bytes are there,
+    the peer is gone, or the clock passes ``give_up`` (a stuck relay cannot hang the run)."""
+    got = 0
+    while got < len(view):
+        try:
+            n = sock.recv_into(view[got:], 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                raise TimeoutError("nothing arrived before the time limit") from None
+            continue
+        if n == 0:
+            raise OSError("eof")
+        got += n
+
+
+PING_MODES = ("block", "poll")
+
+
+def pingpong(size: int, count: int, seconds: float, spec: str, mode: str = "block") -> dict[str, object]:
+    """``mode`` "block" reads with blocking reads (the generator sleeps until data arrives); "poll" spins
+    on non-blocking reads, so the generator's own wake-ups are not in the round trip (see loadgen.c)."""
+    if mode not in PING_MODES:
+        raise ValueError(f"pingpong mode must be one of {PING_MODES}, not {mode!r}")
     ((a, b),) = _pairs([spec])
     for fd in (a, b):
-        os.set_blocking(fd, True)
+        os.set_blocking(fd, True)  # writes block in both modes; poll mode's reads pass MSG_DONTWAIT
         # A stuck relay must not hang the run: blocking reads give up after the time budget.
         s = socket.socket(fileno=os.dup(fd))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", int(seconds) + 1, 0))
         s.close()
+    sock_a = socket.socket(fileno=os.dup(a))
+    sock_b = socket.socket(fileno=os.dup(b))
     msg = b"\x42" * size
     inbuf = memoryview(bytearray(size))
     lat: list[float] = []
     t0 = time.monotonic()
     deadline = t0 + seconds
+    give_up = deadline + 1.0  # the same grace as the blocking reads' SO_RCVTIMEO
+    poll_mode = mode == "poll"
     failed = False
-    for i in range(WARMUP + count):
-        t = time.monotonic()
-        if t >= deadline:
-            break
-        try:
-            os.write(a, msg)
-            _read_exact(b, inbuf)
-            os.write(b, inbuf)
-            _read_exact(a, inbuf)
-        except OSError:
-            failed = True
-            break
-        if i >= WARMUP:
-            lat.append(time.monotonic() - t)
+    with sock_a, sock_b:
+        for i in range(WARMUP + count):
+            t = time.monotonic()
+            if t >= deadline:
+                break
+            try:
+                os.write(a, msg)
+                if poll_mode:
+                    _read_exact_poll(sock_b, inbuf, give_up)
+                else:
+                    _read_exact(b, inbuf)
+                os.write(b, inbuf)
+                if poll_mode:
+                    _read_exact_poll(sock_a, inbuf, give_up)
+                else:
+                    _read_exact(a, inbuf)
+            except OSError:
+                failed = True
+                break
+            if i >= WARMUP:
+                lat.append(time.monotonic() - t)
     elapsed = time.monotonic() - t0
     if not lat:
-        return {"count": 0, "failed": failed, "seconds": elapsed}
+        return {"mode": mode, "count": 0, "failed": failed, "seconds": elapsed,
+                "cpu_s": _cpu(resource.RUSAGE_SELF)}
     lat.sort()
     n = len(lat)
 
@@ -174,6 +209,7 @@ def pingpong(size: int, count: int, seconds: float, spec: str) -> dict[str, obje
         return lat[int(p * (n - 1) + 0.5)] * 1e6
 
     return {
+        "mode": mode,
         "count": n,
         "failed": failed,
         "seconds": elapsed,
@@ -189,12 +225,12 @@ def pingpong(size: int, count: int, seconds: float, spec: str) -> dict[str, obje
 def main(argv: list[str]) -> int:
     if len(argv) >= 6 and argv[0] == "bulk":
         result = bulk(int(argv[1]), int(argv[2]), float(argv[3]), argv[4], argv[5:])
-    elif len(argv) == 5 and argv[0] == "pingpong":
-        result = pingpong(int(argv[1]), int(argv[2]), float(argv[3]), argv[4])
+    elif len(argv) in (5, 6) and argv[0] == "pingpong" and argv[5:6] in ([], ["block"], ["poll"]):
+        result = pingpong(int(argv[1]), int(argv[2]), float(argv[3]), argv[4], *argv[5:6])
     else:
         print(
             "usage: pyloadgen.py bulk BYTES CHUNK SECONDS copy|splice W:R..."
-            " | pingpong SIZE COUNT SECONDS A:B",
+            " | pingpong SIZE COUNT SECONDS A:B [block|poll]",
             file=sys.stderr,
         )
         return 2

@@ -26,6 +26,8 @@ METRICS = (
     Metric("bulk16_mibps", "16 concurrent sessions, aggregate", "MiB/s", "higher"),
     Metric("rtt_p50_us", "64-byte round trip p50", "us", "lower"),
     Metric("rtt_p99_us", "64-byte round trip p99", "us", "lower"),
+    Metric("rtt_poll_p50_us", "64-byte round trip p50, polling client", "us", "lower"),
+    Metric("rtt_poll_p99_us", "64-byte round trip p99, polling client", "us", "lower"),
     Metric("pair_seq_per_s", "pairings/s, sequential", "1/s", "higher"),
     Metric("pair_conc_per_s", "pairings/s, concurrent openers", "1/s", "higher"),
     Metric("rss_idle_mib", "relay RSS idle", "MiB", "lower"),

@@ -1,10 +1,12 @@
 """The traffic generators move exactly the bytes asked for and report round trips; C and Python agree."""
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from relaybench import pyloadgen
 from relaybench.loadgen import Generator, LoadgenError, build_c, parse_output
 
 
@@ -75,12 +77,52 @@ def test_bulk_reports_a_session_that_ends_early(generators: dict[str, Generator]
 
 
 @pytest.mark.parametrize("kind", ["c", "python"])
-def test_pingpong_counts_round_trips(generators: dict[str, Generator], kind: str) -> None:
+@pytest.mark.parametrize("mode", ["block", "poll"])
+@pytest.mark.parametrize("over", ["socketpair", "tcp"])
+def test_pingpong_counts_round_trips(
+    generators: dict[str, Generator], kind: str, mode: str, over: str
+) -> None:
     if kind not in generators:
         pytest.skip("no C compiler")
-    a, b = socket.socketpair()
+    a, b = socket.socketpair() if over == "socketpair" else _tcp_pair()
     with a, b:
-        r = generators[kind].pingpong((a, b), 64, 300, 10)
+        r = generators[kind].pingpong((a, b), 64, 300, 10, mode)
+    assert r["mode"] == mode
     assert r["count"] == 300
     assert not r["failed"]
     assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+@pytest.mark.parametrize("mode", ["block", "poll"])
+def test_pingpong_gives_up_at_the_time_limit_when_nothing_answers(
+    generators: dict[str, Generator], kind: str, mode: str
+) -> None:
+    """A stuck relay cannot hang the run: A's bytes go to a peer nobody reads, B waits on a silent one."""
+    if kind not in generators:
+        pytest.skip("no C compiler")
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    with a, a_peer, b, b_peer:
+        t = time.monotonic()
+        r = generators[kind].pingpong((a, b), 64, 10, 1, mode)
+        wall = time.monotonic() - t
+    assert r["mode"] == mode
+    assert r["count"] == 0
+    assert r["failed"]
+    # Both modes give up one second after the 1-second limit (blocking: SO_RCVTIMEO of 2 s).
+    assert 1.0 <= r["seconds"] < 4.0
+    assert wall < 10.0
+    # The polling client spins instead of sleeping, so it used CPU for most of its wait; the blocking
+    # one slept (startup only). Loose bounds: a busy machine gives the spinner less than a core.
+    if mode == "poll":
+        assert r["cpu_s"] > 0.3
+    else:
+        assert r["cpu_s"] < 0.3
+
+
+def test_pingpong_rejects_an_unknown_mode(generators: dict[str, Generator]) -> None:
+    a, b = socket.socketpair()
+    with a, b, pytest.raises(ValueError):
+        generators["python"].pingpong((a, b), 64, 10, 1, "spin")
+    assert pyloadgen.main(["pingpong", "64", "10", "1", f"{a.fileno()}:{b.fileno()}", "spin"]) == 2

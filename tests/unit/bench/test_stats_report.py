@@ -70,6 +70,28 @@ def test_build_reports_median_range_and_both_ratios() -> None:
     assert "skipped aspia: not built" in table
 
 
+def test_round_trip_rows_blocking_then_polling_client() -> None:
+    metrics = report.metrics_for((2000,))
+    keys = [m.key for m in metrics]
+    at = keys.index("rtt_p50_us")
+    assert keys[at : at + 4] == ["rtt_p50_us", "rtt_p99_us", "rtt_poll_p50_us", "rtt_poll_p99_us"]
+    labels = {m.key: m.label for m in metrics}
+    assert labels["rtt_p50_us"] == "64-byte round trip p50"  # unchanged: the blocking client
+    assert labels["rtt_poll_p50_us"] == "64-byte round trip p50, polling client"
+    rounds = {
+        "direct": [RoundResult(values={"rtt_p50_us": 10.0, "rtt_poll_p50_us": 10.0})],
+        "strelaysrv": [RoundResult(values={"rtt_p50_us": 130.0, "rtt_poll_p50_us": 60.0})],
+        "engine": [RoundResult(values={"rtt_p50_us": 50.0, "rtt_poll_p50_us": 20.0})],
+    }
+    subjects = {n: {"title": n, "skipped": None} for n in rounds}
+    doc = report.build(subjects, rounds, metrics, {})
+    fig = doc["subjects"]["engine"]["figures"]["rtt_poll_p50_us"]
+    assert fig["ratio_to_direct"] == pytest.approx(2.0)
+    assert fig["ratio_to_strelaysrv"] == pytest.approx(1 / 3)
+    table = report.format_table(doc, metrics)
+    assert "64-byte round trip p50, polling client (us, lower is better)" in table
+
+
 def test_metrics_for_adds_one_rss_row_per_idle_count_after_idle() -> None:
     keys = [m.key for m in report.metrics_for((2000, 10000))]
     at = keys.index("rss_idle_mib")
