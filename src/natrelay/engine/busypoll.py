@@ -13,7 +13,13 @@ How: after a delivery of a message (at most ``BUSY_POLL_MAX_DELIVERY`` bytes) :m
 queues a callback with ``call_soon`` that queues itself again until ``window`` seconds have passed
 since the last kick. While a callback is ready the loop (uvloop and asyncio alike) polls its
 descriptors with a zero timeout instead of sleeping, so the next packet is read as soon as the
-kernel has it. The cost is bounded: at most ``window`` of one core's time per exchange of messages,
+kernel has it. With a ``poll`` hook (the engine's own epoll, :mod:`natrelay.engine.poller`) the
+callback polls that epoll itself in a tight loop, up to ``MAX_TURN`` at a time before it yields,
+so a message is picked up by one ``epoll_wait`` on the engine's sockets instead of the loop's
+``epoll_wait`` reporting the engine's epoll and the engine then asking it which socket is ready:
+with the hook an Aspia round trip stayed at the loop readers' ~21 us (polling client), where the
+engine's epoll without it measured 27 us. Other callbacks wait at most ``MAX_TURN`` for their turn.
+The cost is bounded: at most ``window`` of one core's time per exchange of messages,
 nothing at all on an idle relay or for bulk streams. ``NATRELAY_BUSY_POLL_US`` sets the window
 (0 turns it off) for operators who prefer idle cores to latency.
 """
@@ -30,6 +36,9 @@ BUSY_POLL_ENV = "NATRELAY_BUSY_POLL_US"
 DEFAULT_BUSY_POLL = 50e-6
 """Seconds of polling after the last delivery: above the 30 us that already gave the whole gain."""
 MAX_BUSY_POLL_US = 10_000
+MAX_TURN = 50e-6
+"""Seconds one turn of the loop polls the engine's epoll before other callbacks get theirs (when the
+window is longer than this, it is polled in several turns)."""
 BUSY_POLL_MAX_DELIVERY = 8192
 """Only deliveries up to this size start a window: messages that an answer follows. A bulk stream
 moves whole pipe-fuls per wake-up and its loop rarely sleeps; polling between its chunks only took
@@ -59,10 +68,11 @@ def busy_poll_from_env(env: Mapping[str, str]) -> float:
 class BusyPoll:
     """One loop's polling window; ``window`` 0 makes :meth:`kick` do nothing."""
 
-    __slots__ = ("_clock", "_last", "_loop", "_spinning", "closed", "window")
+    __slots__ = ("_clock", "_last", "_loop", "_spinning", "closed", "poll", "window")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, window: float,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 poll: Callable[[], object] | None = None) -> None:
         if window < 0:
             raise ValueError("the busy-poll window must be >= 0")
         self._loop = loop
@@ -71,6 +81,7 @@ class BusyPoll:
         self._last = 0.0
         self._spinning = False
         self.closed = False
+        self.poll = poll
 
     @property
     def spinning(self) -> bool:
@@ -87,10 +98,31 @@ class BusyPoll:
             self._loop.call_soon(self._spin)
 
     def _spin(self) -> None:
-        if not self.closed and self._clock() - self._last < self.window:
-            self._loop.call_soon(self._spin)
-        else:
+        # Without a hook: one zero-timeout turn of the loop per call. With one: poll it here for up
+        # to a window, then let the loop run what else is ready.
+        poll = self.poll
+        if poll is None:
+            if not self.closed and self._clock() - self._last < self.window:
+                self._loop.call_soon(self._spin)
+            else:
+                self._spinning = False
+            return
+        clock = self._clock
+        window = self.window
+        turn = min(window, MAX_TURN)
+        start = clock()
+        while not self.closed:
+            poll()
+            now = clock()
+            if now - self._last >= window:
+                self._spinning = False
+                return
+            if now - start >= turn:
+                break
+        if self.closed:
             self._spinning = False
+            return
+        self._loop.call_soon(self._spin)
 
     def close(self) -> None:
         """Stop polling (the next queued callback ends the chain)."""

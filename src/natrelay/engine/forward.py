@@ -186,6 +186,8 @@ class ForwardEngine:
         self.loop = loop
         self.busy_poll = BusyPoll(loop, busy_poll_from_env(os.environ) if busy_poll is None else busy_poll)
         self.poller: Poller = make_poller(loop, poller)
+        if isinstance(self.poller, EpollPoller):
+            self.busy_poll.poll = self.poller.dispatch
         self._splice_ok: bool | None = None
         if method == "splice" and not self._can_splice():
             raise RuntimeError("splice(2) forwarding is not available here")

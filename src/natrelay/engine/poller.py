@@ -72,7 +72,7 @@ class EpollPoller:
         self._entries: dict[int, _Entry] = {}
         self.closed = False
         try:
-            loop.add_reader(self._epfd, self._dispatch)
+            loop.add_reader(self._epfd, self.dispatch)
         except BaseException:
             self._ep.close()
             raise
@@ -145,7 +145,10 @@ class EpollPoller:
         with contextlib.suppress(OSError):
             self._ep.unregister(fd)
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
+        """Run the callbacks of the sockets that are ready now (never waits)."""
+        if self.closed:
+            return
         try:
             events = self._ep.poll(0, MAX_EVENTS)
         except InterruptedError:

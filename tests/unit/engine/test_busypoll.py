@@ -144,3 +144,50 @@ def test_a_bulk_delivery_does_not_poll(loop_kind: str) -> None:
         engine.close()
 
     run(loop_kind, main)
+
+
+def test_a_poll_hook_is_polled_in_a_bounded_tight_loop_then_the_loop_gets_its_turn() -> None:
+    loop, clock = FakeLoop(), FakeClock()
+    polls: list[float] = []
+
+    def hook() -> None:
+        polls.append(clock.now)
+        clock.now += 5e-6  # each poll of the engine's epoll takes 5 us
+
+    poll = BusyPoll(loop, 50e-6, clock=clock, poll=hook)  # type: ignore[arg-type]
+    poll.kick()
+    loop.iterate()
+    # 50 us after the kick the window is over: ten polls, and no callback left queued.
+    assert len(polls) == 10
+    assert loop.ready == [] and not poll.spinning
+
+    # A kick from inside a poll (a delivery) extends the window, but one turn never holds the loop
+    # longer than one window: it queues itself and lets other callbacks run.
+    polls.clear()
+    kicks = iter([True] * 30)
+
+    def kicking_hook() -> None:
+        polls.append(clock.now)
+        clock.now += 5e-6
+        if next(kicks, False):
+            poll.kick()
+
+    poll.poll = kicking_hook
+    poll.kick()
+    loop.iterate()
+    assert len(polls) == 10 and len(loop.ready) == 1
+    loop.iterate()
+    loop.iterate()
+    loop.iterate()
+    assert loop.ready == [] and not poll.spinning
+    assert len(polls) == 30 + 10  # 30 kicking polls, then one more window
+
+
+def test_a_closed_poller_is_not_polled() -> None:
+    loop, clock = FakeLoop(), FakeClock()
+    calls: list[int] = []
+    poll = BusyPoll(loop, 50e-6, clock=clock, poll=lambda: calls.append(1))  # type: ignore[arg-type]
+    poll.kick()
+    poll.close()
+    loop.iterate()
+    assert calls == [] and not poll.spinning

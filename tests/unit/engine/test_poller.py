@@ -143,6 +143,7 @@ def test_forwarded_sockets_are_the_engines_not_the_loops(loop_kind: str) -> None
         engine = ForwardEngine(loop)
         assert isinstance(engine.poller, EpollPoller)
         assert engine.short_read_is_again
+        assert engine.busy_poll.poll == engine.poller.dispatch  # the polling window polls it directly
         x, a = tcp_pair()
         y, b = tcp_pair()
         try:
