@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from natrelay.engine.busypoll import busy_poll_from_env
+from natrelay.ops.allocator import tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,15 @@ def run(main: Callable[[Stop], Awaitable[int]], *, use_uvloop: bool = True,
     expect a stop to take effect, whatever the program was waiting for.
 
     The engine's environment settings are checked first, so that a wrong one is one line naming
-    the variable and exit status 2, not a traceback from deep inside the first session.
+    the variable and exit status 2, not a traceback from deep inside the first session. glibc's
+    malloc is then tuned for large short-lived buffers (:mod:`natrelay.ops.allocator`).
     """
     try:
         busy_poll_from_env(os.environ)
     except ValueError as exc:
         print(f"{os.path.basename(sys.argv[0]) or 'natrelay'}: {exc}", file=sys.stderr)
         return 2
+    log.debug("%s", tune_allocator(os.environ))  # see ops/allocator.py: large messages, fewer page faults
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:

@@ -48,3 +48,22 @@ def test_a_good_engine_setting_runs_the_server(monkeypatch: pytest.MonkeyPatch) 
         return 7
 
     assert run(main, use_uvloop=False) == 7
+
+
+def test_a_server_start_tunes_the_allocator_unless_the_operator_did(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[object] = []
+
+    def fake_tune(env: object) -> str:
+        seen.append(env)
+        return "tuned"
+
+    monkeypatch.setattr("natrelay.ops.runtime.tune_allocator", fake_tune)
+
+    async def main(stop: Stop) -> int:
+        return 0
+
+    with caplog.at_level("DEBUG", logger="natrelay.ops.runtime"):
+        assert run(main, use_uvloop=False) == 0
+    assert len(seen) == 1
+    assert "tuned" in caplog.text
