@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="auto", choices=["auto", "splice", "portable"])
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("--idle-timeout", type=float, default=None)
-    ap.add_argument("--pipe-size", type=int, default=DEFAULT_PIPE_SIZE, help="splice pipe capacity in bytes")
+    ap.add_argument("--pipe-size", type=int, default=None,
+                    help=f"splice pipe capacity in bytes (default: the engine's, {DEFAULT_PIPE_SIZE} "
+                         "after its first large pipes)")
     ap.add_argument("--workers", type=int, default=default_worker_count(),
                     help="worker processes sharing the port (default: one per core)")
     args = ap.parse_args(argv)

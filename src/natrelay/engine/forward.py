@@ -42,7 +42,14 @@ from natrelay.engine.session import (
     OnClose,
     Pump,
 )
-from natrelay.engine.splice import DEFAULT_PIPE_SIZE, PipePool, SplicePump, splice_available
+from natrelay.engine.splice import (
+    DEFAULT_PIPE_SIZE,
+    LARGE_PIPE_BUDGET,
+    LARGE_PIPE_SIZE,
+    PipePool,
+    SplicePump,
+    splice_available,
+)
 from natrelay.engine.stats import DURATION_BUCKETS, Histogram
 
 __all__ = ["ForwardEngine", "Method", "PortablePump", "Totals", "start_forwarding"]
@@ -158,7 +165,7 @@ class ForwardEngine:
         loop: asyncio.AbstractEventLoop,
         *,
         method: Method = "auto",
-        pipe_size: int = DEFAULT_PIPE_SIZE,
+        pipe_size: int | None = None,
         max_spare_pipes: int = 16,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         max_chunks_per_wakeup: int = 4,
@@ -170,7 +177,9 @@ class ForwardEngine:
         busy_poll: float | None = None,
         poller: str = "auto",
     ) -> None:
-        """``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
+        """``pipe_size``: capacity of the splice pipes; None = the engine's choice (the first pipes of
+        ``LARGE_PIPE_SIZE`` within ``LARGE_PIPE_BUDGET``, then ``DEFAULT_PIPE_SIZE``).
+        ``session_rate`` and ``global_rate`` (bytes per second, None = no limit) cap each session's
         two directions together and all sessions of this engine together. ``busy_poll``: seconds the
         loop keeps polling after a delivery (:mod:`natrelay.engine.busypoll`); None = from
         ``NATRELAY_BUSY_POLL_US`` or the default, 0 = off. ``poller``: how readiness of the forwarded
@@ -178,11 +187,16 @@ class ForwardEngine:
         ``"loop"`` readers, ``"auto"`` = epoll where the system has it."""
         if buffer_size <= 0 or max_chunks_per_wakeup <= 0:
             raise ValueError("buffer_size and max_chunks_per_wakeup must be positive")
+        # Without a size of the caller's, the first pipes are large (see splice.LARGE_PIPE_SIZE).
+        tiered = pipe_size is None
+        if pipe_size is None:
+            pipe_size = DEFAULT_PIPE_SIZE
         if session_rate or global_rate:
             # A throttle can only pause after a wake-up moved its bytes: keep that to one small
             # chunk per direction, so a limit overshoots by at most RATE_CHUNK (and repays it).
             pipe_size, buffer_size = min(pipe_size, RATE_CHUNK), min(buffer_size, RATE_CHUNK)
             max_chunks_per_wakeup = 1
+            tiered = False
         self.loop = loop
         self.busy_poll = BusyPoll(loop, busy_poll_from_env(os.environ) if busy_poll is None else busy_poll)
         self.poller: Poller = make_poller(loop, poller)
@@ -194,7 +208,8 @@ class ForwardEngine:
         self.method: Literal["splice", "portable"] = (
             "splice" if method == "splice" or (method == "auto" and self._can_splice()) else "portable"
         )
-        self.pool = PipePool(pipe_size, max_spare_pipes)
+        self.pool = PipePool(pipe_size, max_spare_pipes, large_size=LARGE_PIPE_SIZE if tiered else None,
+                             large_budget=LARGE_PIPE_BUDGET if tiered else 0)
         self.timers: WheelDriver[ForwardSession] = WheelDriver(
             loop, self._on_timer, slack=timer_slack, clock=clock
         )
