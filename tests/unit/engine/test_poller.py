@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,13 +27,24 @@ async def _turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+@contextlib.contextmanager
+def _poller_and_pair() -> Iterator[tuple[EpollPoller, socket.socket, socket.socket]]:
+    """A poller on the running loop and a connected socket pair, all closed at the end."""
+    poller = EpollPoller(asyncio.get_running_loop())
+    a, b = socket.socketpair()
+    try:
+        yield poller, a, b
+    finally:
+        poller.close()
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_reader_and_writer_share_one_registration_and_leave_none(loop_kind: str) -> None:
     async def main() -> None:
-        poller = EpollPoller(asyncio.get_running_loop())
-        a, b = socket.socketpair()
         calls: list[str] = []
-        try:
+        with _poller_and_pair() as (poller, a, b):
             poller.add_writer(a.fileno(), lambda: calls.append("w"))
             poller.add_reader(a.fileno(), lambda: calls.append("r"))
             assert len(poller) == 1
@@ -50,10 +63,6 @@ def test_reader_and_writer_share_one_registration_and_leave_none(loop_kind: str)
             poller.add_reader(a.fileno(), lambda: calls.append("again"))
             await _turns()
             assert calls and set(calls) == {"again"}
-        finally:
-            poller.close()
-            a.close()
-            b.close()
 
     run(loop_kind, main)
 
@@ -61,26 +70,20 @@ def test_reader_and_writer_share_one_registration_and_leave_none(loop_kind: str)
 @pytest.mark.parametrize("loop_kind", LOOP_KINDS)
 def test_a_callback_removed_during_dispatch_is_not_called(loop_kind: str) -> None:
     async def main() -> None:
-        poller = EpollPoller(asyncio.get_running_loop())
-        a, b = socket.socketpair()
         calls: list[str] = []
-        fd = a.fileno()
+        with _poller_and_pair() as (poller, a, b):
+            fd = a.fileno()
 
-        def reader() -> None:
-            calls.append("r")
-            poller.remove_writer(fd)
-            poller.remove_reader(fd)
+            def reader() -> None:
+                calls.append("r")
+                poller.remove_writer(fd)
+                poller.remove_reader(fd)
 
-        try:
             poller.add_reader(fd, reader)
             poller.add_writer(fd, lambda: calls.append("w"))
             b.send(b"x")  # readable and writable in the same event
             await _turns()
             assert calls == ["r"]
-        finally:
-            poller.close()
-            a.close()
-            b.close()
 
     run(loop_kind, main)
 
@@ -98,9 +101,12 @@ def test_a_failing_callback_goes_to_the_loop_and_the_others_still_run(loop_kind:
         def bad() -> None:
             raise RuntimeError("boom")
 
+        def good(i: int) -> Callable[[], None]:
+            return lambda: calls.append(i)
+
         try:
             for i, (a, b) in enumerate(pairs):
-                poller.add_reader(a.fileno(), bad if i == 1 else (lambda i=i: calls.append(i)))
+                poller.add_reader(a.fileno(), bad if i == 1 else good(i))
                 b.send(b"x")
             await _turns()
             assert 0 in calls and 2 in calls
