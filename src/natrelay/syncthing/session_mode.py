@@ -230,7 +230,7 @@ class SessionMode:
         for c in (paired.server, paired.client):
             c.watching = False
         try:
-            # Our readers stay registered: the engine's replace them in place (no system call).
+            # Our readers stay registered: the engine takes them off the loop when it starts.
             fwd = self.engine.start(paired.server.sock, paired.client.sock,
                                     idle_timeout=self.options.config.network_timeout,
                                     on_close=self._session_closed, context=s, nodelay_set=True)

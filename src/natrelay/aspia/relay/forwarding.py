@@ -113,10 +113,9 @@ class ForwardedSessions:
               addresses: tuple[str, str], sources: tuple[str, str]) -> ActiveSession | None:
         """Forward a pair's two sockets (non-blocking, Nagle off); None if it could not start.
 
-        The sockets may still be registered with this loop: on this loop the engine's readers
-        replace them in place (ForwardEngine.start); removing them first cost 2-3 epoll_ctl calls
-        and an ioctl per socket, the biggest avoidable system-call item of a pairing. Another
-        loop takes them, so for the threads nothing of them may stay registered here.
+        The sockets may still be registered with this loop: an engine on this loop takes them
+        off it and watches them on its own epoll (ForwardEngine.start). Another loop takes
+        them, so for the threads nothing of them may stay registered here.
         """
         first, second = socks
         if self.threads is not None:
