@@ -82,48 +82,16 @@ class EpollPoller:
         return len(self._entries)
 
     def add_reader(self, fd: int, callback: Callback) -> None:
-        entry = self._entries.get(fd)
-        if entry is None:
-            self._ep.register(fd, self._IN)
-            self._entries[fd] = _Entry(callback, None)
-            return
-        had = entry.reader is not None
-        entry.reader = callback
-        if not had:
-            self._ep.modify(fd, self._IN | self._OUT)
+        self._set(fd, callback, reading=True)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
-        entry = self._entries.get(fd)
-        if entry is None:
-            self._ep.register(fd, self._OUT)
-            self._entries[fd] = _Entry(None, callback)
-            return
-        had = entry.writer is not None
-        entry.writer = callback
-        if not had:
-            self._ep.modify(fd, self._IN | self._OUT)
+        self._set(fd, callback, reading=False)
 
     def remove_reader(self, fd: int) -> bool:
-        entry = self._entries.get(fd)
-        if entry is None or entry.reader is None:
-            return False
-        entry.reader = None
-        if entry.writer is None:
-            self._forget(fd)
-        else:
-            self._ep.modify(fd, self._OUT)
-        return True
+        return self._set(fd, None, reading=True)
 
     def remove_writer(self, fd: int) -> bool:
-        entry = self._entries.get(fd)
-        if entry is None or entry.writer is None:
-            return False
-        entry.writer = None
-        if entry.reader is None:
-            self._forget(fd)
-        else:
-            self._ep.modify(fd, self._IN)
-        return True
+        return self._set(fd, None, reading=False)
 
     def close(self) -> None:
         """Stop watching everything; the sockets themselves are their owners' to close."""
@@ -138,6 +106,42 @@ class EpollPoller:
         self._ep.close()
 
     # ------------------------------------------------------------ internals
+
+    def _set(self, fd: int, callback: Callback | None, *, reading: bool) -> bool:
+        """Make ``callback`` (``None``: nobody) the reader or writer of ``fd``; True if one was set.
+
+        The epoll mask follows from the entry's two callbacks, so all four public methods share
+        one rule: registered while either is set, modified when the set changes, forgotten when
+        neither is left. A failed ``register`` (a closed descriptor) leaves no entry behind.
+        """
+        entry = self._entries.get(fd)
+        if entry is None:
+            if callback is None:
+                return False
+            entry = _Entry(None, None)
+            old = 0
+        else:
+            old = self._mask(entry)
+        if reading:
+            had = entry.reader is not None
+            entry.reader = callback
+        else:
+            had = entry.writer is not None
+            entry.writer = callback
+        new = self._mask(entry)
+        if new != old:
+            if not new:
+                self._forget(fd)
+            elif not old:
+                self._ep.register(fd, new)
+                self._entries[fd] = entry
+            else:
+                self._ep.modify(fd, new)
+        return had
+
+    def _mask(self, entry: _Entry) -> int:
+        return (self._IN if entry.reader is not None else 0) | (
+            self._OUT if entry.writer is not None else 0)
 
     def _forget(self, fd: int) -> None:
         del self._entries[fd]
