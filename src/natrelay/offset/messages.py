@@ -210,7 +210,7 @@ def encode_init_connection(msg: InitConnection) -> bytes:
 
 
 def _read_init_connection(reader: Any) -> InitConnection:
-    which = reader.which()
+    which = reader._which_str()
     if which == "listen":
         return Listen()
     if which == "accept":
@@ -282,7 +282,7 @@ def encode_ka_message(message: bytes | None) -> bytes:
 
 
 def _read_ka_message(reader: Any) -> bytes | None:
-    which = reader.which()
+    which = reader._which_str()
     if which == "keepAlive":
         return None
     if which == "message":
@@ -338,7 +338,7 @@ def encode_exchange_rand_nonce(msg: ExchangeRandNonce) -> bytes:
 
 def _read_exchange_rand_nonce(reader: Any) -> ExchangeRandNonce:
     dest = reader.optDestPublicKey
-    which = dest.which()
+    which = dest._which_str()
     if which == "empty":
         opt_dest = None
     elif which == "publicKey":
@@ -418,7 +418,7 @@ def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
 
 def _read_channel_message(reader: Any) -> bytes | Rekey:
     content = reader.content
-    which = content.which()
+    which = content._which_str()
     if which == "user":
         user: bytes = content.user
         return user

@@ -233,6 +233,14 @@ def test_unknown_discriminant_is_protocol_error() -> None:
         m.decode_init_connection(h("10 03 50 01 01 01 03 00 00"))
     with pytest.raises(ProtocolError, match="KaMessage"):
         m.decode_ka_message(h("10 03 50 01 01 01 02 00 00"))
+    # ChannelMessage{randPadding "pp", content.user "u"}: byte 40 (after the segment table, the
+    # root and its two pointers, and the padding's word) is ChannelContent's discriminant, 1 = user.
+    unpacked = bytearray(h("00000000 07000000 00000000 00000200 05000000 12000000 04000000 01000100"
+                           "70700000 00000000 01000000 00000000 01000000 0a000000 75000000 00000000"))
+    assert m.decode_channel_message(pack_simple(bytes(unpacked))) == b"u"
+    unpacked[40] = 2
+    with pytest.raises(ProtocolError, match="ChannelMessage"):
+        m.decode_channel_message(pack_simple(bytes(unpacked)))
 
 
 def test_trailing_bytes_are_ignored_like_the_rust_reader() -> None:
