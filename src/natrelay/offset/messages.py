@@ -254,9 +254,10 @@ def decode_reject_connection(data: bytes) -> bytes:
 # ---------------------------------------------------------------- keepalive (keepalive.capnp)
 
 
-def _one_segment(*data_lengths: int) -> int:
-    """First-segment words that hold the message whole: its Data fields plus room for the structs."""
-    return 32 + sum((n + 7) // 8 for n in data_lengths)
+def _one_segment(data_bytes: int, more_data_bytes: int = 0) -> int:
+    """First-segment words that hold the message whole: its (one or two) Data fields plus room for
+    the structs. Plain arithmetic: it runs for every message a node sends, twice."""
+    return 32 + ((data_bytes + 7) >> 3) + ((more_data_bytes + 7) >> 3)
 
 
 def _packed(builder: Any, data_bytes: int) -> bytes:
@@ -281,12 +282,18 @@ def encode_ka_message(message: bytes | None) -> bytes:
     return _packed(builder, 0 if message is None else len(message))
 
 
+# The per-message readers below (a keepalive and a channel message on every frame of every link)
+# use pycapnp's ``_which_str()`` and ``_get(name)``: ``which()`` builds an enum object and compares
+# it as a string, and attribute access first fails a generic lookup (formatting an AttributeError)
+# before pycapnp's fallback finds the field. A keepalive and a channel message together: 5.2 -> 2.6 us.
+
+
 def _read_ka_message(reader: Any) -> bytes | None:
     which = reader._which_str()
     if which == "keepAlive":
         return None
     if which == "message":
-        message: bytes = reader.message
+        message: bytes = reader._get("message")
         return message
     raise ProtocolError(f"unknown KaMessage variant {which!r}")
 
@@ -417,10 +424,10 @@ def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
 
 
 def _read_channel_message(reader: Any) -> bytes | Rekey:
-    content = reader.content
+    content = reader._get("content")
     which = content._which_str()
     if which == "user":
-        user: bytes = content.user
+        user: bytes = content._get("user")
         return user
     if which == "rekey":
         return _read_rekey(content.rekey)
