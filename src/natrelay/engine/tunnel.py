@@ -60,7 +60,7 @@ MAX_REASON = 512
 #: Payload bytes per data message. Every layer below copies the message a few times; keeping
 #: each copy under ~70 KB keeps them in the allocator's cheap range (measured: encoding a 64 KiB
 #: Offset payload took 35 us, a 120 KB one 390 us, from heap trimming and fresh pages).
-MAX_CHUNK = int(__import__("os").environ.get("XCHUNK", 60 * 1024))
+MAX_CHUNK = 60 * 1024
 
 END_MESSAGE = bytes([END])
 
