@@ -17,6 +17,7 @@ import contextlib
 import socket
 import struct
 
+from natrelay.engine.protobridge import join_streams
 from natrelay.engine.tunnel import TunnelTransport
 
 CHUNK = 256 * 1024
@@ -82,30 +83,40 @@ async def bridge(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                  b: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> tuple[int, int]:
     """Forward both ways until both directions have ended; close both. Returns (a->b, b->a).
 
+    Socket and tunnel transports are joined at protocol level (:mod:`natrelay.engine.protobridge`,
+    same semantics, a fraction of the CPU); anything else (pipes, SSL) gets two ``Pump`` tasks.
+
     If a direction fails, or the caller cancels, both writers are aborted (see the module
     docstring) and the error (or the cancellation) propagates.
     """
     (ra, wa), (rb, wb) = a, b
-    forward, backward = Pump(ra, wb), Pump(rb, wa)
-    t1 = asyncio.ensure_future(forward.run())
-    t2 = asyncio.ensure_future(backward.run())
+    joined = join_streams(a, b)  # protocol level where both transports allow it (protobridge)
+    tasks: list[asyncio.Future[int]] = []
     ok = False
     try:
-        done, _pending = await asyncio.wait({t1, t2}, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()  # an error in one direction ends both
+        if joined is not None:
+            result = await joined.wait()
+        else:
+            forward, backward = Pump(ra, wb), Pump(rb, wa)
+            tasks = [asyncio.ensure_future(forward.run()), asyncio.ensure_future(backward.run())]
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # an error in one direction ends both
+            result = tasks[0].result(), tasks[1].result()
         ok = True
-        return t1.result(), t2.result()
+        return result
     except BaseException as exc:
+        if joined is not None:
+            joined.stop()
         reason = "interrupted" if isinstance(exc, asyncio.CancelledError) else describe(exc)
         for w in (wa, wb):
             abort_stream(w, reason)
         raise
     finally:
-        for task in (t1, t2):
+        for task in tasks:
             if not task.done():
                 task.cancel()
-        for task in (t1, t2):
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
         if ok:

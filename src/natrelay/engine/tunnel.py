@@ -22,7 +22,7 @@ after the data before it, nothing in flight is lost on either side's close.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 
 class StreamLayerError(Exception):
@@ -138,9 +138,10 @@ class TunnelStreamProtocol(asyncio.StreamReaderProtocol):
 class TunnelTransport(asyncio.Transport):
     """An end-to-end tunnel as an asyncio transport (stream semantics, half-close)."""
 
-    def __init__(self, conn: MessageCarrier, extra: dict[str, Any]) -> None:
+    def __init__(self, conn: MessageCarrier, extra: dict[str, Any], end: StreamEnd | None = None) -> None:
         super().__init__(extra)
         self._conn = conn
+        self._end = end
         self._protocol: asyncio.BaseProtocol | None = None
         self.eof_sent = False
         self._closing = False
@@ -151,7 +152,10 @@ class TunnelTransport(asyncio.Transport):
         return self._protocol
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Later stream events (data, end of stream, flow control, loss) go to ``protocol``."""
         self._protocol = protocol
+        if self._end is not None:
+            self._end.app = cast(asyncio.Protocol, protocol)
 
     def is_closing(self) -> bool:
         return self._closing or self._conn.closing
@@ -240,6 +244,7 @@ class StreamEnd:
     """
 
     def __init__(self, app: asyncio.Protocol) -> None:
+        #: Where stream events go: the transport's protocol (``set_protocol`` changes it).
         self.app = app
         self.transport: TunnelTransport | None = None
         self.remote_ended = False
@@ -247,7 +252,7 @@ class StreamEnd:
 
     def open(self, carrier: MessageCarrier, extra: dict[str, Any]) -> TunnelTransport:
         """The channel is authenticated: give the application its transport."""
-        self.transport = TunnelTransport(carrier, extra)
+        self.transport = TunnelTransport(carrier, extra, self)
         self.transport.set_protocol(self.app)
         self.app.connection_made(self.transport)
         return self.transport

@@ -105,3 +105,36 @@ def test_a_clean_end_is_not_an_error_and_a_cut_one_is() -> None:
     end.deliver(b"\x00x")
     end.connection_lost("relay went away")
     assert isinstance(cut.events[-1], ConnectionResetError) and "relay went away" in str(cut.events[-1])
+
+
+class _Carrier:
+    transport = None
+    closing = False
+
+    def send_app(self, messages: list[bytes]) -> None:
+        pass
+
+    def maybe_finish(self) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        pass
+
+
+def test_set_protocol_redirects_every_later_stream_event() -> None:
+    """A protocol installed on the tunnel (e.g. the bridge's) gets data, end, flow control and loss."""
+    first, second = _App(), _App()
+    end = StreamEnd(first)
+    tunnel = end.open(_Carrier(), {})
+    assert tunnel.get_protocol() is first
+    end.deliver(b"\x00one")
+    tunnel.set_protocol(second)
+    assert tunnel.get_protocol() is second
+    end.deliver(b"\x00two")
+    end.deliver(END_MESSAGE)
+    end.connection_lost("closed")
+    assert first.events == [b"one"]
+    assert second.events == [b"two", "eof", None]
