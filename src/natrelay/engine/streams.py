@@ -67,7 +67,9 @@ def abort_stream(writer: asyncio.StreamWriter, reason: str) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.type == socket.SOCK_STREAM:
         # Closing a socket sends FIN (a clean end) unless told to linger 0 s: then it is a reset.
-        with contextlib.suppress(OSError):
+        # uvloop's socket stand-in raises ValueError once the transport has lost its socket;
+        # the abort below must still run, or the other side of a bridge is never reset.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 
