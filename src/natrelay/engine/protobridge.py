@@ -13,7 +13,7 @@ bytes its reader had already buffered are passed on, and:
   and back under the low one) pause and resume *reading the other transport*: memory stays
   bounded by the marks plus one read, as with ``drain()``;
 * ``eof_received`` becomes ``write_eof`` on the other side and keeps the transport half-open,
-  the other direction flowing on;
+  the other direction flowing on, unless the socket shows it was a reset (:mod:`tcpstate`);
 * ``connection_lost(exc)`` with an error fails the join (``bridge`` then aborts both sides);
   a clean loss reads as end of input, and any later write into that transport fails, as a
   drain on a lost connection does.
@@ -30,8 +30,10 @@ protocols) returns ``None`` from :func:`join_streams` and ``bridge`` keeps its p
 from __future__ import annotations
 
 import asyncio
+import errno
 from typing import Any, cast
 
+from natrelay.engine.tcpstate import reset_behind_eof
 from natrelay.engine.tunnel import TunnelStreamProtocol, TunnelTransport
 
 #: Transport classes (module, name) whose ``set_protocol`` redirects every later callback.
@@ -77,8 +79,16 @@ class _End(asyncio.Protocol):
         self.count += len(data)
 
     def eof_received(self) -> bool:
-        self.join.input_end(self)
+        self.end_of_input()
         return True  # half-open: the other direction goes on
+
+    def end_of_input(self) -> None:
+        """The transport read its end: pass it on, unless the socket shows it was a reset."""
+        if reset_behind_eof(self.transport, half_closed=self.other.input_ended):
+            # A reset whose error a failed write already took (see tcpstate): not an end.
+            self.join.fail(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+            return
+        self.join.input_end(self)
 
     def pause_writing(self) -> None:
         self.output_paused = True
@@ -173,7 +183,7 @@ class JoinedStreams:
                 end.data_received(data)
         for end, reader in zip((self.a, self.b), readers, strict=True):
             if reader.at_eof():
-                self.input_end(end)
+                end.end_of_input()
         for end in (self.a, self.b):
             if self.done or end.input_ended:
                 continue

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import struct
 
 from natrelay.engine.protobridge import join_streams
+from natrelay.engine.tcpstate import reset_behind_eof
 from natrelay.engine.tunnel import TunnelTransport
 
 CHUNK = 256 * 1024
@@ -30,11 +32,18 @@ class Pump:
     cost nothing, while a pump caught between read and write was carrying bytes that are lost.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 source: asyncio.StreamWriter | None = None,
+                 opposite: Pump | None = None) -> None:
         self.reader = reader
         self.writer = writer
+        #: The writer of ``reader``'s connection and the pump that may half-close it: with both,
+        #: an end of input that the socket shows was a reset fails (see :mod:`tcpstate`).
+        self.source = source
+        self.opposite = opposite
         self.count = 0
         self.waiting_for_input = False
+        self.eof_written = False
 
     async def run(self) -> int:
         """Copy until end of input, then half-close the writer. Errors propagate."""
@@ -44,11 +53,16 @@ class Pump:
             data = await reader.read(CHUNK)
             self.waiting_for_input = False
             if not data:
+                source, opposite = self.source, self.opposite
+                if source is not None and opposite is not None and reset_behind_eof(
+                        source.transport, half_closed=opposite.eof_written):
+                    raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
                 break
             writer.write(data)
             await writer.drain()
             self.count += len(data)
         if writer.can_write_eof() and not writer.is_closing():
+            self.eof_written = True
             writer.write_eof()  # no drain after this: for a pipe, end of stream closes the transport
         return self.count
 
@@ -99,7 +113,8 @@ async def bridge(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         if joined is not None:
             result = await joined.wait()
         else:
-            forward, backward = Pump(ra, wb), Pump(rb, wa)
+            forward, backward = Pump(ra, wb, source=wa), Pump(rb, wa, source=wb)
+            forward.opposite, backward.opposite = backward, forward
             tasks = [asyncio.ensure_future(forward.run()), asyncio.ensure_future(backward.run())]
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

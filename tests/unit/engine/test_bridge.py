@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -220,6 +221,66 @@ def test_a_reset_on_either_side_resets_the_other(loop_kind: str, path: str, who:
             await joined
         await expect_reset(survivor)
         survivor.close()
+
+    go(loop_kind, main)
+
+
+def _reset_and_take_the_error(peer: socket.socket, mine: socket.socket) -> None:
+    """Reset ``peer`` and let a write on ``mine`` take the error, as a loop's failed write does.
+
+    Blocking on purpose: the loop under test must not read ``mine`` in between. Linux then shows
+    the reset to the next read as an end of input (see ``engine/tcpstate.py``).
+    """
+    fd = mine.fileno()
+    abort(peer)
+    for _ in range(2000):
+        try:
+            os.write(fd, b"!")
+        except ConnectionResetError:
+            return
+        time.sleep(0.001)
+    raise AssertionError("the reset never reached the socket")
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_reset_whose_error_a_write_took_is_still_a_reset(loop_kind: str, path: str, when: str) -> None:
+    """The kernel reports such a reset as end of input; the bridge must not pass it on as one."""
+    async def main() -> None:
+        ca, a, cb, b = await proxied()
+        mine = a[1].get_extra_info("socket")
+        if when == "before":  # the loop reads the false end of input before the bridge starts
+            _reset_and_take_the_error(ca, mine)
+            await eventually(a[0].at_eof)
+            joined = asyncio.ensure_future(bridge(a, b))
+        else:
+            joined = asyncio.ensure_future(bridge(a, b))
+            await send_all(ca, b"x" * 1000)
+            assert await read_exact(cb, 1000) == b"x" * 1000
+            _reset_and_take_the_error(ca, mine)
+        with pytest.raises(ConnectionResetError):
+            await joined
+        await expect_reset(cb)
+        cb.close()
+
+    go(loop_kind, main)
+
+
+def test_a_reset_taken_by_a_write_after_our_eof_was_asked_is_still_a_reset(loop_kind: str, path: str) -> None:
+    """Half-closed with bytes still to write (our FIN not yet out): the state still tells."""
+    async def main() -> None:
+        ca, a, cb, b = await proxied()
+        set_buffers(64 * 1024, ca, a[1].get_extra_info("socket"))
+        a[1].transport.set_write_buffer_limits(high=16 << 20)  # hold what ca does not read
+        joined = asyncio.ensure_future(bridge(a, b))
+        await send_all(cb, b"y" * (4 << 20), shut=True)
+        await eventually(lambda: a[1].transport.get_write_buffer_size() > 0)
+        await asyncio.sleep(0.1)  # the bridge reads cb's end and asks a's transport for a FIN
+        assert a[1].transport.get_write_buffer_size() > 0
+        _reset_and_take_the_error(ca, a[1].get_extra_info("socket"))
+        with pytest.raises(ConnectionError):
+            await joined
+        await expect_reset(cb)
+        cb.close()
 
     go(loop_kind, main)
 
