@@ -569,3 +569,31 @@ def test_writing_into_a_tunnel_that_ended_cleanly_fails(loop_kind: str, path: st
         ca.close()
 
     go(loop_kind, main)
+
+
+class _LostSocket:
+    """uvloop's socket stand-in for a transport that lost its socket: options raise ValueError."""
+
+    type = socket.SOCK_STREAM
+
+    def setsockopt(self, *args: object) -> None:
+        raise ValueError("I/O operation on closed socket")
+
+
+class _LostTransport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str) -> object:
+        return _LostSocket() if name == "socket" else None
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_abort_stream_aborts_a_transport_whose_socket_refuses_options(loop_kind: str) -> None:
+    """Otherwise the other side of a failed bridge is left open and ``bridge()`` waits on it."""
+    transport = _LostTransport()
+    writer: Any = type("Writer", (), {"transport": transport})()
+    streams.abort_stream(writer, "reset")
+    assert transport.aborted
