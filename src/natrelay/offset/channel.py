@@ -13,6 +13,7 @@ accepts frames the peer sent under the previous key (spec §5.6).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import Enum, auto
 
@@ -58,6 +59,45 @@ def uniform_below(rng: Rng, bound: int) -> int:
             return value % bound
 
 
+class RandomPool:
+    """Random bytes drawn from ``os.urandom`` a block at a time, for padding only.
+
+    Each frame draws its padding length (one byte) and its padding (0-255 bytes): two getrandom
+    system calls per frame, four per message a node tunnels (an end-to-end frame inside a relay
+    link frame), each a kernel entry on the round trip's path. Padding hides a frame's length and
+    travels encrypted; it is no secret, so it may sit in a buffer. Key material never comes from
+    here: DH keys, salts and nonces are still drawn from the link's ``rng`` one by one.
+    """
+
+    __slots__ = ("_block", "_buf", "_pos")
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end > len(self._buf):
+            if n > self._block:
+                return os.urandom(n)
+            self._buf = os.urandom(self._block)
+            pos, end = 0, n
+        self._pos = end
+        return self._buf[pos:end]
+
+    def clear(self) -> None:
+        """Forget the buffered bytes (a forked child must not repeat its parent's)."""
+        self._buf = b""
+        self._pos = 0
+
+
+#: The padding source of every channel whose rng is ``os.urandom`` (the default).
+PADDING_POOL = RandomPool()
+os.register_at_fork(after_in_child=PADDING_POOL.clear)
+
+
 class _PendingRekey:
     """Our half of a rekey we started, waiting for the peer's Rekey."""
 
@@ -83,6 +123,7 @@ class SecureChannel:
         "_max_padding",
         "_old_decryptor",
         "_outbox",
+        "_pad_rng",
         "_pending_rekey",
         "_rekey_at",
         "_rekey_interval",
@@ -107,6 +148,9 @@ class SecureChannel:
         self._ciphers = ciphers
         self._expected_remote = expected_remote
         self._rng = rng
+        # Padding from the pool when the randomness is the system's; a scripted rng (tests, the
+        # spec's vectors) supplies padding too, in the same order of draws as before.
+        self._pad_rng = PADDING_POOL if rng is os.urandom else rng
         self._max_padding = max_padding
         self._rekey_interval = rekey_interval
         self._max_message_words = max_message_words
@@ -250,8 +294,9 @@ class SecureChannel:
         self._outbox.append(self._encryptor.encrypt_parts(plaintext))
 
     def _padding(self) -> bytes:
-        length = uniform_below(self._rng, self._max_padding + 1)
-        return self._rng(length) if length else b""
+        rng = self._pad_rng
+        length = uniform_below(rng, self._max_padding + 1)
+        return rng(length) if length else b""
 
     # ------------------------------------------------------------ rekeying
 

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from natrelay.offset import messages as m
-from natrelay.offset.channel import SecureChannel, uniform_below
+from natrelay.offset.channel import RandomPool, SecureChannel, uniform_below
 from natrelay.offset.crypto import DhKeyPair, Identity, hkdf_sha512_256
 from natrelay.offset.errors import ProtocolError
 
@@ -391,3 +391,45 @@ def test_padding_lengths_are_drawn_within_bound_and_vary() -> None:
         assert [len(d) for d in draws[1:]] == ([lengths[-1]] if lengths[-1] else [])
     assert max(lengths) <= 255
     assert len(set(lengths)) > 50
+
+
+def test_random_pool_serves_slices_of_one_block_and_refills() -> None:
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    pool = RandomPool(block=64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "urandom", counting)
+        parts = [pool(n) for n in (1, 20, 0, 43)]  # exactly one block
+        assert calls == [64]
+        assert [len(p) for p in parts] == [1, 20, 0, 43]
+        assert b"".join(parts) == pool._buf  # consecutive, no byte handed out twice
+        assert len(pool(2)) == 2 and calls == [64, 64]  # exhausted: a fresh block
+        assert len(pool(100)) == 100 and calls == [64, 64, 100]  # larger than a block: direct
+        pool.clear()
+        pool(1)
+        assert calls == [64, 64, 100, 64]
+
+
+def test_channels_on_system_randomness_pad_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, relay = channel_pair(max_padding=255)
+    pooled: list[int] = []
+    real_pool_call = RandomPool.__call__
+
+    def recording(self: RandomPool, n: int) -> bytes:
+        pooled.append(n)
+        return real_pool_call(self, n)
+
+    monkeypatch.setattr(RandomPool, "__call__", recording)
+    system: list[int] = []
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: system.append(n) or real(n))
+    for _ in range(50):
+        client.send(b"x")
+        assert relay.receive_frame(only_frame(client), 0.0) == b"x"
+    assert len(pooled) >= 50  # every length draw, and every non-empty padding
+    assert len(system) <= 50 * 256 // 4096 + 1  # blocks, not a system call per draw
