@@ -32,12 +32,14 @@ from .messages import (
     encode_channel_message,
     encode_exchange_dh,
     encode_exchange_rand_nonce,
+    encode_user_message,
 )
 
 Frame = tuple[bytes, ...]  # the chunks of one outgoing frame, in order
 Rng = Callable[[int], bytes]
 
 DH_PRIVATE_LEN = 32
+_NEVER = float("inf")
 
 
 class _State(Enum):
@@ -86,6 +88,21 @@ class RandomPool:
             pos, end = 0, n
         self._pos = end
         return self._buf[pos:end]
+
+    def padding(self) -> bytes:
+        """0-255 random bytes, the length uniform: one byte for it, then the padding, in one call.
+
+        The same draws as ``SecureChannel._padding`` makes at its default bound, for the per-frame path.
+        """
+        buf = self._buf
+        pos = self._pos
+        if pos + 256 > len(buf):  # room for the length byte and the longest padding
+            buf = self._buf = os.urandom(max(self._block, 256))
+            pos = 0
+        start = pos + 1
+        end = start + buf[pos]
+        self._pos = end
+        return buf[start:end]
 
     def clear(self) -> None:
         """Forget the buffered bytes (a forked child must not repeat its parent's)."""
@@ -148,9 +165,12 @@ class SecureChannel:
         self._ciphers = ciphers
         self._expected_remote = expected_remote
         self._rng = rng
-        # Padding from the pool when the randomness is the system's; a scripted rng (tests, the
-        # spec's vectors) supplies padding too, in the same order of draws as before.
-        self._pad_rng = PADDING_POOL if rng is os.urandom else rng
+        # Padding from the pool when the randomness is the system's (None: the pool's one-call
+        # ``padding()``, for the default bound); a scripted rng (tests, the spec's vectors) supplies
+        # padding too, in the same order of draws as before.
+        self._pad_rng: Rng | None = rng
+        if rng is os.urandom:
+            self._pad_rng = None if max_padding == 255 else PADDING_POOL
         self._max_padding = max_padding
         self._rekey_interval = rekey_interval
         self._max_message_words = max_message_words
@@ -191,7 +211,13 @@ class SecureChannel:
     def receive_frame(self, frame: bytes, now: float) -> bytes | None:
         """Consumes one frame; returns a user payload (a packed KaMessage) or None."""
         if self._state is _State.ESTABLISHED:
-            plaintext = self._decrypt(frame)
+            decryptor = self._decryptor
+            if self._old_decryptor is None and decryptor is not None:  # no rekey in progress
+                plaintext = decryptor.try_decrypt(frame)
+                if plaintext is None:
+                    raise ProtocolError("encrypted frame with unexpected nonce or bad tag")
+            else:
+                plaintext = self._decrypt(frame)
             content = decode_channel_message(plaintext, max_words=self._max_message_words)
             if isinstance(content, Rekey):
                 self.last_plaintext = None
@@ -288,6 +314,25 @@ class SecureChannel:
         assert self._encryptor is not None
         self._outbox.append(self._encryptor.encrypt_parts(plaintext))
 
+    def seal(self, user: bytes) -> Frame:
+        """The encrypted frame carrying ``user`` (a packed KaMessage), returned instead of queued.
+
+        The link's send path: it takes each frame as it is made, so nothing waits in the outbox
+        (which only rekeying and the handshake use, and the link drains after each of them).
+        """
+        encryptor = self._encryptor
+        if encryptor is None or self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        padding = PADDING_POOL.padding() if self._pad_rng is None else self._padding()
+        return encryptor.encrypt_parts(encode_user_message(padding, user))
+
+    def seal_plaintext(self, plaintext: bytes) -> Frame:
+        """``send_plaintext``, returning the frame instead of queueing it (see ``seal``)."""
+        encryptor = self._encryptor
+        if encryptor is None or self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        return encryptor.encrypt_parts(plaintext)
+
     def _send_content(self, content: bytes | Rekey) -> None:
         assert self._encryptor is not None
         plaintext = encode_channel_message(self._padding(), content)
@@ -295,7 +340,12 @@ class SecureChannel:
 
     def _padding(self) -> bytes:
         rng = self._pad_rng
-        length = uniform_below(rng, self._max_padding + 1)
+        if rng is None:
+            return PADDING_POOL.padding()
+        bound = self._max_padding + 1
+        # One byte is exactly uniform over 0..255: the default bound needs no rejection loop (and
+        # draws the same single byte that ``uniform_below`` would).
+        length = rng(1)[0] if bound == 256 else uniform_below(rng, bound)
         return rng(length) if length else b""
 
     # ------------------------------------------------------------ rekeying
@@ -319,4 +369,4 @@ class SecureChannel:
             self.start_rekey()
 
     def next_deadline(self) -> float:
-        return float("inf") if self._rekey_at is None else self._rekey_at
+        return _NEVER if self._rekey_at is None else self._rekey_at
