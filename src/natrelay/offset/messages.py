@@ -31,6 +31,11 @@ _SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 _dh: Any = capnp.load(str(_SCHEMA_DIR / "dh.capnp"))
 _keepalive: Any = capnp.load(str(_SCHEMA_DIR / "keepalive.capnp"))
 _relay: Any = capnp.load(str(_SCHEMA_DIR / "relay.capnp"))
+# Bound once for the per-frame paths (encode_ka_message, encode_user_message and their decoders).
+_KA_NEW: Callable[..., Any] = _keepalive.KaMessage.new_message
+_KA_FROM_PACKED: Callable[..., Any] = _keepalive.KaMessage.from_bytes_packed
+_CM_NEW: Callable[..., Any] = _dh.ChannelMessage.new_message
+_CM_FROM_PACKED: Callable[..., Any] = _dh.ChannelMessage.from_bytes_packed
 
 PUBLIC_KEY_LEN = 32
 DH_PUBLIC_KEY_LEN = 32
@@ -281,13 +286,9 @@ def encode_ka_message(message: bytes | None) -> bytes:
             return pack_single_segment(builder.to_bytes())
         result: bytes = builder.to_bytes_packed()
         return result
-    size = _one_segment(0 if message is None else len(message))
-    builder = _keepalive.KaMessage.new_message(num_first_segment_words=size)
-    if message is None:
-        builder.keepAlive = None
-    else:
-        builder.message = message
-    return _packed(builder, 0 if message is None else len(message))
+    builder = _keepalive.KaMessage.new_message(num_first_segment_words=_one_segment(0))
+    builder.keepAlive = None
+    return _packed(builder, 0)
 
 
 # The per-message readers below (a keepalive and a channel message on every frame of every link)
@@ -457,9 +458,6 @@ def encode_user_message(padding: bytes, user: bytes) -> bytes:
     return result
 
 
-_CM_NEW: Callable[..., Any] = _dh.ChannelMessage.new_message
-
-
 def _read_channel_message(reader: Any) -> bytes | Rekey:
     content = reader._get("content")
     which = content._which_str()
@@ -485,8 +483,3 @@ def decode_channel_message(data: bytes, *, max_words: int = DEFAULT_MESSAGE_WORD
         except Exception:  # the general path below reports it
             pass
     return _decode(_dh.ChannelMessage, data, max_words, _read_channel_message)
-
-
-_KA_FROM_PACKED: Callable[..., Any] = _keepalive.KaMessage.from_bytes_packed
-_KA_NEW: Callable[..., Any] = _keepalive.KaMessage.new_message
-_CM_FROM_PACKED: Callable[..., Any] = _dh.ChannelMessage.from_bytes_packed
