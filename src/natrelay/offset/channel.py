@@ -13,6 +13,7 @@ accepts frames the peer sent under the previous key (spec §5.6).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from enum import Enum, auto
 
@@ -31,12 +32,14 @@ from .messages import (
     encode_channel_message,
     encode_exchange_dh,
     encode_exchange_rand_nonce,
+    encode_user_message,
 )
 
 Frame = tuple[bytes, ...]  # the chunks of one outgoing frame, in order
 Rng = Callable[[int], bytes]
 
 DH_PRIVATE_LEN = 32
+_NEVER = float("inf")
 
 
 class _State(Enum):
@@ -56,6 +59,60 @@ def uniform_below(rng: Rng, bound: int) -> int:
         value = int.from_bytes(rng(nbytes), "big")
         if value < limit:
             return value % bound
+
+
+class RandomPool:
+    """Random bytes drawn from ``os.urandom`` a block at a time, for padding only.
+
+    Each frame draws its padding length (one byte) and its padding (0-255 bytes): two getrandom
+    system calls per frame, four per message a node tunnels (an end-to-end frame inside a relay
+    link frame), each a kernel entry on the round trip's path. Padding hides a frame's length and
+    travels encrypted; it is no secret, so it may sit in a buffer. Key material never comes from
+    here: DH keys, salts and nonces are still drawn from the link's ``rng`` one by one.
+    """
+
+    __slots__ = ("_block", "_buf", "_pos")
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if end > len(self._buf):
+            if n > self._block:
+                return os.urandom(n)
+            self._buf = os.urandom(self._block)
+            pos, end = 0, n
+        self._pos = end
+        return self._buf[pos:end]
+
+    def padding(self) -> bytes:
+        """0-255 random bytes, the length uniform: one byte for it, then the padding, in one call.
+
+        The same draws as ``SecureChannel._padding`` makes at its default bound, for the per-frame path.
+        """
+        buf = self._buf
+        pos = self._pos
+        if pos + 256 > len(buf):  # room for the length byte and the longest padding
+            buf = self._buf = os.urandom(max(self._block, 256))
+            pos = 0
+        start = pos + 1
+        end = start + buf[pos]
+        self._pos = end
+        return buf[start:end]
+
+    def clear(self) -> None:
+        """Forget the buffered bytes (a forked child must not repeat its parent's)."""
+        self._buf = b""
+        self._pos = 0
+
+
+#: The padding source of every channel whose rng is ``os.urandom`` (the default).
+PADDING_POOL = RandomPool()
+os.register_at_fork(after_in_child=PADDING_POOL.clear)
 
 
 class _PendingRekey:
@@ -83,6 +140,7 @@ class SecureChannel:
         "_max_padding",
         "_old_decryptor",
         "_outbox",
+        "_pad_rng",
         "_pending_rekey",
         "_rekey_at",
         "_rekey_interval",
@@ -107,6 +165,12 @@ class SecureChannel:
         self._ciphers = ciphers
         self._expected_remote = expected_remote
         self._rng = rng
+        # Padding from the pool when the randomness is the system's (None: the pool's one-call
+        # ``padding()``, for the default bound); a scripted rng (tests, the spec's vectors) supplies
+        # padding too, in the same order of draws as before.
+        self._pad_rng: Rng | None = rng
+        if rng is os.urandom:
+            self._pad_rng = None if max_padding == 255 else PADDING_POOL
         self._max_padding = max_padding
         self._rekey_interval = rekey_interval
         self._max_message_words = max_message_words
@@ -147,7 +211,13 @@ class SecureChannel:
     def receive_frame(self, frame: bytes, now: float) -> bytes | None:
         """Consumes one frame; returns a user payload (a packed KaMessage) or None."""
         if self._state is _State.ESTABLISHED:
-            plaintext = self._decrypt(frame)
+            decryptor = self._decryptor
+            if self._old_decryptor is None and decryptor is not None:  # no rekey in progress
+                plaintext = decryptor.try_decrypt(frame)
+                if plaintext is None:
+                    raise ProtocolError("encrypted frame with unexpected nonce or bad tag")
+            else:
+                plaintext = self._decrypt(frame)
             content = decode_channel_message(plaintext, max_words=self._max_message_words)
             if isinstance(content, Rekey):
                 self.last_plaintext = None
@@ -244,14 +314,39 @@ class SecureChannel:
         assert self._encryptor is not None
         self._outbox.append(self._encryptor.encrypt_parts(plaintext))
 
+    def seal(self, user: bytes) -> Frame:
+        """The encrypted frame carrying ``user`` (a packed KaMessage), returned instead of queued.
+
+        The link's send path: it takes each frame as it is made, so nothing waits in the outbox
+        (which only rekeying and the handshake use, and the link drains after each of them).
+        """
+        encryptor = self._encryptor
+        if encryptor is None or self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        padding = PADDING_POOL.padding() if self._pad_rng is None else self._padding()
+        return encryptor.encrypt_parts(encode_user_message(padding, user))
+
+    def seal_plaintext(self, plaintext: bytes) -> Frame:
+        """``send_plaintext``, returning the frame instead of queueing it (see ``seal``)."""
+        encryptor = self._encryptor
+        if encryptor is None or self._state is not _State.ESTABLISHED:
+            raise RuntimeError("secure channel not established")
+        return encryptor.encrypt_parts(plaintext)
+
     def _send_content(self, content: bytes | Rekey) -> None:
         assert self._encryptor is not None
         plaintext = encode_channel_message(self._padding(), content)
         self._outbox.append(self._encryptor.encrypt_parts(plaintext))
 
     def _padding(self) -> bytes:
-        length = uniform_below(self._rng, self._max_padding + 1)
-        return self._rng(length) if length else b""
+        rng = self._pad_rng
+        if rng is None:
+            return PADDING_POOL.padding()
+        bound = self._max_padding + 1
+        # One byte is exactly uniform over 0..255: the default bound needs no rejection loop (and
+        # draws the same single byte that ``uniform_below`` would).
+        length = rng(1)[0] if bound == 256 else uniform_below(rng, bound)
+        return rng(length) if length else b""
 
     # ------------------------------------------------------------ rekeying
 
@@ -274,4 +369,4 @@ class SecureChannel:
             self.start_rekey()
 
     def next_deadline(self) -> float:
-        return float("inf") if self._rekey_at is None else self._rekey_at
+        return _NEVER if self._rekey_at is None else self._rekey_at

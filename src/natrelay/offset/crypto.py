@@ -172,17 +172,17 @@ class Decryptor:
         if len(frame) < MIN_ENCRYPTED_FRAME:
             raise ProtocolError(f"encrypted frame of {len(frame)} bytes, minimum {MIN_ENCRYPTED_FRAME}")
         nonce = self._counter.to_bytes(NONCE_LEN, "little")
-        with memoryview(frame) as view:
-            if view[:NONCE_LEN] != nonce:
-                return None
-            aead = self._aead
-            if aead is None:
-                assert self._ciphers is not None
-                aead = self._ciphers.get(self._key)
-            try:
-                plaintext = aead.decrypt(nonce, view[NONCE_LEN:], None)
-            except InvalidTag:
-                return None
+        if frame[:NONCE_LEN] != nonce:
+            return None
+        aead = self._aead
+        if aead is None:
+            assert self._ciphers is not None
+            aead = self._ciphers.get(self._key)
+        try:
+            # The view lives only in this call: the ciphertext is not copied out of the frame.
+            plaintext: bytes = aead.decrypt(nonce, memoryview(frame)[NONCE_LEN:], None)
+        except InvalidTag:
+            return None
         self._counter = (self._counter + 1) % _COUNTER_MODULUS
         return plaintext
 

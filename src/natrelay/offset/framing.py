@@ -62,11 +62,17 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Returns the payloads completed by ``data``; raises ProtocolError on an oversized length."""
-        frames: list[bytes] = []
         buf = self._buf
         if buf or self._need >= 0:
+            frames: list[bytes] = []
             buf += data
         else:
+            # A read that is exactly one frame (a round trip's message) needs no loop.
+            if len(data) >= HEADER_LEN:
+                length = int.from_bytes(data[:HEADER_LEN], "big")
+                if length == len(data) - HEADER_LEN and length <= self._max_frame:
+                    return [bytes(data[HEADER_LEN:])]
+            frames = []
             consumed = self._take_direct(data, frames)
             if consumed == len(data):
                 return frames

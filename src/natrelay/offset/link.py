@@ -135,13 +135,14 @@ class Link:
 
     def receive_data(self, data: bytes, now: float) -> list[bytes]:
         """Framed mode: consumes stream bytes; returns the user payloads they completed."""
-        if self._decoder is None:
+        decoder = self._decoder
+        if decoder is None:
             raise RuntimeError("receive_data is for framed links; use receive_frame")
-        self._check_alive()
+        if self._dead is not None:
+            self._check_alive()
         try:
-            frames = self._decoder.feed(data)
             payloads: list[bytes] = []
-            for frame in frames:
+            for frame in decoder.feed(data):
                 payload = self._on_frame(frame, now)
                 if payload is not None:
                     payloads.append(payload)
@@ -152,7 +153,8 @@ class Link:
 
     def receive_frame(self, frame: bytes, now: float) -> list[bytes]:
         """Consumes one whole frame; returns the user payload it carried, if any."""
-        self._check_alive()
+        if self._dead is not None:
+            self._check_alive()
         try:
             if len(frame) > self._max_frame:
                 raise ProtocolError(f"frame of {len(frame)} bytes exceeds the {self._max_frame}-byte limit")
@@ -175,12 +177,16 @@ class Link:
             if self._channel.established:
                 self._on_established(now)
             return None
-        content = self._channel.receive_frame(frame, now)
+        channel = self._channel
+        content = channel.receive_frame(frame, now)
         if content is None:  # a rekey: below the keepalive layer, it does not count as traffic
             self._drain_channel()
             return None
-        plaintext = self._channel.last_plaintext
-        self._channel.last_plaintext = None  # an idle link must not keep its last 64 KiB frame alive
+        if not self._forwardable:  # the plaintext is for re-encrypting a forwarded payload only
+            channel.last_plaintext = None
+            return keepalive.unwrap(content, now)
+        plaintext = channel.last_plaintext
+        channel.last_plaintext = None  # an idle link must not keep its last 64 KiB frame alive
         return keepalive.unwrap(content, now, plaintext)
 
     def _on_established(self, now: float) -> None:
@@ -203,7 +209,8 @@ class Link:
         ``now`` restarts the heartbeat clock; without it the last time the link saw is used,
         which can only make the next heartbeat early, never late.
         """
-        self._check_alive()
+        if self._dead is not None:
+            self._check_alive()
         if now is not None:
             self._now = now
         if self._keepalive is None:
@@ -212,13 +219,19 @@ class Link:
             self._send_now(payload, self._now)
 
     def _send_now(self, payload: bytes, now: float) -> None:
-        assert self._keepalive is not None
-        packed_ka = self._keepalive.wrap(payload, now)
+        """One frame straight into the output (every call of the channel leaves its outbox empty)."""
+        keepalive = self._keepalive
+        assert keepalive is not None
+        packed_ka = keepalive.wrap(payload, now)
         if type(payload) is ReceivedPayload and payload.plaintext is not None:
-            self._channel.send_plaintext(payload.plaintext)  # a relay forwarding: no re-packing
+            frame = self._channel.seal_plaintext(payload.plaintext)  # a relay forwarding: no re-packing
         else:
-            self._channel.send(packed_ka)
-        self._drain_channel()
+            frame = self._channel.seal(packed_ka)
+        if self._framed:
+            nonce, sealed = frame
+            self._output += (frame_header(len(nonce) + len(sealed)), nonce, sealed)
+        else:
+            self._output.append(_joined(frame))
 
     def take_output(self) -> list[bytes]:
         """Drains pending output: byte chunks for ``writelines`` (framed) or whole frames (message mode)."""

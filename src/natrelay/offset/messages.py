@@ -31,6 +31,11 @@ _SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 _dh: Any = capnp.load(str(_SCHEMA_DIR / "dh.capnp"))
 _keepalive: Any = capnp.load(str(_SCHEMA_DIR / "keepalive.capnp"))
 _relay: Any = capnp.load(str(_SCHEMA_DIR / "relay.capnp"))
+# Bound once for the per-frame paths (encode_ka_message, encode_user_message and their decoders).
+_KA_NEW: Callable[..., Any] = _keepalive.KaMessage.new_message
+_KA_FROM_PACKED: Callable[..., Any] = _keepalive.KaMessage.from_bytes_packed
+_CM_NEW: Callable[..., Any] = _dh.ChannelMessage.new_message
+_CM_FROM_PACKED: Callable[..., Any] = _dh.ChannelMessage.from_bytes_packed
 
 PUBLIC_KEY_LEN = 32
 DH_PUBLIC_KEY_LEN = 32
@@ -273,13 +278,17 @@ def _packed(builder: Any, data_bytes: int) -> bytes:
 
 def encode_ka_message(message: bytes | None) -> bytes:
     """``None`` is a heartbeat (``keepAlive``); bytes are one upper-layer payload."""
-    size = _one_segment(0 if message is None else len(message))
-    builder = _keepalive.KaMessage.new_message(num_first_segment_words=size)
-    if message is None:
-        builder.keepAlive = None
-    else:
-        builder.message = message
-    return _packed(builder, 0 if message is None else len(message))
+    if message is not None:  # the per-message path, inline
+        size = len(message)
+        builder = _KA_NEW(num_first_segment_words=32 + ((size + 7) >> 3))
+        builder._set("message", message)
+        if size >= LITERAL_THRESHOLD:
+            return pack_single_segment(builder.to_bytes())
+        result: bytes = builder.to_bytes_packed()
+        return result
+    builder = _keepalive.KaMessage.new_message(num_first_segment_words=_one_segment(0))
+    builder.keepAlive = None
+    return _packed(builder, 0)
 
 
 # The per-message readers below (a keepalive and a channel message on every frame of every link)
@@ -299,6 +308,19 @@ def _read_ka_message(reader: Any) -> bytes | None:
 
 
 def decode_ka_message(data: bytes, *, max_words: int = DEFAULT_MESSAGE_WORDS) -> bytes | None:
+    # The common case inline (one segment, a known variant): every frame of every link comes here.
+    # Anything else, failures included, takes the general path, which says what is wrong.
+    if data and not data[0] & 0x0F:
+        try:
+            reader = _KA_FROM_PACKED(data, traversal_limit_in_words=max_words, nesting_limit=NESTING_LIMIT)
+            which = reader._which_str()
+            if which == "message":
+                message: bytes = reader._get("message")
+                return message
+            if which == "keepAlive":
+                return None
+        except Exception:  # the general path below reports it
+            pass
     return _decode(_keepalive.KaMessage, data, max_words, _read_ka_message)
 
 
@@ -423,6 +445,19 @@ def encode_channel_message(padding: bytes, content: bytes | Rekey) -> bytes:
     return _packed(builder, len(padding) + (0 if isinstance(content, Rekey) else len(content)))
 
 
+def encode_user_message(padding: bytes, user: bytes) -> bytes:
+    """``encode_channel_message(padding, user)`` for user content, byte for byte: the per-frame path."""
+    npad = len(padding)
+    nuser = len(user)
+    builder = _CM_NEW(num_first_segment_words=32 + ((npad + 7) >> 3) + ((nuser + 7) >> 3),
+                      randPadding=padding)
+    builder.init("content")._set("user", user)
+    if npad + nuser >= LITERAL_THRESHOLD:
+        return pack_single_segment(builder.to_bytes())
+    result: bytes = builder.to_bytes_packed()
+    return result
+
+
 def _read_channel_message(reader: Any) -> bytes | Rekey:
     content = reader._get("content")
     which = content._which_str()
@@ -436,4 +471,15 @@ def _read_channel_message(reader: Any) -> bytes | Rekey:
 
 def decode_channel_message(data: bytes, *, max_words: int = DEFAULT_MESSAGE_WORDS) -> bytes | Rekey:
     """Returns the user payload (a packed KaMessage) or a Rekey; the padding is never read."""
+    # User content in one segment inline, as in ``decode_ka_message``; the rest (Rekey, several
+    # segments, failures) through the general path.
+    if data and not data[0] & 0x0F:
+        try:
+            reader = _CM_FROM_PACKED(data, traversal_limit_in_words=max_words, nesting_limit=NESTING_LIMIT)
+            content = reader._get("content")
+            if content._which_str() == "user":
+                user: bytes = content._get("user")
+                return user
+        except Exception:  # the general path below reports it
+            pass
     return _decode(_dh.ChannelMessage, data, max_words, _read_channel_message)

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from natrelay.offset import messages as m
-from natrelay.offset.channel import SecureChannel, uniform_below
+from natrelay.offset.channel import RandomPool, SecureChannel, uniform_below
 from natrelay.offset.crypto import DhKeyPair, Identity, hkdf_sha512_256
 from natrelay.offset.errors import ProtocolError
 
@@ -391,3 +391,74 @@ def test_padding_lengths_are_drawn_within_bound_and_vary() -> None:
         assert [len(d) for d in draws[1:]] == ([lengths[-1]] if lengths[-1] else [])
     assert max(lengths) <= 255
     assert len(set(lengths)) > 50
+
+
+def test_random_pool_serves_slices_of_one_block_and_refills() -> None:
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    pool = RandomPool(block=64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "urandom", counting)
+        parts = [pool(n) for n in (1, 20, 0, 43)]  # exactly one block
+        assert calls == [64]
+        assert [len(p) for p in parts] == [1, 20, 0, 43]
+        assert b"".join(parts) == pool._buf  # consecutive, no byte handed out twice
+        assert len(pool(2)) == 2 and calls == [64, 64]  # exhausted: a fresh block
+        assert len(pool(100)) == 100 and calls == [64, 64, 100]  # larger than a block: direct
+        pool.clear()
+        pool(1)
+        assert calls == [64, 64, 100, 64]
+
+
+def test_random_pool_padding_is_a_length_byte_then_that_many_bytes() -> None:
+    pool = RandomPool(block=4096)
+    first = pool.padding()
+    block = pool._buf
+    assert first == block[1 : 1 + block[0]]  # the length byte, then the padding
+    pos = 1 + block[0]
+    lengths = [len(first)]
+    while pool._buf is block:
+        pad = pool.padding()
+        if pool._buf is not block:  # refilled: fewer than 256 bytes were left
+            assert 4096 - pos < 256
+            break
+        assert pad == block[pos + 1 : pos + 1 + block[pos]]
+        pos += 1 + block[pos]
+        lengths.append(len(pad))
+    assert max(lengths) <= 255 and len(lengths) > 10
+
+
+def test_channels_on_system_randomness_pad_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, relay = channel_pair(max_padding=255)
+    system: list[int] = []
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: system.append(n) or real(n))
+    sizes = set()
+    for _ in range(100):
+        client.send(b"x")
+        frame = only_frame(client)
+        sizes.add(len(frame))
+        assert relay.receive_frame(frame, 0.0) == b"x"
+        user = client.seal(b"y")
+        sizes.add(len(user[1]))
+        assert relay.receive_frame(b"".join(user), 0.0) == b"y"
+    assert len(system) <= 200 * 257 // 4096 + 1  # blocks, not a system call per draw
+    assert len(sizes) > 20  # the padding still varies the frame length
+
+
+def test_seal_needs_an_established_channel_and_keeps_nonce_order() -> None:
+    client = make_channel(Identity.generate(), None)
+    with pytest.raises(RuntimeError):
+        client.seal(b"x")
+    with pytest.raises(RuntimeError):
+        client.seal_plaintext(b"x")
+    client, relay = channel_pair()
+    client.send(b"queued")
+    sealed = client.seal(b"sealed")  # made after the queued frame: the next nonce
+    assert relay.receive_frame(only_frame(client), 0.0) == b"queued"
+    assert relay.receive_frame(b"".join(sealed), 0.0) == b"sealed"

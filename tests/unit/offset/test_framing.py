@@ -83,3 +83,13 @@ def test_check_version_accepts_only_four_zero_bytes() -> None:
     for bad_length in (b"", b"\x00" * 3, b"\x00" * 5):
         with pytest.raises(ProtocolError, match="bytes"):
             check_version(bad_length)
+
+
+def test_read_that_is_exactly_one_frame() -> None:
+    decoder = FrameDecoder(max_frame=100)
+    assert decoder.feed(encode_frame(b"x" * 100)) == [b"x" * 100]  # at the cap: accepted
+    assert decoder.feed(encode_frame(b"")) == [b""]
+    assert type(decoder.feed(memoryview(encode_frame(b"ab")))[0]) is bytes
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(encode_frame(b"y" * 101))  # whole, but over the cap
+    assert decoder.buffered == 0

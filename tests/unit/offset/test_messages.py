@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -147,6 +148,25 @@ def test_our_bytes_equal_a_plain_pycapnp_build() -> None:
     ]
     for schema, fields, ours in cases:
         assert schema.new_message(**fields).to_bytes_packed() == ours
+
+
+@pytest.mark.parametrize("npad", [0, 1, 7, 8, 9, 255])
+@pytest.mark.parametrize("nuser", [0, 1, 8, 100, 1016, 1017, 5000, 70000])
+def test_per_frame_encoders_make_the_general_encoders_bytes(npad: int, nuser: int) -> None:
+    """The inline per-frame paths (a user ChannelMessage, a KaMessage with a message) change no byte,
+    on either side of the literal-run threshold (packing.py)."""
+    padding, user = os.urandom(npad), bytes(range(1, 256)) * (nuser // 255) + b"\x05" * (nuser % 255)
+    general = m.encode_channel_message(padding, user)
+    assert m.encode_user_message(padding, user) == general
+    builder = m._dh.ChannelMessage.new_message(num_first_segment_words=20000)
+    builder.randPadding = padding
+    builder.init("content").user = user
+    assert unpack(general) == unpack(builder.to_bytes_packed())
+    ka = m._keepalive.KaMessage.new_message(num_first_segment_words=20000)
+    ka.message = user
+    assert unpack(m.encode_ka_message(user)) == unpack(ka.to_bytes_packed())
+    if nuser < 1000:  # below the threshold: pycapnp's own packing, byte for byte
+        assert m.encode_ka_message(user) == m._keepalive.KaMessage.new_message(message=user).to_bytes_packed()
 
 
 def default_builder_message(padding: bytes, user: bytes) -> bytes:
