@@ -69,6 +69,11 @@ class RandomPool:
     link frame), each a kernel entry on the round trip's path. Padding hides a frame's length and
     travels encrypted; it is no secret, so it may sit in a buffer. Key material never comes from
     here: DH keys, salts and nonces are still drawn from the link's ``rng`` one by one.
+
+    One pool per process-level owner (a node's client, a relay), passed to its links as
+    ``CipherCache`` is: no module-level state. A child forked with a pool in hand may use the
+    rest of the block its parent also uses; padding travels encrypted under each link's own keys,
+    so repeated padding bytes tell an observer nothing.
     """
 
     __slots__ = ("_block", "_buf", "_pos")
@@ -78,13 +83,17 @@ class RandomPool:
         self._buf = b""
         self._pos = 0
 
+    def _refill(self, size: int) -> bytes:
+        self._buf = os.urandom(size)
+        return self._buf
+
     def __call__(self, n: int) -> bytes:
         pos = self._pos
         end = pos + n
         if end > len(self._buf):
             if n > self._block:
                 return os.urandom(n)
-            self._buf = os.urandom(self._block)
+            self._refill(self._block)
             pos, end = 0, n
         self._pos = end
         return self._buf[pos:end]
@@ -97,22 +106,12 @@ class RandomPool:
         buf = self._buf
         pos = self._pos
         if pos + 256 > len(buf):  # room for the length byte and the longest padding
-            buf = self._buf = os.urandom(max(self._block, 256))
+            buf = self._refill(max(self._block, 256))
             pos = 0
         start = pos + 1
         end = start + buf[pos]
         self._pos = end
         return buf[start:end]
-
-    def clear(self) -> None:
-        """Forget the buffered bytes (a forked child must not repeat its parent's)."""
-        self._buf = b""
-        self._pos = 0
-
-
-#: The padding source of every channel whose rng is ``os.urandom`` (the default).
-PADDING_POOL = RandomPool()
-os.register_at_fork(after_in_child=PADDING_POOL.clear)
 
 
 class _PendingRekey:
@@ -142,6 +141,7 @@ class SecureChannel:
         "_outbox",
         "_pad_rng",
         "_pending_rekey",
+        "_pool",
         "_rekey_at",
         "_rekey_interval",
         "_rng",
@@ -160,17 +160,19 @@ class SecureChannel:
         rekey_interval: float | None,
         max_message_words: int = DEFAULT_MESSAGE_WORDS,
         ciphers: CipherCache | None = None,
+        padding: RandomPool | None = None,
     ) -> None:
         self._identity = identity
         self._ciphers = ciphers
         self._expected_remote = expected_remote
         self._rng = rng
-        # Padding from the pool when the randomness is the system's (None: the pool's one-call
-        # ``padding()``, for the default bound); a scripted rng (tests, the spec's vectors) supplies
-        # padding too, in the same order of draws as before.
+        # Padding from the owner's pool when the randomness is the system's (None: the pool's
+        # one-call ``padding()``, for the default bound); a scripted rng (tests, the spec's
+        # vectors) supplies padding too, in the same order of draws as before.
+        self._pool = padding
         self._pad_rng: Rng | None = rng
-        if rng is os.urandom:
-            self._pad_rng = None if max_padding == 255 else PADDING_POOL
+        if padding is not None and rng is os.urandom:
+            self._pad_rng = None if max_padding == 255 else padding
         self._max_padding = max_padding
         self._rekey_interval = rekey_interval
         self._max_message_words = max_message_words
@@ -323,7 +325,8 @@ class SecureChannel:
         encryptor = self._encryptor
         if encryptor is None or self._state is not _State.ESTABLISHED:
             raise RuntimeError("secure channel not established")
-        padding = PADDING_POOL.padding() if self._pad_rng is None else self._padding()
+        pool = self._pool
+        padding = pool.padding() if pool is not None and self._pad_rng is None else self._padding()
         return encryptor.encrypt_parts(encode_user_message(padding, user))
 
     def seal_plaintext(self, plaintext: bytes) -> Frame:
@@ -341,7 +344,8 @@ class SecureChannel:
     def _padding(self) -> bytes:
         rng = self._pad_rng
         if rng is None:
-            return PADDING_POOL.padding()
+            assert self._pool is not None  # None only with a pool (see __init__)
+            return self._pool.padding()
         bound = self._max_padding + 1
         # One byte is exactly uniform over 0..255: the default bound needs no rejection loop (and
         # draws the same single byte that ``uniform_below`` would).

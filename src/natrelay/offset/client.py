@@ -24,6 +24,7 @@ from natrelay.engine.sockopts import (
 from natrelay.engine.streams import abort_stream, describe
 from natrelay.engine.tunnel import StreamEnd, TunnelStreamProtocol, TunnelTransport
 from natrelay.offset import constants as C
+from natrelay.offset.channel import RandomPool
 from natrelay.offset.crypto import CipherCache, Identity
 from natrelay.offset.errors import ProtocolError
 from natrelay.offset.files import RelayTicket, b64url_encode
@@ -252,6 +253,7 @@ class OffsetClient:
         """Kernel keep-alive on the listen connection (None: off)."""
         self._timers: WheelDriver[Any] | None = None
         self.ciphers = CipherCache()  # AEAD contexts of the busiest links (see CipherCache)
+        self.padding = RandomPool()  # padding bytes a block at a time (see RandomPool)
 
     @property
     def timers(self) -> WheelDriver[Any]:
@@ -264,14 +266,14 @@ class OffsetClient:
                     version_prefix=True, max_frame=self.max_frame,
                     handshake_timeout=self.handshake_timeout, keepalive_timeout=self.keepalive_timeout,
                     heartbeat_interval=self.heartbeat_interval, forwardable=False,
-                    ciphers=self.ciphers)
+                    ciphers=self.ciphers, padding=self.padding)
 
     def make_e2e_link(self, remote_key: bytes, now: float) -> Link:
         return Link(self.identity, now=now, expected_remote=remote_key, framed=False,
                     version_prefix=False, max_frame=self.max_frame,
                     handshake_timeout=self.handshake_timeout, keepalive_timeout=self.keepalive_timeout,
                     heartbeat_interval=self.heartbeat_interval, forwardable=False,
-                    ciphers=self.ciphers)
+                    ciphers=self.ciphers, padding=self.padding)
 
     async def _dial(self, factory: Callable[[], LinkProtocol]) -> LinkProtocol:
         loop = asyncio.get_running_loop()

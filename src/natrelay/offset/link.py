@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .channel import Frame, SecureChannel
+from .channel import Frame, RandomPool, SecureChannel
 from .constants import (
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_PADDING,
@@ -71,12 +71,14 @@ class Link:
         rekey_interval: float | None = REKEY_INTERVAL,
         forwardable: bool = True,
         ciphers: CipherCache | None = None,
+        padding: RandomPool | None = None,
     ) -> None:
         """``version_prefix`` applies to framed mode only: the tunnel stack has no version (spec §2.2).
 
         ``forwardable=False`` is for links whose payloads end at this process (a node's links):
         they skip the copy that lets a relay re-send a payload without packing it again.
         ``ciphers``: the process's shared AEAD contexts (see ``CipherCache``); None = the link's own.
+        ``padding``: the owner's pool of padding bytes (see ``RandomPool``); None = one draw each.
         """
         self._forwardable = forwardable
         self._framed = framed
@@ -102,6 +104,7 @@ class Link:
             rekey_interval=rekey_interval,
             max_message_words=self._max_message_words,
             ciphers=ciphers,
+            padding=padding,
         )
         self._drain_channel()
 

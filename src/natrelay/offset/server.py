@@ -31,6 +31,7 @@ from natrelay.engine.refusals import RefusalLog
 from natrelay.engine.sources import source_key
 from natrelay.engine.stats import RelayStats
 from natrelay.offset import constants as C
+from natrelay.offset.channel import RandomPool
 from natrelay.offset.crypto import CipherCache, Identity
 from natrelay.offset.errors import ProtocolError
 from natrelay.offset.link import Link
@@ -341,6 +342,8 @@ class OffsetRelayServer:
         self.timers = make_wheel(self.loop)
         self.ciphers = CipherCache()
         """AEAD contexts of the busiest links; an idle session holds only its keys."""
+        self.padding = RandomPool()
+        """Padding bytes for every link's frames, drawn a block at a time."""
         self.admission = Admission(self.config.limits)
         self.stats = RelayStats()
         self.pairing = RelayPairing(
@@ -364,7 +367,7 @@ class OffsetRelayServer:
         return Link(self.identity, now=now, expected_remote=None, framed=True, version_prefix=True,
                     max_frame=cfg.max_frame, handshake_timeout=cfg.handshake_timeout,
                     keepalive_timeout=cfg.keepalive_timeout, heartbeat_interval=cfg.heartbeat_interval,
-                    ciphers=self.ciphers)
+                    ciphers=self.ciphers, padding=self.padding)
 
     async def start(self, host: str | None, port: int) -> list[tuple[str, int]]:
         """Listen on ``host:port`` (``None``/"" = every interface); return the bound addresses."""

@@ -410,9 +410,6 @@ def test_random_pool_serves_slices_of_one_block_and_refills() -> None:
         assert b"".join(parts) == pool._buf  # consecutive, no byte handed out twice
         assert len(pool(2)) == 2 and calls == [64, 64]  # exhausted: a fresh block
         assert len(pool(100)) == 100 and calls == [64, 64, 100]  # larger than a block: direct
-        pool.clear()
-        pool(1)
-        assert calls == [64, 64, 100, 64]
 
 
 def test_random_pool_padding_is_a_length_byte_then_that_many_bytes() -> None:
@@ -433,11 +430,15 @@ def test_random_pool_padding_is_a_length_byte_then_that_many_bytes() -> None:
     assert max(lengths) <= 255 and len(lengths) > 10
 
 
-def test_channels_on_system_randomness_pad_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    client, relay = channel_pair(max_padding=255)
+@pytest.mark.parametrize("max_padding", [255, 100])
+def test_channels_given_a_pool_pad_from_it(monkeypatch: pytest.MonkeyPatch, max_padding: int) -> None:
+    """The owner's pool (one per node or relay, no module state) serves every channel's padding."""
     system: list[int] = []
     real = os.urandom
     monkeypatch.setattr(os, "urandom", lambda n: system.append(n) or real(n))
+    pool = RandomPool()
+    client, relay = channel_pair(max_padding=max_padding, padding=pool)
+    system.clear()
     sizes = set()
     for _ in range(100):
         client.send(b"x")
@@ -449,6 +450,17 @@ def test_channels_on_system_randomness_pad_from_the_pool(monkeypatch: pytest.Mon
         assert relay.receive_frame(b"".join(user), 0.0) == b"y"
     assert len(system) <= 200 * 257 // 4096 + 1  # blocks, not a system call per draw
     assert len(sizes) > 20  # the padding still varies the frame length
+
+
+def test_channels_without_a_pool_draw_padding_from_their_rng(monkeypatch: pytest.MonkeyPatch) -> None:
+    system: list[int] = []
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: system.append(n) or real(n))
+    client, relay = channel_pair(max_padding=255)
+    system.clear()
+    client.send(b"x")
+    assert relay.receive_frame(only_frame(client), 0.0) == b"x"
+    assert system and system[0] == 1  # the length byte, drawn for this frame
 
 
 def test_seal_needs_an_established_channel_and_keeps_nonce_order() -> None:
