@@ -87,6 +87,15 @@ async def expect_reset(sock: socket.socket) -> None:
         await asyncio.wait_for(read_all(sock), 5)
 
 
+async def fails_and_resets(joined: asyncio.Future[Any], survivor: socket.socket,
+                           error: type[BaseException], match: str | None = None) -> None:
+    """The bridge fails with ``error`` and the surviving peer sees a reset, not an end."""
+    with pytest.raises(error, match=match):
+        await joined
+    await expect_reset(survivor)
+    survivor.close()
+
+
 # ---------------------------------------------------------------------------- a memory carrier
 class _Flow:
     """The carrier's socket transport as the tunnel sees it: reading state and write buffer."""
@@ -217,10 +226,7 @@ def test_a_reset_on_either_side_resets_the_other(loop_kind: str, path: str, who:
         assert await read_exact(ca, 1000) == b"y" * 1000
         broken, survivor = (ca, cb) if who == "a" else (cb, ca)
         abort(broken)
-        with pytest.raises(ConnectionResetError):
-            await joined
-        await expect_reset(survivor)
-        survivor.close()
+        await fails_and_resets(joined, survivor, ConnectionResetError)
 
     go(loop_kind, main)
 
@@ -257,10 +263,7 @@ def test_a_reset_whose_error_a_write_took_is_still_a_reset(loop_kind: str, path:
             await send_all(ca, b"x" * 1000)
             assert await read_exact(cb, 1000) == b"x" * 1000
             _reset_and_take_the_error(ca, mine)
-        with pytest.raises(ConnectionResetError):
-            await joined
-        await expect_reset(cb)
-        cb.close()
+        await fails_and_resets(joined, cb, ConnectionResetError)
 
     go(loop_kind, main)
 
@@ -277,10 +280,7 @@ def test_a_reset_taken_by_a_write_after_our_eof_was_asked_is_still_a_reset(loop_
         await asyncio.sleep(0.1)  # the bridge reads cb's end and asks a's transport for a FIN
         assert a[1].transport.get_write_buffer_size() > 0
         _reset_and_take_the_error(ca, a[1].get_extra_info("socket"))
-        with pytest.raises(ConnectionError):
-            await joined
-        await expect_reset(cb)
-        cb.close()
+        await fails_and_resets(joined, cb, ConnectionError)
 
     go(loop_kind, main)
 
@@ -394,10 +394,7 @@ def test_a_tunnel_abort_resets_the_tcp_side(loop_kind: str, path: str) -> None:
         carrier.deliver(encode_data(b"half of it"))
         assert await read_exact(ca, 10) == b"half of it"
         carrier.deliver(encode_abort("disk full"))
-        with pytest.raises(ConnectionResetError, match="disk full"):
-            await joined
-        await expect_reset(ca)
-        ca.close()
+        await fails_and_resets(joined, ca, ConnectionResetError, match="disk full")
 
     go(loop_kind, main)
 
