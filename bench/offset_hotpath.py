@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import os
 import sys
 import time
@@ -25,6 +26,14 @@ from typing import Any
 
 from natrelay.offset.crypto import CipherCache, Identity
 from natrelay.offset.link import Link
+
+
+def _pools() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``padding=`` keywords for node A, node B and the relay, if this tree's Link takes one."""
+    if "padding" not in inspect.signature(Link).parameters:
+        return {}, {}, {}
+    from natrelay.offset.channel import RandomPool
+    return {"padding": RandomPool()}, {"padding": RandomPool()}, {"padding": RandomPool()}
 
 
 def _establish(a: Link, b: Link) -> None:
@@ -45,16 +54,19 @@ class Tunnel:
         relay_id, ida, idb = Identity.generate(), Identity.generate(), Identity.generate()
         relay_ciphers = CipherCache()
         ca, cb = CipherCache(), CipherCache()
-        self.na = Link(ida, now=0.0, expected_remote=relay_id.public_key, forwardable=False, ciphers=ca)
-        self.ra = Link(relay_id, now=0.0, ciphers=relay_ciphers)
-        self.nb = Link(idb, now=0.0, expected_remote=relay_id.public_key, forwardable=False, ciphers=cb)
-        self.rb = Link(relay_id, now=0.0, ciphers=relay_ciphers)
+        # As in the processes: one padding pool per node and one for the relay (trees before
+        # the pool was passed in get none).
+        pa, pb, pr = _pools()
+        self.na = Link(ida, now=0.0, expected_remote=relay_id.public_key, forwardable=False, ciphers=ca, **pa)
+        self.ra = Link(relay_id, now=0.0, ciphers=relay_ciphers, **pr)
+        self.nb = Link(idb, now=0.0, expected_remote=relay_id.public_key, forwardable=False, ciphers=cb, **pb)
+        self.rb = Link(relay_id, now=0.0, ciphers=relay_ciphers, **pr)
         _establish(self.na, self.ra)
         _establish(self.nb, self.rb)
         self.ea = Link(ida, now=0.0, expected_remote=idb.public_key, framed=False, version_prefix=False,
-                       forwardable=False, ciphers=ca)
+                       forwardable=False, ciphers=ca, **pa)
         self.eb = Link(idb, now=0.0, expected_remote=ida.public_key, framed=False, version_prefix=False,
-                       forwardable=False, ciphers=cb)
+                       forwardable=False, ciphers=cb, **pb)
         _establish(self.ea, self.eb)
         self.message = message
 
