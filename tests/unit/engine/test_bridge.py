@@ -1,10 +1,8 @@
-"""``streams.bridge``: counts, half-close, buffered bytes, errors, cancellation, backpressure.
+"""``streams.bridge`` between two sockets: counts, half-close, buffered bytes, errors,
+cancellation, backpressure; which transports take the protocol-level join.
 
-Every behaviour test runs on both loops and on both paths: the protocol-level join
-(``protobridge``, taken for socket and tunnel transports) and the ``Pump`` tasks it falls back
-to (forced here by making ``join_streams`` decline), so the two cannot drift apart. Peers are
-real loopback sockets (``ca`` <-> ``ra`` ==bridge== ``rb`` <-> ``cb``); a tunnel side is a real
-``TunnelTransport`` on a carrier that keeps its messages in memory.
+Every behaviour test runs on both loops and on both paths (see ``_bridging``); the tunnel side
+is in ``test_bridge_tunnel``.
 """
 
 from __future__ import annotations
@@ -13,159 +11,18 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from natrelay.engine import protobridge, streams
 from natrelay.engine.streams import bridge
-from natrelay.engine.tunnel import (
-    END_MESSAGE,
-    StreamEnd,
-    TunnelStreamProtocol,
-    decode_message,
-    encode_abort,
-    encode_data,
-)
 
-from ._forwarding import LOOP_KINDS, abort, eventually, read_all, read_exact, run, send_all, set_buffers
+from ._bridging import MemoryCarrier, bridge_path, expect_reset, fails_and_resets, go, proxied
+from ._forwarding import LOOP_KINDS, abort, eventually, read_all, read_exact, send_all, set_buffers
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.parametrize("loop_kind", LOOP_KINDS)]
-
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-@pytest.fixture(params=["protocol", "pump"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run on the protocol path (and check it was taken) or force the Pump path."""
-    taken: list[object] = []
-    real = protobridge.join_streams
-
-    def spy(a: Streams, b: Streams) -> protobridge.JoinedStreams | None:
-        joined = real(a, b) if request.param == "protocol" else None
-        taken.append(joined)
-        return joined
-
-    monkeypatch.setattr(streams, "join_streams", spy)
-    yield request.param
-    assert taken, "bridge() was not called"
-    if request.param == "protocol":
-        assert all(j is not None for j in taken), "the protocol path was not taken"
-
-
-def go(loop_kind: str, main: Callable[[], Awaitable[Any]]) -> Any:
-    async def bounded() -> Any:
-        return await asyncio.wait_for(main(), 30)
-
-    return run(loop_kind, bounded)
-
-
-async def proxied(kind: str = "tcp") -> tuple[socket.socket, Streams, socket.socket, Streams]:
-    """``ca``, the streams of ``ra``, the streams of ``rb``, ``cb`` (the peers are raw sockets)."""
-    if kind == "tcp":
-        pairs = []
-        for _ in range(2):
-            with socket.create_server(("127.0.0.1", 0)) as srv:
-                c = socket.create_connection(srv.getsockname())
-                s, _ = srv.accept()
-            pairs.append((c, s))
-        (ca, ra), (cb, rb) = pairs
-    else:
-        ca, ra = socket.socketpair()
-        cb, rb = socket.socketpair()
-    ca.setblocking(False)
-    cb.setblocking(False)
-    a = await asyncio.open_connection(sock=ra)
-    b = await asyncio.open_connection(sock=rb)
-    return ca, a, cb, b
-
-
-async def expect_reset(sock: socket.socket) -> None:
-    """The peer must see a reset (SO_LINGER 0), not an end of stream."""
-    with pytest.raises(ConnectionResetError):
-        await asyncio.wait_for(read_all(sock), 5)
-
-
-async def fails_and_resets(joined: asyncio.Future[Any], survivor: socket.socket,
-                           error: type[BaseException], match: str | None = None) -> None:
-    """The bridge fails with ``error`` and the surviving peer sees a reset, not an end."""
-    with pytest.raises(error, match=match):
-        await joined
-    await expect_reset(survivor)
-    survivor.close()
-
-
-# ---------------------------------------------------------------------------- a memory carrier
-class _Flow:
-    """The carrier's socket transport as the tunnel sees it: reading state and write buffer."""
-
-    def __init__(self) -> None:
-        self.reading = True
-        self.buffered = 0
-
-    def is_reading(self) -> bool:
-        return self.reading
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-
-class MemoryCarrier:
-    """A ``MessageCarrier`` that keeps what the tunnel sends; the test plays the other peer."""
-
-    def __init__(self) -> None:
-        self.flow = _Flow()
-        self.transport: Any = self.flow
-        self.closing = False
-        self.sent: list[bytes] = []
-        self.closed_with: str | None = None
-        self.aborted_with: str | None = None
-        self.loop = asyncio.get_running_loop()
-        self.reader = asyncio.StreamReader()
-        self.end = StreamEnd(TunnelStreamProtocol(self.reader, loop=self.loop))
-
-    def streams(self) -> Streams:
-        app = self.end.app
-        tunnel = self.end.open(self, {})
-        return self.reader, asyncio.StreamWriter(tunnel, app, self.reader, self.loop)  # type: ignore[arg-type]
-
-    def send_app(self, messages: list[bytes]) -> None:
-        if not self.closing:
-            self.sent.extend(messages)
-
-    def maybe_finish(self) -> None:
-        if self.end.finished:
-            self.close("stream finished")
-
-    def close(self, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.closed_with = reason
-            self.loop.call_soon(self.end.connection_lost, reason)
-
-    def abort(self, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.aborted_with = reason
-            self.loop.call_soon(self.end.connection_lost, reason)
-
-    def deliver(self, message: bytes) -> None:
-        """A message from the other peer, as a carrier hands it on."""
-        problem = self.end.deliver(message)
-        if problem is not None:
-            self.abort(problem)
-        else:
-            self.maybe_finish()
-
-    def data(self) -> bytes:
-        return b"".join(d for d in (decode_message(m) for m in self.sent if m[0] == 0) if d is not None)
+__all__ = ["bridge_path"]  # a fixture (``path``): pytest finds it in this module
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -349,128 +206,6 @@ def test_a_slow_reader_pauses_the_sender_and_memory_stays_bounded(loop_kind: str
     go(loop_kind, main)
 
 
-def test_the_tunnel_side_half_closes_and_counts(loop_kind: str, path: str) -> None:
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        carrier.deliver(encode_data(b"from the tunnel"))
-        carrier.deliver(END_MESSAGE)
-        assert await read_all(ca) == b"from the tunnel"
-        await asyncio.sleep(0.05)
-        assert not joined.done() and carrier.closed_with is None
-        await send_all(ca, b"to the tunnel", shut=True)
-        assert await joined == (13, 15)
-        assert carrier.data() == b"to the tunnel"
-        assert carrier.sent[-1] == END_MESSAGE
-        assert carrier.closed_with == "stream finished"
-        ca.close()
-
-    go(loop_kind, main)
-
-
-def test_a_tcp_reset_aborts_the_tunnel_with_the_reason(loop_kind: str, path: str) -> None:
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        await send_all(ca, b"partial")
-        await eventually(lambda: carrier.data() == b"partial")
-        abort(ca)
-        with pytest.raises(ConnectionResetError):
-            await joined
-        kinds = [m[0] for m in carrier.sent]
-        assert kinds[-1] == 2 and END_MESSAGE not in carrier.sent  # an abort, never an end of stream
-        assert "reset" in carrier.sent[-1][1:].decode().lower()
-
-    go(loop_kind, main)
-
-
-def test_a_tunnel_abort_resets_the_tcp_side(loop_kind: str, path: str) -> None:
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        carrier.deliver(encode_data(b"half of it"))
-        assert await read_exact(ca, 10) == b"half of it"
-        carrier.deliver(encode_abort("disk full"))
-        await fails_and_resets(joined, ca, ConnectionResetError, match="disk full")
-
-    go(loop_kind, main)
-
-
-def test_cancelling_tells_the_tunnel_interrupted(loop_kind: str, path: str) -> None:
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        await asyncio.sleep(0.01)
-        joined.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await joined
-        assert carrier.sent[-1] == encode_abort("interrupted")
-        await expect_reset(ca)
-        ca.close()
-
-    go(loop_kind, main)
-
-
-def test_tunnel_flow_control_pauses_the_tcp_side_and_back(loop_kind: str, path: str) -> None:
-    """The carrier's socket full: stop reading the local connection; drained: read it again."""
-
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        local = a[1].transport
-        await asyncio.sleep(0.01)  # the bridge is running
-        carrier.end.pause_writing()  # what the carrier does when its socket's buffer is full
-        await send_all(ca, b"first")
-        await asyncio.sleep(0.05)
-        if path == "protocol":
-            assert not local.is_reading()  # type: ignore[attr-defined]
-            assert carrier.data() == b""
-        else:
-            assert carrier.data() == b"first"  # written, and the drain after it waits
-        await send_all(ca, b" second")
-        await asyncio.sleep(0.05)
-        assert b"second" not in carrier.data()
-        carrier.end.resume_writing()
-        await eventually(lambda: carrier.data() == b"first second")
-        await send_all(ca, b"", shut=True)
-        carrier.deliver(END_MESSAGE)
-        assert await joined == (12, 0)
-        ca.close()
-
-    go(loop_kind, main)
-
-
-def test_a_slow_local_reader_pauses_reading_the_tunnel(loop_kind: str, path: str) -> None:
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        set_buffers(16 * 1024, ca, a[1].get_extra_info("socket"))
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        chunk = os.urandom(60 * 1024)
-        sent = 0
-        while carrier.flow.reading and sent < 100:  # the local peer reads nothing meanwhile
-            carrier.deliver(encode_data(chunk))
-            sent += 1
-            await asyncio.sleep(0.001)
-        assert not carrier.flow.reading, "the tunnel was never paused"
-        assert sent < 40
-        got = await read_exact(ca, sent * len(chunk))
-        assert got == chunk * sent
-        await eventually(lambda: carrier.flow.reading)
-        carrier.deliver(END_MESSAGE)
-        assert await read_all(ca) == b""
-        ca.shutdown(socket.SHUT_WR)
-        assert await joined == (0, sent * len(chunk))
-        ca.close()
-
-    go(loop_kind, main)
-
-
 # --------------------------------------------------------------------------- which path
 def test_sockets_and_tunnels_are_taken_over(loop_kind: str) -> None:
     async def main() -> None:
@@ -542,30 +277,6 @@ def test_the_loop_kinds_are_what_they_say(loop_kind: str) -> None:
 
     assert go(loop_kind, main).startswith("uvloop" if loop_kind == "uvloop" else "asyncio")
 
-
-def test_writing_into_a_tunnel_that_ended_cleanly_fails(loop_kind: str, path: str) -> None:
-    """The other peer ended its stream and the carrier then closed: not an error until we have more
-    to send, and then a failure (a reset locally), never bytes silently dropped."""
-
-    async def main() -> None:
-        ca, a, _cb, _b = await proxied()
-        carrier = MemoryCarrier()
-        joined = asyncio.ensure_future(bridge(a, carrier.streams()))
-        carrier.deliver(END_MESSAGE)
-        assert await read_all(ca) == b""
-        carrier.close("keep-alive timeout")  # clean: the other side had ended its stream
-        await asyncio.sleep(0.05)
-        assert not joined.done()
-        await send_all(ca, b"nobody reads this")
-        with pytest.raises(ConnectionResetError, match="Connection lost"):
-            await joined
-        with pytest.raises((ConnectionResetError, BrokenPipeError)):  # its end was reset
-            for _ in range(100):
-                await send_all(ca, b"more")
-                await asyncio.sleep(0.01)
-        ca.close()
-
-    go(loop_kind, main)
 
 
 class _LostSocket:
