@@ -268,8 +268,10 @@ class ForwardEngine:
 
         A socket may still have a reader registered on this loop (the caller's, watching
         it until pairing): the engine removes it (with its own epoll) or replaces that
-        callback in place (with the loop's readers). A caller on another loop must remove
-        its reader before handing over.
+        callback in place (with the loop's readers). A reader the caller set on this
+        engine's own :attr:`poller` is taken over with its registration in place, which is
+        the cheapest way to watch a socket until it pairs. A caller on another loop must
+        remove its reader before handing over.
         """
         if self._closed:
             raise RuntimeError("the forwarding engine is closed")
@@ -283,14 +285,19 @@ class ForwardEngine:
                 raise ValueError("socket is closed")
             if sock.type != socket.SOCK_STREAM:
                 raise ValueError("only stream sockets can be forwarded")
-        if isinstance(self.poller, EpollPoller):
+        poller = self.poller
+        handed: tuple[int, ...] = ()
+        if isinstance(poller, EpollPoller):
             # The caller's reader or writer on the loop (a listener watching until pairing) must
-            # go: the loop would go on calling it for bytes that are the engine's now.
+            # go: the loop would go on calling it for bytes that are the engine's now. One on
+            # this engine's own poller is handed over instead: its registration stays, and the
+            # pumps only swap the callbacks (no epoll_ctl per socket, see EpollPoller.detach).
             loop = self.loop
             for sock in (a, b):
                 fd = sock.fileno()
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
+            handed = tuple(fd for fd in (a.fileno(), b.fileno()) if poller.detach(fd))
         for sock in (a, b):
             if sock.getblocking():  # Python tracks the mode itself: asking costs no system call
                 sock.setblocking(False)
@@ -323,8 +330,12 @@ class ForwardEngine:
         except BaseException:
             # Registration failed (say, uvloop found a transport on the descriptor):
             # the sockets are ours now, so they are closed rather than leaked.
+            for fd in handed:
+                poller.settle(fd)
             session._close(ERROR)
             raise
+        for fd in handed:
+            poller.settle(fd)
         return session
 
     def drain_all(self, reason: str = "shutdown") -> None:

@@ -15,7 +15,8 @@ Rules that keep it safe:
 
 * A descriptor is registered only while it has a reader or a writer; with neither it is taken out
   of the epoll at once, because epoll reports errors and hang-ups even for an empty mask and a
-  level-triggered report nobody consumes would spin the loop.
+  level-triggered report nobody consumes would spin the loop. The one exception is a hand-over
+  (``detach`` ... ``settle``), within one call of the new owner, where no dispatch can run.
 * An entry whose callbacks were removed during a dispatch is not called for the rest of that
   dispatch; a stale event for a descriptor number reused in the same dispatch can only make a pump
   read or write once too often, which it answers with EAGAIN.
@@ -43,11 +44,13 @@ MAX_EVENTS = 128
 
 
 class _Entry:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("mask", "reader", "writer")
 
     def __init__(self, reader: Callback | None, writer: Callback | None) -> None:
         self.reader = reader
         self.writer = writer
+        self.mask = 0
+        """The events registered with the kernel for this descriptor now (0: not registered)."""
 
 
 class EpollPoller:
@@ -93,6 +96,36 @@ class EpollPoller:
     def remove_writer(self, fd: int) -> bool:
         return self._set(fd, None, reading=False)
 
+    def detach(self, fd: int) -> bool:
+        """Drop ``fd``'s callbacks but keep its kernel registration until :meth:`settle`; True if
+        it had any.
+
+        For a hand-over between two owners on this poller (a listener watching a peer until it
+        pairs, then the engine forwarding it): the new owner's ``add_reader`` finds the
+        descriptor registered already and only swaps the callback, where a remove and an add
+        cost an ``epoll_ctl`` each, per socket, per pairing. Nothing is called for ``fd`` until
+        a new callback is set.
+        """
+        entry = self._entries.get(fd)
+        if entry is None:
+            return False
+        entry.reader = entry.writer = None
+        return True
+
+    def settle(self, fd: int) -> None:
+        """End a hand-over (:meth:`detach`): make the kernel's mask match the callbacks set since,
+        and take ``fd`` out if nobody set one (a report nobody consumes would spin the loop)."""
+        entry = self._entries.get(fd)
+        if entry is None:
+            return
+        new = self._mask(entry)
+        if new != entry.mask:
+            if not new:
+                self._forget(fd)
+            else:
+                self._ep.modify(fd, new)
+                entry.mask = new
+
     def close(self) -> None:
         """Stop watching everything; the sockets themselves are their owners' to close."""
         if self.closed:
@@ -119,9 +152,7 @@ class EpollPoller:
             if callback is None:
                 return False
             entry = _Entry(None, None)
-            old = 0
-        else:
-            old = self._mask(entry)
+        old = entry.mask
         if reading:
             had = entry.reader is not None
             entry.reader = callback
@@ -137,6 +168,7 @@ class EpollPoller:
                 self._entries[fd] = entry
             else:
                 self._ep.modify(fd, new)
+            entry.mask = new
         return had
 
     def _mask(self, entry: _Entry) -> int:
@@ -202,6 +234,14 @@ class LoopPoller:
 
     def remove_writer(self, fd: int) -> bool:
         return self._loop.remove_writer(fd)
+
+    def detach(self, fd: int) -> bool:
+        """Nothing to do: the loop swaps a reader's callback in place when the next owner adds
+        its own (see ``EpollPoller.detach``)."""
+        return False
+
+    def settle(self, fd: int) -> None:
+        """Nothing to do (see :meth:`detach`)."""
 
     def close(self) -> None:
         self.closed = True

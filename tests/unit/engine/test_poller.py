@@ -192,3 +192,41 @@ def test_loop_readers_on_uvloop_are_not_level_triggered() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", LOOP_KINDS)
+def test_a_hand_over_keeps_the_registration_and_settle_tidies_up(loop_kind: str) -> None:
+    """detach() drops the callbacks but not the kernel registration, so the next owner's add is
+    a dict update; settle() makes the kernel agree with whatever the new owner set (a writer
+    instead of the reader: modified; nothing: taken out, so a hang-up cannot spin the loop)."""
+
+    async def main() -> None:
+        with _poller_and_pair() as (poller, a, b):
+            calls: list[str] = []
+            fd = a.fileno()
+            poller.add_reader(fd, lambda: calls.append("old"))
+            assert poller.detach(fd) and not poller.detach(b.fileno())
+            b.send(b"x")
+            await _turns()
+            assert calls == []  # nothing is called between detach and the new owner's add
+            poller.add_reader(fd, lambda: calls.append("new"))
+            poller.settle(fd)
+            with pytest.raises(FileExistsError):  # still registered: the add made no new one
+                poller._ep.register(fd, select.EPOLLIN)
+            await _turns()
+            assert calls and set(calls) == {"new"}
+            # Handed over to an owner that only writes: the mask follows.
+            assert poller.detach(fd)
+            poller.add_writer(fd, lambda: calls.append("w"))
+            poller.settle(fd)
+            calls.clear()
+            await _turns()
+            assert calls and set(calls) == {"w"}
+            # Handed over to nobody: out of the epoll and the table.
+            assert poller.detach(fd)
+            poller.settle(fd)
+            assert len(poller) == 0
+            poller._ep.register(fd, select.EPOLLIN)  # not "already registered"
+            poller._ep.unregister(fd)
+
+    run(loop_kind, main)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from natrelay.aspia.relay.pairing import PeerInfo
 from natrelay.aspia.relay.stats import SessionSnapshot
 from natrelay.engine.forward import ForwardEngine
+from natrelay.engine.poller import Poller, make_poller
 from natrelay.engine.session import ForwardSession
 from natrelay.engine.threads import ForwardingThreads, ThreadedSession
 from natrelay.engine.timers import TimerWheel
@@ -77,6 +78,11 @@ class ForwardedSessions:
             share = global_rate / workers if global_rate else None
             self.threads = ForwardingThreads(workers, home=loop, engine_factory=lambda loop: (
                 ForwardEngine(loop, session_rate=session_rate or None, global_rate=share)))
+        self.watch: Poller = self.engine.poller if self.engine is not None else make_poller(loop)
+        """Where the listener watches its peers until they pair: the engine's own poller when it
+        forwards on this loop, so a pair is handed over with its registrations in place (no
+        epoll_ctl, no loop poll handle made and torn down per peer: see EpollPoller.detach);
+        a poller of this loop's own when threads forward, which :meth:`start` unregisters from."""
         self.idle_timeout = idle_timeout
         self.max_session = max_session
         """Seconds a paired session may last; 0 = no cap."""
@@ -96,6 +102,7 @@ class ForwardedSessions:
             self.engine.close(reason)
         if self.threads is not None:
             self.threads.close(reason)
+            self.watch.close()
 
     def snapshots(self) -> list[SessionSnapshot]:
         return [s.snapshot() for s in self.sessions.values() if s.forward is not None]
@@ -113,15 +120,15 @@ class ForwardedSessions:
               addresses: tuple[str, str], sources: tuple[str, str]) -> ActiveSession | None:
         """Forward a pair's two sockets (non-blocking, Nagle off); None if it could not start.
 
-        The sockets may still be registered with this loop: an engine on this loop takes them
-        off it and watches them on its own epoll (ForwardEngine.start). Another loop takes
-        them, so for the threads nothing of them may stay registered here.
+        The sockets may still be registered with :attr:`watch`: an engine on this loop takes
+        them over in place (ForwardEngine.start). Another loop takes them, so for the threads
+        nothing of them may stay registered here.
         """
         first, second = socks
         if self.threads is not None:
             for sock in socks:
                 with contextlib.suppress(Exception):
-                    self.loop.remove_reader(sock.fileno())
+                    self.watch.remove_reader(sock.fileno())
         session = ActiveSession(next(self._session_ids), key_id, info, addresses, sources)
         self.sessions[session.session_id] = session
         if self.max_session > 0:
@@ -141,7 +148,7 @@ class ForwardedSessions:
             log.error("Cannot forward session %d: %s", session.session_id, exc)
             for sock in socks:
                 with contextlib.suppress(Exception):  # the listener's reader may still be there
-                    self.loop.remove_reader(sock.fileno())
+                    self.watch.remove_reader(sock.fileno())
                 sock.close()
             self.closed(None, "error", session)
             return None

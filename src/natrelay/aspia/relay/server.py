@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections import Counter
@@ -246,7 +247,7 @@ class PeerListener:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pending.reader = PeerToRelayReader(self.config.max_message)
-            self.loop.add_reader(pending.fd, self._on_readable, pending)
+            self.forwarding.watch.add_reader(pending.fd, functools.partial(self._on_readable, pending))
             # A real peer writes its PeerToRelay right after connecting: it is often here already,
             # and reading it now takes the connection out of the flood guard's reach at once.
             self._on_readable(pending)
@@ -306,28 +307,34 @@ class PeerListener:
         if pending.watching:
             self._peek(pending)
             return
-        try:
-            # Never more than the message still needs: later bytes belong to the partner.
-            data = pending.sock.recv(reader.wanted)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._close_pending(pending, f"connection failed before pairing: {exc.strerror or exc}")
-            return
-        if not data:
-            self._close_pending(pending, "closed before sending its PeerToRelay")
-            return
-        pending.consumed += len(data)
-        try:
-            message = reader.feed(data)
-            if message is None:
-                if pending.consumed + reader.wanted > self.config.max_bytes_before_auth:
-                    self._guard_close(pending, CLOSED_TOO_BIG)
+        recv = pending.sock.recv
+        while True:
+            try:
+                # Never more than the message still needs: later bytes belong to the partner.
+                data = recv(reader.wanted)
+            except (BlockingIOError, InterruptedError):
                 return
-            paired = self.pairing.offer(pending, message)
-        except AspiaProtocolError as exc:
-            self._close_pending(pending, f"refused: {exc}")
-            return
+            except OSError as exc:
+                self._close_pending(pending, f"connection failed before pairing: {exc.strerror or exc}")
+                return
+            if not data:
+                self._close_pending(pending, "closed before sending its PeerToRelay")
+                return
+            pending.consumed += len(data)
+            try:
+                message = reader.feed(data)
+                if message is None:
+                    if pending.consumed + reader.wanted > self.config.max_bytes_before_auth:
+                        self._guard_close(pending, CLOSED_TOO_BIG)
+                        return
+                    # A peer writes the length and the body at once: read on now rather than
+                    # after another turn of the loop (one wake-up per peer, not two).
+                    continue
+                paired = self.pairing.offer(pending, message)
+            except AspiaProtocolError as exc:
+                self._close_pending(pending, f"refused: {exc}")
+                return
+            break
         # A valid key: no longer the flood guard's business (and its rate token comes back).
         self.guard.authenticated(pending, self.loop.time())
         if paired is None:
@@ -349,7 +356,7 @@ class PeerListener:
             self._close_pending(pending, "left while waiting for its partner")
             return
         # Early data for the partner: leave it in the kernel and stop watching until pairing.
-        self.loop.remove_reader(pending.fd)
+        self.forwarding.watch.remove_reader(pending.fd)
 
     def _close_pending(self, pending: _Pending, reason: str | None, *, forget: bool = True) -> None:
         if forget:
@@ -358,7 +365,7 @@ class PeerListener:
         self.admission.release(pending.source)
         pending.reader = None
         with contextlib.suppress(Exception):
-            self.loop.remove_reader(pending.fd)
+            self.forwarding.watch.remove_reader(pending.fd)
         pending.sock.close()
         if reason is None:
             return
